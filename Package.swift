@@ -1,0 +1,55 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// Modules by concern (see README "Layout"):
+//   CDaxShim        thin C shim: ioctls, uffd/PAGEMAP_SCAN structs, MAP_SYNC, statx
+//   CPmem, CNdctl, CDaxctl   system libraries found with pkg-config
+//   DaxCore         errno, syscalls in one place, JSON writer (no Foundation)
+//   DaxDetection    is this path on DAX? (mountinfo, statx, sysfs)
+//   PageTables      the kernel's page-table truth (smaps today; pagemap, PAGEMAP_SCAN)
+//   Userfaultfd     typed userfaultfd
+//   PersistentMemory  libpmem mappings
+//   NVDIMMInventory libndctl / libdaxctl walk
+//   Capabilities    what this kernel and machine offer (`daxmirror caps`)
+//   daxmirror       the CLI
+let package = Package(
+    name: "daxmirror",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "daxmirror", targets: ["daxmirror"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        .target(name: "CDaxShim"),
+        .systemLibrary(name: "CPmem", pkgConfig: "libpmem",
+                       providers: [.apt(["libpmem-dev"])]),
+        .systemLibrary(name: "CNdctl", pkgConfig: "libndctl",
+                       providers: [.apt(["libndctl-dev"])]),
+        .systemLibrary(name: "CDaxctl", pkgConfig: "libdaxctl",
+                       providers: [.apt(["libdaxctl-dev"])]),
+        .target(name: "DaxCore", dependencies: ["CDaxShim"]),
+        .target(name: "DaxDetection", dependencies: ["DaxCore", "CDaxShim", "NVDIMMInventory"]),
+        .target(name: "PageTables", dependencies: ["DaxCore", "CDaxShim"]),
+        .target(name: "Userfaultfd", dependencies: ["DaxCore", "CDaxShim"]),
+        .target(name: "PersistentMemory",
+                dependencies: ["DaxCore", "DaxDetection", "CDaxShim", "CPmem"]),
+        .target(name: "NVDIMMInventory", dependencies: ["DaxCore", "CNdctl", "CDaxctl"]),
+        .target(name: "Capabilities",
+                dependencies: ["DaxCore", "DaxDetection", "PageTables", "Userfaultfd",
+                               "NVDIMMInventory", "CDaxShim"]),
+        .executableTarget(
+            name: "daxmirror",
+            dependencies: [
+                "DaxCore", "DaxDetection", "PageTables", "PersistentMemory",
+                "NVDIMMInventory", "Capabilities",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .testTarget(
+            name: "DaxMirrorTests",
+            dependencies: ["DaxCore", "DaxDetection", "PageTables", "Userfaultfd",
+                           "PersistentMemory", "NVDIMMInventory", "Capabilities", "CDaxShim",
+                           "daxmirror"]),
+    ]
+)

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Runs a command inside a QEMU guest that has real DAX: an emulated NVDIMM in
+# fsdax mode with ext4 or xfs mounted -o dax at /mnt (the command's working
+# directory). The host's root is shared read-only over 9p and the command runs
+# in a chroot of it, so host-built binaries (daxmirror, the test bundle) run
+# unchanged. The command's output streams to stdout; its exit status is ours.
+#
+#   Scripts/guest.sh [options] -- COMMAND [ARG...]
+#
+#   --kernel stable|backports|newest  Debian's 6.1 / 6.12 (default) / newest packaged
+#   --fs ext4|xfs                     filesystem on the pmem (default ext4)
+#   --pmem-size SIZE                  NVDIMM size for qemu, e.g. 1G (default 1G)
+#   --mem SIZE                        guest RAM (default 2G)
+#   --nsmode fsdax|devdax             namespace mode (devdax: no filesystem, /dev/dax0.0)
+#   --align SIZE                      namespace alignment for ndctl (e.g. 1G for devdax PUDs)
+#   --keep-image PATH                 back the NVDIMM with PATH and keep it; an existing
+#                                     PATH is reused as is (no mkfs) unless --mkfs
+#   --mkfs                            make the filesystem even on a kept image
+#   --powercut                        do not unmount after the command (crash tests)
+#   --timeout SECONDS                 kill a guest that runs longer (default 900)
+#   --accel auto|kvm|tcg              default auto: KVM only if a probe boot works
+#
+# Exit status: the command's; 124 if the guest timed out and was killed; 125
+# if the guest could not set up (message on stderr); 126 if QEMU failed.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+kernel=backports fs=ext4 pmem_size=1G mem=2G nsmode=fsdax align="" keep="" mkfs="" powercut=0
+timeout_s=900 accel=auto
+die() { echo "guest.sh: $*" >&2; exit 125; }
+while (($#)); do
+    case "$1" in
+        --kernel) kernel=$2; shift 2 ;;
+        --fs) fs=$2; shift 2 ;;
+        --pmem-size) pmem_size=$2; shift 2 ;;
+        --mem) mem=$2; shift 2 ;;
+        --nsmode) nsmode=$2; shift 2 ;;
+        --align) align=$2; shift 2 ;;
+        --keep-image) keep=$2; shift 2 ;;
+        --mkfs) mkfs=1; shift ;;
+        --powercut) powercut=1; shift ;;
+        --timeout) timeout_s=$2; shift 2 ;;
+        --accel) accel=$2; shift 2 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        --) shift; break ;;
+        *) die "unknown option $1 (see --help)" ;;
+    esac
+done
+(($#)) || die "no command: Scripts/guest.sh [options] -- COMMAND"
+case "$fs" in ext4|xfs) ;; *) die "--fs must be ext4 or xfs" ;; esac
+case "$nsmode" in fsdax|devdax) ;; *) die "--nsmode must be fsdax or devdax" ;; esac
+
+"$here/Scripts/setup.sh" --guest >&2
+kdir=$("$here/Scripts/guest/fetch-kernel.sh" "$kernel") || die "cannot fetch the $kernel kernel"
+initrd=$("$here/Scripts/guest/build-initramfs.sh" "$kdir") || die "cannot build the initramfs"
+release=$(cat "$kdir/release")
+vmlinuz=$kdir/root/boot/vmlinuz-$release
+
+cache=${DAXMIRROR_CACHE:-$here/.cache}
+mkdir -p "$cache/runs"
+run=$(mktemp -d "$cache/runs/run.XXXXXX")
+image=$run/pmem.img
+cleanup() {
+    [[ -n ${qpid:-} ]] && kill -9 "$qpid" 2>/dev/null || true
+    rm -rf "$run"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [[ -n $keep ]]; then
+    image=$keep
+    if [[ -e $image ]]; then
+        [[ -n $mkfs ]] || mkfs=0
+    else
+        truncate -s "$pmem_size" "$image"
+    fi
+    # The image's size decides the NVDIMM's size.
+    pmem_size=$(stat -c %s "$image")
+else
+    truncate -s "$pmem_size" "$image"
+fi
+
+# The command, quoted, in a script the guest runs from the shared root.
+{
+    printf 'cd /mnt 2>/dev/null || cd /\n'
+    printf 'export PATH=%q\n' "/opt/swift/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    [[ -n ${DAXMIRROR_GUEST_ENV:-} ]] && printf 'export %s\n' $DAXMIRROR_GUEST_ENV
+    printf 'exec'; printf ' %q' "$@"; printf '\n'
+} > "$run/cmd.sh"
+
+cmdline="console=ttyS0 quiet loglevel=3 panic=-1 oops=panic dm.run=$run/cmd.sh dm.fs=$fs dm.nsmode=$nsmode"
+[[ -n $align ]] && cmdline+=" dm.align=$align"
+[[ $mkfs == 0 ]] && cmdline+=" dm.mkfs=0"
+((powercut)) && cmdline+=" dm.powercut=1"
+
+qemu_base=(qemu-system-x86_64 -machine pc,nvdimm=on -m "$mem,slots=2,maxmem=16G" -smp 2
+    -object "memory-backend-file,id=pmem1,share=on,mem-path=$image,size=$pmem_size,align=2M"
+    -device nvdimm,id=nvdimm1,memdev=pmem1
+    -kernel "$vmlinuz" -initrd "$initrd"
+    -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
+    -device isa-debug-exit,iobase=0xf4,iosize=0x04
+    -display none -monitor none -serial stdio -no-reboot)
+
+# KVM only when it really runs a guest: /dev/kvm exists on machines where
+# every guest kernel dies under it, so boot this kernel once with KVM and a
+# probe init that exits at once; cache the verdict for this host and kernel.
+choose_accel() {
+    [[ $accel == tcg ]] && { echo tcg; return; }
+    local verdict_file="$cache/kvm-verdict-$(uname -r)-$release"
+    if [[ $accel == auto && -f $verdict_file ]]; then cat "$verdict_file"; return; fi
+    local v=tcg
+    if [[ -r /dev/kvm && -w /dev/kvm ]]; then
+        local rc=0
+        timeout -k 2 20 "${qemu_base[@]}" -cpu host -accel kvm -append "console=ttyS0 quiet dm.probe=1" \
+            </dev/null >"$run/kvm-probe.log" 2>&1 || rc=$?
+        [[ $rc == 85 ]] && v=kvm   # (42 << 1) | 1
+    fi
+    if [[ $accel == kvm && $v != kvm ]]; then
+        die "KVM requested but a probe boot under KVM failed (see $run/kvm-probe.log)"
+    fi
+    echo "$v" > "$verdict_file"
+    echo "$v"
+}
+chosen=$(choose_accel)
+if [[ $chosen == kvm ]]; then
+    accel_args=(-cpu host -accel kvm)
+    why="KVM works"
+else
+    accel_args=(-cpu max -accel tcg,thread=multi)
+    if [[ $accel == tcg ]]; then why="--accel tcg"
+    elif [[ -e /dev/kvm ]]; then why="/dev/kvm exists but a probe boot failed under it"
+    else why="no /dev/kvm"; fi
+fi
+echo "guest.sh: kernel $release, $fs on $(numfmt --from=iec --to=iec "$pmem_size") NVDIMM ($nsmode), accel $chosen ($why), timeout ${timeout_s}s" >&2
+
+start=$(date +%s.%N)
+# Serial output to our stdout, without the tty's carriage returns.
+set +e
+"${qemu_base[@]}" "${accel_args[@]}" -append "$cmdline" </dev/null 2>"$run/qemu.err" \
+    > >(tr -d '\r') &
+qpid=$!
+( sleep "$timeout_s"; kill -9 "$qpid" 2>/dev/null && echo timeout > "$run/timed-out" ) &
+watchdog=$!
+wait "$qpid"
+rc=$?
+qpid=""
+kill "$watchdog" 2>/dev/null; wait "$watchdog" 2>/dev/null
+set -e
+elapsed=$(echo "$(date +%s.%N) - $start" | bc 2>/dev/null || echo "?")
+if [[ -f $run/timed-out ]]; then
+    echo "guest.sh: the guest ran past ${timeout_s}s and was killed" >&2
+    exit 124
+fi
+if (( rc & 1 )); then
+    code=$(( rc >> 1 ))
+    echo "guest.sh: command exited $code after ${elapsed}s" >&2
+    [[ $code == 125 ]] && echo "guest.sh: guest setup failed (see the guest: lines above)" >&2
+    exit "$code"
+fi
+echo "guest.sh: QEMU exited $rc without a status from the guest: $(tail -n 3 "$run/qemu.err" | tr '\n' ' ')" >&2
+exit 126

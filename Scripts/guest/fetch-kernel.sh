@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Fetches and unpacks one of Debian's kernels for the pmem guest, without
+# installing it on the host:
+#   Scripts/guest/fetch-kernel.sh stable|backports|newest [--refresh]
+# stable    = bookworm's 6.1 (no WP_ASYNC, no PAGEMAP_SCAN: the old-kernel case)
+# backports = bookworm-backports' 6.12 (the default guest kernel)
+# newest    = trixie-backports' newest packaged kernel (7.x today)
+# The newest version in each suite is picked at fetch time; the result is
+# cached under .cache/kernels/NAME and reused until --refresh.
+# Uses a private apt state (its own sources file, lists and archives under
+# .cache/apt-NAME) whose URIs are copied from the host's Debian sources, so
+# the host's apt configuration is never changed.
+# Prints the unpacked kernel's directory on stdout.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/../.." && pwd)
+name=${1:?usage: fetch-kernel.sh stable|backports|newest [--refresh]}
+refresh=${2:-}
+case "$name" in
+    stable) suite=bookworm ;;
+    backports) suite=bookworm-backports ;;
+    newest) suite=trixie-backports ;;
+    *) echo "fetch-kernel: unknown kernel '$name' (stable, backports, newest)" >&2; exit 2 ;;
+esac
+cache=${DAXMIRROR_CACHE:-$here/.cache}
+out=$cache/kernels/$name
+if [[ -f $out/ready && "$refresh" != "--refresh" ]]; then
+    echo "$out"
+    exit 0
+fi
+log() { echo "fetch-kernel[$name]: $*" >&2; }
+
+# The Debian mirror URI and keyring, read from the host's own sources.
+uri="" keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+for f in /etc/apt/sources.list.d/*.sources; do
+    [[ -f $f ]] || continue
+    u=$(awk '/^URIs:/{print $2; exit}' "$f")
+    if [[ -n $u && $u != *security* ]] && grep -q '^Suites:.*bookworm' "$f"; then
+        uri=$u
+        k=$(awk '/^Signed-By:/{print $2; exit}' "$f"); [[ -n $k ]] && keyring=$k
+        break
+    fi
+done
+if [[ -z $uri && -f /etc/apt/sources.list ]]; then
+    uri=$(awk '$1=="deb" && $0 !~ /security/ {for(i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' /etc/apt/sources.list)
+fi
+[[ -n $uri ]] || { echo "fetch-kernel: no Debian mirror found in /etc/apt/sources.list{,.d}" >&2; exit 1; }
+
+apt_dir=$cache/apt-$name
+mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial"
+cat > "$apt_dir/sources.list" <<SRC
+deb [signed-by=$keyring] $uri $suite main
+SRC
+apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
+          -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache::Archives=$apt_dir/archives"
+          -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache=" -o "APT::Default-Release="
+          -o "APT::Sandbox::User=root")
+log "updating the package list of $suite"
+apt-get "${apt_opts[@]}" -qq update >&2
+
+# linux-image-amd64 -> linux-image-VERSION-amd64 (-> linux-binary/linux-modules on newer packaging).
+pkgs=$(apt-cache "${apt_opts[@]}" depends --recurse --no-recommends --no-suggests --no-conflicts \
+        --no-breaks --no-replaces --no-enhances --no-pre-depends linux-image-amd64 2>/dev/null \
+    | grep -E '^linux-(image|binary|modules)-[0-9]' | grep -v -- '-dbg' | sort -u)
+[[ -n $pkgs ]] || { echo "fetch-kernel: no linux-image-amd64 in $suite" >&2; exit 1; }
+log "downloading $(echo $pkgs)"
+rm -rf "$out.tmp"
+mkdir -p "$out.tmp/debs" "$out.tmp/root"
+(cd "$out.tmp/debs" && apt-get "${apt_opts[@]}" -qq download $pkgs >&2)
+for d in "$out.tmp"/debs/*.deb; do dpkg-deb -x "$d" "$out.tmp/root"; done
+rm -rf "$out.tmp/debs"
+vmlinuz=$(ls "$out.tmp"/root/boot/vmlinuz-* 2>/dev/null | head -n 1)
+[[ -n $vmlinuz ]] || { echo "fetch-kernel: no vmlinuz in $pkgs" >&2; exit 1; }
+release=${vmlinuz##*/vmlinuz-}
+[[ -d $out.tmp/root/lib/modules/$release || -d $out.tmp/root/usr/lib/modules/$release ]] \
+    || { echo "fetch-kernel: no modules for $release" >&2; exit 1; }
+# Merged-/usr packaging puts modules in usr/lib/modules; depmod looks in lib/modules.
+[[ -e $out.tmp/root/lib ]] || ln -s usr/lib "$out.tmp/root/lib"
+log "depmod $release"
+depmod -b "$out.tmp/root" "$release"
+echo "$release" > "$out.tmp/release"
+touch "$out.tmp/ready"
+rm -rf "$out"
+mv "$out.tmp" "$out"
+log "kernel $release ready in $out"
+echo "$out"

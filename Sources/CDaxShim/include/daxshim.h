@@ -1,0 +1,254 @@
+// daxshim.h — the thin C layer between daxmirror's Swift code and the kernel.
+//
+// Swift cannot import function-like macros (_IOWR and friends), cannot call the
+// variadic ioctl(2)/syscall(2), and sees packed unions (struct uffd_msg) badly.
+// Each wrapper below does exactly one kernel call and returns its raw result
+// (-1 with errno set on failure); all policy lives in Swift.
+//
+// Debian 12 ships 6.1 uapi headers, older than the kernels we run on. Where a
+// newer interface is missing we define it here behind #ifndef with the values
+// from upstream include/uapi (the same approach swift-system takes for io_uring).
+#ifndef DAXSHIM_H
+#define DAXSHIM_H
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+#include <linux/fs.h>
+#include <linux/stat.h>
+#include <linux/userfaultfd.h>
+
+// ---------------------------------------------------------------------------
+// mmap / madvise flags (include/uapi/asm-generic/mman-common.h, mman.h)
+// ---------------------------------------------------------------------------
+#ifndef MAP_SHARED_VALIDATE
+#define MAP_SHARED_VALIDATE 0x03
+#endif
+#ifndef MAP_SYNC
+#define MAP_SYNC 0x80000
+#endif
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+#ifndef O_TMPFILE
+#define O_TMPFILE (020000000 | O_DIRECTORY)
+#endif
+/// open(2) flag for an unnamed file in a directory (glibc hides it without _GNU_SOURCE).
+static const int DM_O_TMPFILE = O_TMPFILE;
+static const int DM_MAP_SHARED_VALIDATE = MAP_SHARED_VALIDATE;
+static const int DM_MAP_SYNC = MAP_SYNC;
+static const int DM_MADV_POPULATE_READ = MADV_POPULATE_READ;
+static const int DM_MADV_POPULATE_WRITE = MADV_POPULATE_WRITE;
+
+/// mmap(2) with MAP_SHARED_VALIDATE|MAP_SYNC: the kernel maps the file only if
+/// writes through the mapping are durable once CPU caches are flushed (a DAX
+/// file); otherwise it fails with EOPNOTSUPP. Returns MAP_FAILED on failure.
+static inline void *dm_mmap_sync(void *addr, size_t len, int prot, int fd, off_t off) {
+    return mmap(addr, len, prot, MAP_SHARED_VALIDATE | MAP_SYNC, fd, off);
+}
+
+static const unsigned int DM_MFD_CLOEXEC = 0x0001U;  // MFD_CLOEXEC (linux/memfd.h)
+/// memfd_create(2): anonymous shared memory with a file (shmem) behind it.
+static inline int dm_memfd_create(const char *name, unsigned int flags) {
+    return (int)syscall(SYS_memfd_create, name, flags);
+}
+
+// ---------------------------------------------------------------------------
+// statx(2) (include/uapi/linux/stat.h): STATX_ATTR_DAX says whether the file is
+// in DAX state right now (the per-inode truth, which the mount option only
+// suggests when the mount is dax=inode).
+// ---------------------------------------------------------------------------
+#ifndef STATX_ATTR_DAX
+#define STATX_ATTR_DAX 0x00200000
+#endif
+static const uint64_t DM_STATX_ATTR_DAX = STATX_ATTR_DAX;
+
+typedef struct dm_statx_result {
+    uint64_t attributes;       // stx_attributes
+    uint64_t attributes_mask;  // which attribute bits this filesystem reports
+    uint32_t dev_major, dev_minor;   // device of the filesystem holding the file
+    uint32_t rdev_major, rdev_minor; // device number, if the file is a device
+    uint64_t size;
+    uint32_t mode;
+    uint64_t ino;
+} dm_statx_result;
+
+/// statx(2) for `path` relative to `dirfd` (AT_FDCWD), flags e.g. AT_SYMLINK_NOFOLLOW.
+static inline int dm_statx(int dirfd, const char *path, int flags, dm_statx_result *out) {
+    struct statx stx;
+    memset(&stx, 0, sizeof stx);
+    int rc = (int)syscall(SYS_statx, dirfd, path, flags, STATX_BASIC_STATS, &stx);
+    if (rc != 0) return rc;
+    out->attributes = stx.stx_attributes;
+    out->attributes_mask = stx.stx_attributes_mask;
+    out->dev_major = stx.stx_dev_major;
+    out->dev_minor = stx.stx_dev_minor;
+    out->rdev_major = stx.stx_rdev_major;
+    out->rdev_minor = stx.stx_rdev_minor;
+    out->size = stx.stx_size;
+    out->mode = stx.stx_mode;
+    out->ino = stx.stx_ino;
+    return 0;
+}
+
+// ---------------------------------------------------------------------------
+// userfaultfd (include/uapi/linux/userfaultfd.h). Values newer than 6.1:
+// ---------------------------------------------------------------------------
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+#ifndef USERFAULTFD_IOC
+#define USERFAULTFD_IOC 0xAA
+#endif
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(USERFAULTFD_IOC, 0x00)
+#endif
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
+#endif
+#ifndef UFFD_FEATURE_POISON
+#define UFFD_FEATURE_POISON (1 << 14)
+#endif
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1 << 15)
+#endif
+#ifndef UFFD_FEATURE_MOVE
+#define UFFD_FEATURE_MOVE (1 << 16)
+#endif
+#ifndef _UFFDIO_MOVE
+#define _UFFDIO_MOVE (0x05)
+#endif
+#ifndef _UFFDIO_POISON
+#define _UFFDIO_POISON (0x08)
+#endif
+
+// Our own copies of the two newer argument structs, so the layout is fixed
+// whatever the installed headers say.
+struct dm_uffdio_move {
+    uint64_t dst, src, len, mode;
+    int64_t move;   // out: bytes moved, or -errno
+};
+struct dm_uffdio_poison {
+    struct uffdio_range range;
+    uint64_t mode;
+    int64_t updated;
+};
+#define DM_UFFDIO_MOVE   _IOWR(UFFDIO, _UFFDIO_MOVE, struct dm_uffdio_move)
+#define DM_UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct dm_uffdio_poison)
+
+static const int DM_UFFD_USER_MODE_ONLY = UFFD_USER_MODE_ONLY;
+static const uint64_t DM_UFFD_API = UFFD_API;
+
+/// userfaultfd(2). flags: O_CLOEXEC, O_NONBLOCK, UFFD_USER_MODE_ONLY.
+static inline int dm_userfaultfd(int flags) {
+    return (int)syscall(SYS_userfaultfd, flags);
+}
+/// USERFAULTFD_IOC_NEW on an open /dev/userfaultfd (Linux 6.1+): a new uffd,
+/// governed by the device node's permissions instead of the sysctl.
+static inline int dm_userfaultfd_dev_new(int devfd, int flags) {
+    return ioctl(devfd, USERFAULTFD_IOC_NEW, flags);
+}
+/// UFFDIO_API: the handshake. Allowed once per uffd; features in, features out.
+static inline int dm_uffdio_api(int fd, struct uffdio_api *api) {
+    return ioctl(fd, UFFDIO_API, api);
+}
+/// UFFDIO_REGISTER: arms a range for MISSING / WP / MINOR; out: allowed ioctls.
+static inline int dm_uffdio_register(int fd, struct uffdio_register *reg) {
+    return ioctl(fd, UFFDIO_REGISTER, reg);
+}
+/// UFFDIO_UNREGISTER.
+static inline int dm_uffdio_unregister(int fd, struct uffdio_range *range) {
+    return ioctl(fd, UFFDIO_UNREGISTER, range);
+}
+/// UFFDIO_WAKE: wake threads blocked on faults in a range.
+static inline int dm_uffdio_wake(int fd, struct uffdio_range *range) {
+    return ioctl(fd, UFFDIO_WAKE, range);
+}
+/// UFFDIO_COPY: resolve a MISSING fault by copying a page in.
+static inline int dm_uffdio_copy(int fd, struct uffdio_copy *copy) {
+    return ioctl(fd, UFFDIO_COPY, copy);
+}
+/// UFFDIO_ZEROPAGE: resolve a MISSING fault with zeros.
+static inline int dm_uffdio_zeropage(int fd, struct uffdio_zeropage *zp) {
+    return ioctl(fd, UFFDIO_ZEROPAGE, zp);
+}
+/// UFFDIO_WRITEPROTECT: set or clear write protection on a range.
+static inline int dm_uffdio_writeprotect(int fd, struct uffdio_writeprotect *wp) {
+    return ioctl(fd, UFFDIO_WRITEPROTECT, wp);
+}
+/// UFFDIO_CONTINUE: resolve a MINOR fault by mapping the existing page-cache page.
+static inline int dm_uffdio_continue(int fd, struct uffdio_continue *c) {
+    return ioctl(fd, UFFDIO_CONTINUE, c);
+}
+/// UFFDIO_MOVE (6.8+): resolve a fault by moving a page from another range.
+static inline int dm_uffdio_move(int fd, struct dm_uffdio_move *m) {
+    return ioctl(fd, DM_UFFDIO_MOVE, m);
+}
+/// UFFDIO_POISON (6.6+): mark a range as poisoned (SIGBUS on access).
+static inline int dm_uffdio_poison(int fd, struct dm_uffdio_poison *p) {
+    return ioctl(fd, DM_UFFDIO_POISON, p);
+}
+
+// struct uffd_msg is packed with nested unions; read it through accessors.
+static inline uint8_t dm_uffd_msg_event(const struct uffd_msg *m) { return m->event; }
+static inline uint64_t dm_uffd_msg_pf_flags(const struct uffd_msg *m) { return m->arg.pagefault.flags; }
+static inline uint64_t dm_uffd_msg_pf_address(const struct uffd_msg *m) { return m->arg.pagefault.address; }
+static inline uint32_t dm_uffd_msg_pf_ptid(const struct uffd_msg *m) { return m->arg.pagefault.feat.ptid; }
+static inline uint32_t dm_uffd_msg_fork_ufd(const struct uffd_msg *m) { return m->arg.fork.ufd; }
+static inline uint64_t dm_uffd_msg_remap_from(const struct uffd_msg *m) { return m->arg.remap.from; }
+static inline uint64_t dm_uffd_msg_remap_to(const struct uffd_msg *m) { return m->arg.remap.to; }
+static inline uint64_t dm_uffd_msg_remap_len(const struct uffd_msg *m) { return m->arg.remap.len; }
+static inline uint64_t dm_uffd_msg_remove_start(const struct uffd_msg *m) { return m->arg.remove.start; }
+static inline uint64_t dm_uffd_msg_remove_end(const struct uffd_msg *m) { return m->arg.remove.end; }
+static const size_t DM_UFFD_MSG_SIZE = sizeof(struct uffd_msg);
+
+// ---------------------------------------------------------------------------
+// PAGEMAP_SCAN (Linux 6.7+, include/uapi/linux/fs.h): an ioctl on
+// /proc/PID/pagemap that walks a range and returns runs of pages sharing the
+// requested categories, optionally write-protecting them (WP_ASYNC tracking).
+// ---------------------------------------------------------------------------
+#define DM_PAGE_IS_WPALLOWED  (1ULL << 0)
+#define DM_PAGE_IS_WRITTEN    (1ULL << 1)
+#define DM_PAGE_IS_FILE       (1ULL << 2)
+#define DM_PAGE_IS_PRESENT    (1ULL << 3)
+#define DM_PAGE_IS_SWAPPED    (1ULL << 4)
+#define DM_PAGE_IS_PFNZERO    (1ULL << 5)
+#define DM_PAGE_IS_HUGE       (1ULL << 6)
+#define DM_PAGE_IS_SOFT_DIRTY (1ULL << 7)
+#define DM_PM_SCAN_WP_MATCHING   (1ULL << 0)
+#define DM_PM_SCAN_CHECK_WPASYNC (1ULL << 1)
+
+struct dm_page_region {
+    uint64_t start, end, categories;
+};
+struct dm_pm_scan_arg {
+    uint64_t size;               // sizeof(struct dm_pm_scan_arg)
+    uint64_t flags;              // PM_SCAN_*
+    uint64_t start, end;         // range to walk
+    uint64_t walk_end;           // out: where the walk stopped (resume here)
+    uint64_t vec, vec_len;       // output vector of dm_page_region
+    uint64_t max_pages;          // 0 = unlimited
+    uint64_t category_inverted;
+    uint64_t category_mask;      // all of these must match
+    uint64_t category_anyof_mask;// at least one of these
+    uint64_t return_mask;        // categories reported back
+};
+#define DM_PAGEMAP_SCAN _IOWR('f', 16, struct dm_pm_scan_arg)
+
+/// PAGEMAP_SCAN on an open /proc/PID/pagemap fd. Returns the number of regions
+/// filled (>= 0) or -1 (ENOTTY on kernels before 6.7).
+static inline long dm_pagemap_scan(int pagemap_fd, struct dm_pm_scan_arg *arg) {
+    return ioctl(pagemap_fd, DM_PAGEMAP_SCAN, arg);
+}
+
+#endif // DAXSHIM_H

@@ -1,0 +1,1 @@
+#include <ndctl/libndctl.h>

@@ -1,0 +1,199 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CDaxShim
+import DaxCore
+import DaxDetection
+import NVDIMMInventory
+import PageTables
+import Userfaultfd
+
+/// The memory types a trial registration is made on.
+public enum MemoryKind: String, CaseIterable, Sendable {
+    case anonymous, shmem, file
+}
+
+/// The registration modes tried on each memory type.
+public enum TrialMode: String, CaseIterable, Sendable {
+    case missing = "MISSING", minor = "MINOR", wp = "WP", wpAsync = "WP+WP_ASYNC"
+    var mode: RegisterMode {
+        switch self {
+        case .missing: return .missing
+        case .minor: return .minor
+        case .wp, .wpAsync: return .writeProtect
+        }
+    }
+}
+
+/// What this kernel and machine offer daxmirror, each fact probed, never assumed.
+public struct CapabilityReport: Sendable, JSONRepresentable {
+    public var kernelRelease: String
+    public var userfaultfdSyscall: ProbeResult
+    public var userfaultfdUserModeOnly: ProbeResult
+    public var userfaultfdDevice: ProbeResult
+    public var unprivilegedUserfaultfd: String?
+    /// Raw UFFDIO_API features (nil if no descriptor could be opened).
+    public var features: UserfaultfdFeatures?
+    public var featuresError: String?
+    /// registrations[kind][mode]
+    public var registrations: [(MemoryKind, [(TrialMode, ProbeResult)])]
+    public var fileProbeDirectory: String
+    public var pagemapScan: ProbeResult
+    public var pagemapShowsPFNs: ProbeResult
+    public var populateRead: ProbeResult
+    public var populateWrite: ProbeResult
+    public var thpEnabled: String?
+    public var daxMounts: [MountEntry]
+    public var namespaces: [Inventory.Namespace]
+    public var inventoryError: String?
+
+    public static func gather(directory: String) -> CapabilityReport {
+        var r = CapabilityReport(
+            kernelRelease: Syscall.kernelRelease,
+            userfaultfdSyscall: probeOpen { dm_userfaultfd(O_CLOEXEC | O_NONBLOCK) },
+            userfaultfdUserModeOnly: probeOpen { dm_userfaultfd(O_CLOEXEC | O_NONBLOCK | DM_UFFD_USER_MODE_ONLY) },
+            userfaultfdDevice: probeDevice(),
+            unprivilegedUserfaultfd: readSysfsAttribute("/proc/sys/vm/unprivileged_userfaultfd"),
+            registrations: [], fileProbeDirectory: directory,
+            pagemapScan: probePagemapScan(), pagemapShowsPFNs: probePFNs(),
+            populateRead: probeMadvise(DM_MADV_POPULATE_READ),
+            populateWrite: probeMadvise(DM_MADV_POPULATE_WRITE),
+            thpEnabled: readSysfsAttribute("/sys/kernel/mm/transparent_hugepage/enabled").flatMap(bracketed),
+            daxMounts: (try? MountTable.current().daxMounts) ?? [], namespaces: [])
+        do {
+            r.features = try Userfaultfd.supportedFeatures()
+        } catch {
+            r.featuresError = "\(error)"
+        }
+        r.registrations = MemoryKind.allCases.map { kind in
+            (kind, TrialMode.allCases.map { mode in (mode, probeRegistration(kind, mode, r.features, directory)) })
+        }
+        do {
+            r.namespaces = try Inventory.read().namespaces
+        } catch {
+            r.inventoryError = "\(error)"
+        }
+        return r
+    }
+
+    // MARK: probes
+
+    static func probeOpen(_ body: () -> Int32) -> ProbeResult {
+        switch Syscall.probe(body) {
+        case .success(let fd): close(fd); return .ok(nil)
+        case .failure(let e): return .failed(e)
+        }
+    }
+
+    static func probeDevice() -> ProbeResult {
+        var st = stat()
+        guard stat("/dev/userfaultfd", &st) == 0 else { return .failed(.current) }
+        let mode = "mode " + String(st.st_mode & 0o777, radix: 8)
+        switch Userfaultfd.openDevice(flags: O_CLOEXEC | O_NONBLOCK) {
+        case .success: return .ok(mode)
+        case .failure(let e): return .failed(e)
+        }
+    }
+
+    static func probeRegistration(_ kind: MemoryKind, _ mode: TrialMode, _ supported: UserfaultfdFeatures?,
+                                  _ directory: String) -> ProbeResult {
+        guard let supported else { return .skipped("no userfaultfd") }
+        if mode == .wpAsync && !supported.contains(.wpAsync) { return .skipped("kernel lacks WP_ASYNC") }
+        let length = 2 << 20
+        let region: ScratchMapping
+        do {
+            switch kind {
+            case .anonymous: region = try .anonymous(length: length)
+            case .shmem: region = try .shmem(length: length)
+            case .file: region = try .file(in: directory, length: length)
+            }
+        } catch {
+            return .skipped("cannot map a \(kind.rawValue) region: \(error)")
+        }
+        do {
+            let uffd = try Userfaultfd(features: mode == .wpAsync ? [.wpAsync] : [])
+            let ioctls = try uffd.register(start: region.base, length: length, mode: mode.mode)
+            return .ok(ioctls.names.joined(separator: ","))
+        } catch let e as SystemCallError {
+            return .failed(e.errno)
+        } catch {
+            return .skipped("\(error)")
+        }
+    }
+
+    static func probePagemapScan() -> ProbeResult {
+        do {
+            let region = try ScratchMapping.anonymous(length: 4 * Syscall.pageSize)
+            region.base.storeBytes(of: 1, as: UInt8.self)
+            let pm = try Pagemap()
+            let start = UInt64(UInt(bitPattern: region.base))
+            let (regions, _) = try pm.scan(start: start, end: start + UInt64(region.length), report: .all)
+            return regions.first?.categories.contains(.present) == true
+                ? .ok("return_mask 0xff") : .failed(.EIO)
+        } catch {
+            return .failed(error.errno)
+        }
+    }
+
+    static func probePFNs() -> ProbeResult {
+        do {
+            let region = try ScratchMapping.anonymous(length: Syscall.pageSize)
+            region.base.storeBytes(of: 1, as: UInt8.self)
+            let e = try Pagemap().entry(at: UInt64(UInt(bitPattern: region.base)))
+            guard e.present else { return .failed(.EIO) }
+            return (e.pfn ?? 0) != 0 ? .ok(nil) : .skipped("PFNs read as 0: needs CAP_SYS_ADMIN")
+        } catch {
+            return .failed(error.errno)
+        }
+    }
+
+    static func probeMadvise(_ advice: Int32) -> ProbeResult {
+        do {
+            let region = try ScratchMapping.anonymous(length: Syscall.pageSize)
+            switch Syscall.probe({ madvise(region.base, region.length, advice) }) {
+            case .success: return .ok(nil)
+            case .failure(let e): return .failed(e)
+            }
+        } catch {
+            return .failed(error.errno)
+        }
+    }
+
+    /// "always [madvise] never" -> "madvise".
+    static func bracketed(_ s: String) -> String? {
+        guard let open = s.firstIndex(of: "["), let close = s.firstIndex(of: "]"), open < close else { return nil }
+        return String(s[s.index(after: open)..<close])
+    }
+
+    // MARK: output
+
+    public var json: JSON {
+        .object([
+            "kernel_release": .string(kernelRelease),
+            "userfaultfd": .object([
+                "syscall": userfaultfdSyscall.json,
+                "syscall_user_mode_only": userfaultfdUserModeOnly.json,
+                "dev_userfaultfd": userfaultfdDevice.json,
+                "unprivileged_userfaultfd": unprivilegedUserfaultfd.map { .string($0) },
+                "features": features.map { .uint($0.rawValue) },
+                "feature_names": features.map { .array($0.names.map { .string($0) }) },
+                "error": featuresError.map { .string($0) },
+            ]),
+            "registration_directory": .string(fileProbeDirectory),
+            "registration": .object(registrations.map { kind, modes in
+                (kind.rawValue, JSON.object(modes.map { ($0.0.rawValue, $0.1.json) }))
+            }),
+            "pagemap_scan": pagemapScan.json,
+            "pagemap_pfns": pagemapShowsPFNs.json,
+            "madv_populate_read": populateRead.json,
+            "madv_populate_write": populateWrite.json,
+            "thp_enabled": thpEnabled.map { .string($0) },
+            "dax_mounts": .array(daxMounts.map { m in
+                .object(["mount_point": .string(m.mountPoint), "fs_type": .string(m.fsType),
+                         "source": .string(m.source), "dax": .string(m.daxMode.rawValue)])
+            }),
+            "namespaces": .array(namespaces.map(\.json)),
+            "inventory_error": inventoryError.map { .string($0) },
+        ])
+    }
+}

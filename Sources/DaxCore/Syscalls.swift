@@ -1,0 +1,94 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CDaxShim
+
+/// Every system call the core modules make goes through these few helpers, so
+/// that EINTR handling and error construction live in one place.
+public enum Syscall {
+    /// Runs `body` until it stops failing with EINTR; throws on -1.
+    @discardableResult
+    public static func retrying<T: BinaryInteger>(
+        _ call: String, _ subject: String? = nil, _ body: () -> T
+    ) throws(SystemCallError) -> T {
+        while true {
+            let rc = body()
+            if rc != -1 { return rc }
+            let e = Errno.current
+            if e == .EINTR { continue }
+            throw SystemCallError(call, subject, errno: e)
+        }
+    }
+
+    /// The result of a call as `Result`, for probes that report rather than throw.
+    public static func probe<T: BinaryInteger>(_ body: () -> T) -> Result<T, Errno> {
+        while true {
+            let rc = body()
+            if rc != -1 { return .success(rc) }
+            let e = Errno.current
+            if e == .EINTR { continue }
+            return .failure(e)
+        }
+    }
+
+    public static var pageSize: Int { Int(sysconf(Int32(_SC_PAGESIZE))) }
+
+    /// `uname -r`.
+    public static var kernelRelease: String {
+        var u = utsname()
+        uname(&u)
+        return withUnsafeBytes(of: &u.release) { raw in
+            String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+        }
+    }
+}
+
+/// An owned file descriptor, closed when the owner goes away.
+public final class OwnedFD: @unchecked Sendable {
+    public private(set) var rawValue: Int32
+    public init(_ fd: Int32) { rawValue = fd }
+    deinit { if rawValue >= 0 { Glibc.close(rawValue) } }
+    /// Closes now; later uses see -1 (EBADF), never a reused number.
+    public func close() {
+        if rawValue >= 0 { Glibc.close(rawValue); rawValue = -1 }
+    }
+
+    /// open(2) with O_CLOEXEC added.
+    public static func open(_ path: String, _ flags: Int32, mode: mode_t = 0) throws(SystemCallError) -> OwnedFD {
+        let fd = try Syscall.retrying("open", path) { Glibc.open(path, flags | O_CLOEXEC, mode) }
+        return OwnedFD(fd)
+    }
+}
+
+/// Reads a whole file (a /proc or /sys file, small config files) as text.
+/// /proc files report size 0, so this reads until EOF.
+public func readTextFile(_ path: String) throws(SystemCallError) -> String {
+    let fd = try OwnedFD.open(path, O_RDONLY)
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = try Syscall.retrying("read", path) {
+            chunk.withUnsafeMutableBytes { Glibc.read(fd.rawValue, $0.baseAddress, $0.count) }
+        }
+        if n == 0 { break }
+        bytes.append(contentsOf: chunk[0..<n])
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+/// The trimmed first line of a sysfs attribute, or nil if it cannot be read.
+public func readSysfsAttribute(_ path: String) -> String? {
+    guard let text = try? readTextFile(path) else { return nil }
+    return text.split(separator: "\n", omittingEmptySubsequences: false).first.map {
+        String($0).trimmingSpaces()
+    }
+}
+
+extension String {
+    public func trimmingSpaces() -> String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" || f == "\n" { s.removeFirst() }
+        while let l = s.last, l == " " || l == "\t" || l == "\n" { s.removeLast() }
+        return String(s)
+    }
+}

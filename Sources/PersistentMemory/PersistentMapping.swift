@@ -1,0 +1,308 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CDaxShim
+import CPmem
+import DaxCore
+import DaxDetection
+
+/// How a mapping is opened. Mirrors libpmem's PMEM_FILE_* flags, plus
+/// `overwrite`: the explicit consent needed before an existing file is resized.
+public struct MapOptions: OptionSet, Sendable {
+    public let rawValue: Int
+    public init(rawValue: Int) { self.rawValue = rawValue }
+    /// Create the file if it does not exist (needs a size).
+    public static let create = MapOptions(rawValue: 1 << 0)
+    /// Fail if the file exists, even with `overwrite`.
+    public static let exclusive = MapOptions(rawValue: 1 << 1)
+    /// Size a new file with ftruncate (holes) instead of allocating blocks.
+    public static let sparse = MapOptions(rawValue: 1 << 2)
+    /// The path is a directory; map an unnamed O_TMPFILE in it.
+    public static let tmpfile = MapOptions(rawValue: 1 << 3)
+    /// With `create`: an existing file may be truncated and resized.
+    public static let overwrite = MapOptions(rawValue: 1 << 4)
+}
+
+/// How `persist` makes a store durable on this mapping.
+public enum PersistMethod: String, Sendable {
+    /// CPU cache flush + fence (pmem_persist): the mapping is real pmem.
+    case cacheFlush = "cache_flush"
+    /// msync(2) (pmem_msync): the page cache is between us and the medium.
+    case msync
+}
+
+/// A file mapped through libpmem's `pmem_map_file`. Owns the mapping and
+/// unmaps it in `deinit` (or on `unmap()`).
+public final class PersistentMapping: @unchecked Sendable {
+    public let path: String
+    public private(set) var base: UnsafeMutableRawPointer?
+    public let length: Int
+    /// libpmem's verdict (pmem_map_file's is_pmem).
+    public let isPersistentMemory: Bool
+    /// Why it is (or is not) persistent memory, in one sentence.
+    public let reason: String
+    /// The MAP_SHARED_VALIDATE|MAP_SYNC trial on the same file: nil when accepted.
+    public let mapSyncError: Errno?
+    public let daxStatus: DaxStatus?
+    /// True when this call created the file.
+    public let created: Bool
+
+    public var persistMethod: PersistMethod { isPersistentMemory ? .cacheFlush : .msync }
+
+    /// Opens (or creates) and maps `path`. Never follows a symlink when
+    /// creating, creates files 0600, and never truncates an existing file
+    /// without `.overwrite`. On any failure after creating the file, removes it.
+    public init(path: String, size: Int? = nil, options: MapOptions = [],
+                mode: mode_t = 0o600, mounts: MountTable? = nil) throws(Failure) {
+        self.path = path
+        if let size, size <= 0 {
+            throw Failure(.invalidArgument, "size must be positive, got \(size)")
+        }
+        if options.contains(.create) || options.contains(.tmpfile), size == nil {
+            throw Failure(.invalidArgument, "creating \(path) needs a size (--size BYTES)")
+        }
+        if !options.contains(.create) && !options.contains(.tmpfile) && size != nil {
+            throw Failure(.invalidArgument, "a size is only used when creating; add --create (and --overwrite to resize an existing file)")
+        }
+
+        let opened = try PersistentMapping.openFile(path: path, size: size, options: options, mode: mode)
+        let fd = opened.fd
+        var createdPath: String? = opened.created && !options.contains(.tmpfile) ? path : nil
+        defer { if let p = createdPath { unlink(p) } }
+
+        // Trial MAP_SYNC on the same inode: the kernel's own word on DAX.
+        let trial = dm_mmap_sync(nil, Syscall.pageSize, PROT_READ | PROT_WRITE, fd.rawValue, 0)
+        if trial == MAP_FAILED {
+            mapSyncError = .current
+        } else {
+            mapSyncError = nil
+            munmap(trial, Syscall.pageSize)
+        }
+
+        // Map through the descriptor we opened, via its /proc magic link, so
+        // libpmem maps exactly the inode we checked (no symlink or rename race).
+        var mapped = 0
+        var isPmem: Int32 = 0
+        guard let addr = pmem_map_file("/proc/self/fd/\(fd.rawValue)", 0, 0, 0, &mapped, &isPmem) else {
+            let e = Errno.current
+            let msg = pmem_errormsg().map { String(cString: $0) } ?? e.message
+            throw Failure.from(SystemCallError("pmem_map_file", path, errno: e), doing: "map")
+                .withDetail(msg)
+        }
+        base = addr
+        length = mapped
+        isPersistentMemory = isPmem != 0
+        created = opened.created
+
+        let table = mounts ?? (try? MountTable.current())
+        let fdPath = "/proc/self/fd/\(fd.rawValue)"
+        daxStatus = table.flatMap { try? DaxStatus.inspect(path: fdPath, mounts: $0, inventory: nil) }
+        reason = PersistentMapping.explain(isPmem: isPmem != 0, mapSyncError: mapSyncError, dax: daxStatus)
+        createdPath = nil
+    }
+
+    deinit { unmap() }
+
+    public func unmap() {
+        if let b = base {
+            pmem_unmap(b, length)
+            base = nil
+        }
+    }
+
+    private func check(_ offset: Int, _ count: Int) throws(Failure) -> UnsafeMutableRawPointer {
+        guard let b = base else { throw Failure(.invalidArgument, "\(path) is no longer mapped") }
+        guard offset >= 0, count >= 0, offset <= length, count <= length - offset else {
+            throw Failure(.invalidArgument, "range \(offset)+\(count) is outside the \(length)-byte mapping")
+        }
+        return b + offset
+    }
+
+    /// Makes `count` bytes at `offset` durable: cache flush + drain on pmem,
+    /// msync otherwise (libpmem rounds to pages for msync).
+    public func persist(offset: Int = 0, count: Int? = nil) throws(Failure) {
+        let n = count ?? (length - offset)
+        let p = try check(offset, n)
+        if isPersistentMemory {
+            pmem_persist(p, n)
+        } else if pmem_msync(p, n) != 0 {
+            throw Failure.from(SystemCallError("msync", path), doing: "persist")
+        }
+    }
+
+    /// Flushes CPU caches for the range without waiting (pmem only; pair with `drain`).
+    public func flush(offset: Int, count: Int) throws(Failure) {
+        pmem_flush(try check(offset, count), count)
+    }
+
+    /// Waits for earlier flushes to reach the persistence domain.
+    public func drain() { pmem_drain() }
+
+    /// Copies `bytes` to `offset` and makes them durable before returning.
+    public func memcpyPersist(to offset: Int, from bytes: UnsafeRawBufferPointer) throws(Failure) {
+        let p = try check(offset, bytes.count)
+        guard let src = bytes.baseAddress, bytes.count > 0 else { return }
+        if isPersistentMemory {
+            pmem_memcpy_persist(p, src, bytes.count)
+        } else {
+            memcpy(p, src, bytes.count)
+            try persist(offset: offset, count: bytes.count)
+        }
+    }
+
+    static func explain(isPmem: Bool, mapSyncError: Errno?, dax: DaxStatus?) -> String {
+        let force = getenv("PMEM_IS_PMEM_FORCE").map { String(cString: $0) }
+        if isPmem {
+            if force == "1" {
+                return mapSyncError == nil
+                    ? "forced by PMEM_IS_PMEM_FORCE=1 (the file is also DAX)"
+                    : "forced by PMEM_IS_PMEM_FORCE=1 (the file is not DAX; stores are NOT durable without msync)"
+            }
+            return "MAP_SYNC accepted: a DAX mapping of persistent memory"
+        }
+        if force == "0" { return "disabled by PMEM_IS_PMEM_FORCE=0" }
+        if let r = dax?.notDAXReason { return r }
+        if let e = mapSyncError { return "the kernel refused MAP_SYNC (\(e.name))" }
+        return "libpmem did not detect persistent memory"
+    }
+
+    // MARK: opening
+
+    struct Opened {
+        let fd: OwnedFD
+        let created: Bool
+    }
+
+    static func openFile(path: String, size: Int?, options: MapOptions, mode: mode_t) throws(Failure) -> Opened {
+        if options.contains(.tmpfile) {
+            let fd = try wrap("create a temporary file in") { () throws(SystemCallError) -> OwnedFD in
+                try OwnedFD.open(path, DM_O_TMPFILE | O_RDWR, mode: mode)
+            }
+            if !options.contains(.sparse) { try checkSpace(fd: fd.rawValue, path: path, size: size!) }
+            try allocate(fd: fd.rawValue, path: path, size: size!, sparse: options.contains(.sparse))
+            return Opened(fd: fd, created: true)
+        }
+
+        if !options.contains(.create) {
+            let fd: OwnedFD
+            do {
+                fd = try OwnedFD.open(path, O_RDWR)
+            } catch where error.errno == .EISDIR {
+                throw Failure(.notRegularFile, "\(path) is a directory; give a file path (or --tmpfile to map an unnamed file in it)")
+            } catch {
+                throw Failure.from(error, doing: "open")
+            }
+            var st = stat()
+            fstat(fd.rawValue, &st)
+            if st.st_mode & S_IFMT == S_IFDIR {
+                throw Failure(.notRegularFile, "\(path) is a directory; give a file path (or --tmpfile to map an unnamed file in it)")
+            }
+            if st.st_mode & S_IFMT == S_IFREG && st.st_size == 0 {
+                throw Failure(.invalidArgument, "\(path) is empty; give it a size with --create --size BYTES --overwrite")
+            }
+            return Opened(fd: fd, created: false)
+        }
+
+        // Creation: name a symlink as the cause up front (the open below would
+        // only say EEXIST or ELOOP); O_NOFOLLOW still closes the race between
+        // this check and the open.
+        var lst = stat()
+        let exists = lstat(path, &lst) == 0
+        if exists && lst.st_mode & S_IFMT == S_IFLNK {
+            throw Failure(.symlinkRefused, "\(path) is a symbolic link; refusing to create through it (give the real path)")
+        }
+        if exists && lst.st_mode & S_IFMT == S_IFDIR {
+            throw Failure(.notRegularFile, "\(path) is a directory; give a file path (or --tmpfile to map an unnamed file in it)")
+        }
+        if exists && (!options.contains(.overwrite) || options.contains(.exclusive)) {
+            throw Failure(.alreadyExists, "\(path) already exists; add --overwrite to truncate and resize it (its contents are lost)")
+        }
+        if !options.contains(.sparse) {
+            let parent = parentDirectory(of: path)
+            try checkSpace(path: parent, size: size!, reclaimable: exists ? Int(lst.st_blocks) * 512 : 0)
+        }
+
+        var flags = O_RDWR | O_CREAT | O_NOFOLLOW
+        if !exists { flags |= O_EXCL }
+        let fd = try wrap("create") { () throws(SystemCallError) -> OwnedFD in try OwnedFD.open(path, flags, mode: mode) }
+        do throws(Failure) {
+            if exists {
+                guard ftruncate(fd.rawValue, 0) == 0 else {
+                    throw Failure.from(SystemCallError("ftruncate", path), doing: "truncate")
+                }
+            }
+            try allocate(fd: fd.rawValue, path: path, size: size!, sparse: options.contains(.sparse))
+            // A crash must not lose the file itself: make its size and its
+            // directory entry durable before anyone writes data into it.
+            try syncMetadata(fd: fd.rawValue, path: path)
+        } catch {
+            if !exists { unlink(path) }
+            throw error
+        }
+        return Opened(fd: fd, created: !exists)
+    }
+
+    private static func wrap<T>(_ what: String, _ body: () throws(SystemCallError) -> T) throws(Failure) -> T {
+        do { return try body() } catch { throw Failure.from(error, doing: what) }
+    }
+
+    private static func allocate(fd: Int32, path: String, size: Int, sparse: Bool) throws(Failure) {
+        if sparse {
+            guard ftruncate(fd, off_t(size)) == 0 else {
+                throw Failure.from(SystemCallError("ftruncate", path), doing: "size")
+            }
+            return
+        }
+        let rc = posix_fallocate(fd, 0, off_t(size))  // returns the error, not -1
+        if rc == Errno.ENOSPC.rawValue {
+            throw Failure(.noSpace, "not enough space for \(size) bytes at \(path); free space or use a smaller --size")
+        }
+        if rc != 0 {
+            throw Failure.from(SystemCallError("posix_fallocate", path, errno: Errno(rc)), doing: "allocate")
+        }
+    }
+
+    private static func syncMetadata(fd: Int32, path: String) throws(Failure) {
+        guard fsync(fd) == 0 else { throw Failure.from(SystemCallError("fsync", path), doing: "sync") }
+        let parent = parentDirectory(of: path)
+        let dfd = Glibc.open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard dfd >= 0 else { throw Failure.from(SystemCallError("open", parent), doing: "sync") }
+        defer { Glibc.close(dfd) }
+        guard fsync(dfd) == 0 else { throw Failure.from(SystemCallError("fsync", parent), doing: "sync") }
+    }
+
+    private static func checkSpace(path: String, size: Int, reclaimable: Int = 0) throws(Failure) {
+        var vfs = statvfs()
+        guard statvfs(path, &vfs) == 0 else {
+            throw Failure.from(SystemCallError("statvfs", path), doing: "inspect the filesystem of")
+        }
+        try checkSpace(vfs, path: path, size: size, reclaimable: reclaimable)
+    }
+
+    private static func checkSpace(fd: Int32, path: String, size: Int) throws(Failure) {
+        var vfs = statvfs()
+        guard fstatvfs(fd, &vfs) == 0 else {
+            throw Failure.from(SystemCallError("fstatvfs", path), doing: "inspect the filesystem of")
+        }
+        try checkSpace(vfs, path: path, size: size, reclaimable: 0)
+    }
+
+    private static func checkSpace(_ vfs: statvfs, path: String, size: Int, reclaimable: Int) throws(Failure) {
+        let free = UInt64(vfs.f_bavail) * UInt64(vfs.f_frsize) + UInt64(reclaimable)
+        if UInt64(size) > free {
+            throw Failure(.noSpace, "--size \(ByteSize.human(UInt64(size))) is larger than the \(ByteSize.human(free)) free on the filesystem of \(path); free space or use a smaller --size")
+        }
+    }
+
+    static func parentDirectory(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        let p = String(path[..<slash])
+        return p.isEmpty ? "/" : p
+    }
+}
+
+extension Failure {
+    func withDetail(_ detail: String) -> Failure {
+        Failure(code, message + " [" + detail.trimmingSpaces() + "]")
+    }
+}

@@ -1,0 +1,106 @@
+import ArgumentParser
+import Capabilities
+import DaxCore
+import DaxDetection
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct CapsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "caps",
+        abstract: "Report what this kernel and machine offer: userfaultfd, pagemap, THP, DAX mounts, pmem.",
+        discussion: """
+            Every line is probed now, never assumed from the kernel version: userfaultfd is \
+            opened three ways (syscall, user-mode-only, /dev/userfaultfd), UFFDIO_API reports \
+            its feature bits, and a trial registration is made for each memory type \
+            (anonymous, shmem via memfd, a regular file in --dir) and mode (MISSING, MINOR, \
+            WP, WP+WP_ASYNC). The file trial uses an unnamed O_TMPFILE in --dir, so point \
+            --dir at a DAX mount to learn what that filesystem allows.
+
+            Examples:
+              daxmirror caps
+              daxmirror caps --dir /mnt/pmem --json | jq .registration.file
+            """)
+
+    @Option(help: "Directory for the regular-file trial registration (a DAX mount is the interesting case).")
+    var dir: String = "/tmp"
+
+    @Flag(help: "Print JSON instead of a table.")
+    var json = false
+
+    func validate() throws {
+        var st = stat()
+        guard stat(dir, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
+            throw ValidationError("--dir \(dir) is not an existing directory")
+        }
+    }
+
+    func run() throws {
+        let report = CapabilityReport.gather(directory: dir)
+        if json {
+            emit(report.json.render())
+            return
+        }
+        var t = TextReport()
+        t.section("kernel")
+        t.row("release", report.kernelRelease)
+        t.row("THP enabled", report.thpEnabled ?? "unknown")
+        t.section("userfaultfd")
+        t.row("userfaultfd(2)", report.userfaultfdSyscall.text)
+        t.row("UFFD_USER_MODE_ONLY", report.userfaultfdUserModeOnly.text)
+        t.row("/dev/userfaultfd", report.userfaultfdDevice.text)
+        t.row("vm.unprivileged_userfaultfd", report.unprivilegedUserfaultfd ?? "absent")
+        if let f = report.features {
+            t.row("UFFDIO_API features", "0x" + String(f.rawValue, radix: 16))
+            t.row("", f.names.joined(separator: " "))
+        } else {
+            t.row("UFFDIO_API features", report.featuresError ?? "unknown")
+        }
+        t.section("trial registration (file trial in \(report.fileProbeDirectory))")
+        for (kind, modes) in report.registrations {
+            for (mode, result) in modes { t.row("\(kind.rawValue) \(mode.rawValue)", result.text) }
+        }
+        t.section("page-table truth")
+        t.row("PAGEMAP_SCAN", report.pagemapScan.text)
+        t.row("pagemap PFNs", report.pagemapShowsPFNs.text)
+        t.row("MADV_POPULATE_READ", report.populateRead.text)
+        t.row("MADV_POPULATE_WRITE", report.populateWrite.text)
+        t.section("DAX")
+        if report.daxMounts.isEmpty { t.row("dax mounts", "none") }
+        for m in report.daxMounts { t.row(m.mountPoint, "\(m.fsType) on \(m.source), dax=\(m.daxMode.rawValue)") }
+        if let e = report.inventoryError { t.row("pmem namespaces", "unreadable: \(e)") }
+        else if report.namespaces.isEmpty { t.row("pmem namespaces", "none") }
+        for ns in report.namespaces {
+            t.row(ns.dev, "\(ns.mode) \(ByteSize.human(ns.size))" + (ns.blockdev.map { " /dev/\($0)" } ?? "")
+                  + (ns.chardev.map { " /dev/\($0)" } ?? ""))
+        }
+        emit(t.text)
+    }
+}
+
+/// A two-column report with section headings, aligned.
+struct TextReport {
+    private var lines: [(String, String)?] = []  // nil key = heading marker
+    private var headings: [Int: String] = [:]
+
+    mutating func section(_ title: String) {
+        headings[lines.count] = title
+        lines.append(nil)
+    }
+    mutating func row(_ key: String, _ value: String) { lines.append((key, value)) }
+
+    var text: String {
+        let width = lines.compactMap { $0?.0.count }.max() ?? 0
+        var out: [String] = []
+        for (i, line) in lines.enumerated() {
+            if let (k, v) = line {
+                out.append("  " + k + String(repeating: " ", count: width - k.count) + "  " + v)
+            } else {
+                if !out.isEmpty { out.append("") }
+                out.append(headings[i] ?? "")
+            }
+        }
+        return out.joined(separator: "\n")
+    }
+}

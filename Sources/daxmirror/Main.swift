@@ -1,0 +1,69 @@
+import ArgumentParser
+import DaxCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@main
+struct DaxMirror: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "daxmirror",
+        abstract: "Mirror and inspect CPU page tables of files on DAX (persistent memory) filesystems.",
+        discussion: """
+            daxmirror maps files through libpmem, tracks the pages the CPU faults in, and \
+            compares what it sees with the kernel's own truth (/proc/PID/pagemap, smaps).
+
+            Start with `daxmirror caps` to see what this kernel offers, `daxmirror devices` \
+            for the NVDIMM inventory, and `daxmirror map FILE` to map a file and see whether \
+            it is real persistent memory.
+
+            Exit codes: 0 ok, 1 an operation failed, 3 not found, 4 not a regular file, \
+            5 permission denied, 6 already exists, 7 symlink refused, 8 no space, \
+            9 invalid argument, 10 not DAX, 11 kernel lacks a feature, 12 process gone, \
+            13 other system error, 14 timeout, 64 usage error.
+            """,
+        subcommands: [CapsCommand.self, DevicesCommand.self, MapCommand.self,
+                      PersistWriterCommand.self, PersistVerifyCommand.self])
+
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let failure as Failure {
+            fail(failure)
+        } catch {
+            // --help and --version arrive here as "errors" with exit code 0.
+            let code = exitCode(for: error)
+            if code == .success { exit(withError: error) }
+            // Usage errors: one line, like every other failure, plus where to look.
+            let text = message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid usage"
+            writeStderr("daxmirror: \(text) (see 'daxmirror help')\n")
+            Glibc.exit(code.rawValue)
+        }
+    }
+
+    /// One line on stderr, the distinct exit code, nothing else.
+    static func fail(_ failure: Failure) -> Never {
+        writeStderr("daxmirror: \(failure.message)\n")
+        Glibc.exit(failure.code.rawValue)
+    }
+}
+
+func writeStderr(_ s: String) { writeAll(2, s) }
+
+/// Writes a line to stdout unbuffered, so a parent reading a pipe sees each
+/// line when it is printed (the crash tests rely on this for their acks).
+func emit(_ s: String) { writeAll(1, s + "\n") }
+
+private func writeAll(_ fd: Int32, _ s: String) {
+    var s = s
+    s.withUTF8 { buf in
+        var done = 0
+        while done < buf.count {
+            let n = Glibc.write(fd, buf.baseAddress! + done, buf.count - done)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return }
+            done += n
+        }
+    }
+}
