@@ -53,7 +53,7 @@ case "$nsmode" in fsdax|devdax) ;; *) die "--nsmode must be fsdax or devdax" ;; 
 kdir=$("$here/Scripts/guest/fetch-kernel.sh" "$kernel") || die "cannot fetch the $kernel kernel"
 initrd=$("$here/Scripts/guest/build-initramfs.sh" "$kdir") || die "cannot build the initramfs"
 release=$(cat "$kdir/release")
-vmlinuz=$kdir/root/boot/vmlinuz-$release
+vmlinuz=$kdir/vmlinuz
 
 cache=${DAXMIRROR_CACHE:-$here/.cache}
 mkdir -p "$cache/runs"
@@ -77,6 +77,11 @@ if [[ -n $keep ]]; then
     pmem_size=$(stat -c %s "$image")
 else
     truncate -s "$pmem_size" "$image"
+fi
+
+# The command runs in /mnt: a relative program path means the host's, so make it absolute.
+if [[ $1 == */* && $1 != /* && -e $1 ]]; then
+    set -- "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")" "${@:2}"
 fi
 
 # The command, quoted, in a script the guest runs from the shared root.
@@ -109,10 +114,18 @@ choose_accel() {
     if [[ $accel == auto && -f $verdict_file ]]; then cat "$verdict_file"; return; fi
     local v=tcg
     if [[ -r /dev/kvm && -w /dev/kvm ]]; then
-        local rc=0
-        timeout -k 2 20 "${qemu_base[@]}" -cpu host -accel kvm -append "console=ttyS0 quiet dm.probe=1" \
-            </dev/null >"$run/kvm-probe.log" 2>&1 || rc=$?
-        [[ $rc == 85 ]] && v=kvm   # (42 << 1) | 1
+        # A failing KVM pauses the guest ("KVM internal error ... emulation
+        # failure") instead of exiting: watch the log and stop at the first sign.
+        "${qemu_base[@]}" -cpu host -accel kvm -append "console=ttyS0 quiet dm.probe=1" \
+            </dev/null >"$run/kvm-probe.log" 2>&1 &
+        local pid=$! rc="" i
+        for ((i = 0; i < 200; i++)); do
+            if ! kill -0 "$pid" 2>/dev/null; then wait "$pid" && rc=0 || rc=$?; break; fi
+            grep -qE "KVM internal error|emulation failure|failed to initialize kvm" "$run/kvm-probe.log" && break
+            sleep 0.1
+        done
+        [[ -z $rc ]] && { kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; }
+        [[ $rc == 85 ]] && v=kvm   # (42 << 1) | 1: the probe init ran
     fi
     if [[ $accel == kvm && $v != kvm ]]; then
         die "KVM requested but a probe boot under KVM failed (see $run/kvm-probe.log)"
@@ -138,7 +151,15 @@ set +e
 "${qemu_base[@]}" "${accel_args[@]}" -append "$cmdline" </dev/null 2>"$run/qemu.err" \
     > >(tr -d '\r') &
 qpid=$!
-( sleep "$timeout_s"; kill -9 "$qpid" 2>/dev/null && echo timeout > "$run/timed-out" ) &
+# The watchdog must not hold our stdout open, and must take its sleep with it.
+(
+    exec >/dev/null 2>&1
+    sleep "$timeout_s" &
+    spid=$!
+    trap 'kill $spid; exit 0' TERM
+    wait $spid
+    kill -9 "$qpid" && echo timeout > "$run/timed-out"
+) &
 watchdog=$!
 wait "$qpid"
 rc=$?

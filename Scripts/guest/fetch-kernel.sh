@@ -68,9 +68,15 @@ mkdir -p "$out.tmp/debs" "$out.tmp/root"
 (cd "$out.tmp/debs" && apt-get "${apt_opts[@]}" -qq download $pkgs >&2)
 for d in "$out.tmp"/debs/*.deb; do dpkg-deb -x "$d" "$out.tmp/root"; done
 rm -rf "$out.tmp/debs"
-vmlinuz=$(ls "$out.tmp"/root/boot/vmlinuz-* 2>/dev/null | head -n 1)
+# boot/vmlinuz-RELEASE, or (newer packaging) usr/lib/modules/RELEASE/vmlinuz.
+vmlinuz=$( (ls "$out.tmp"/root/boot/vmlinuz-* "$out.tmp"/root/usr/lib/modules/*/vmlinuz 2>/dev/null || true) | head -n 1)
 [[ -n $vmlinuz ]] || { echo "fetch-kernel: no vmlinuz in $pkgs" >&2; exit 1; }
-release=${vmlinuz##*/vmlinuz-}
+if [[ $vmlinuz == */boot/vmlinuz-* ]]; then
+    release=${vmlinuz##*/vmlinuz-}
+else
+    release=$(basename "$(dirname "$vmlinuz")")
+fi
+cp "$vmlinuz" "$out.tmp/vmlinuz"
 [[ -d $out.tmp/root/lib/modules/$release || -d $out.tmp/root/usr/lib/modules/$release ]] \
     || { echo "fetch-kernel: no modules for $release" >&2; exit 1; }
 # Merged-/usr packaging puts modules in usr/lib/modules; depmod looks in lib/modules.

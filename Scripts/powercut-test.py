@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Crash consistency on real pmem: power the guest off hard at random points.
+
+Each round boots the pmem guest on the same NVDIMM image (kept between boots),
+first checks the previous round's log -- every record the writer acknowledged
+before the power cut must be there, intact -- then starts
+`daxmirror persist-writer`, which persists one record at a time and prints
+`ack N` only after persist() returned. When the host has seen a randomly
+chosen ack, it kills QEMU with SIGKILL: the guest gets no chance to flush,
+sync or unmount anything. The last boot only verifies.
+
+usage: Scripts/powercut-test.py [--rounds 20] [--fs ext4|xfs] [--kernel NAME] [--seed N]
+"""
+import argparse, os, random, re, signal, subprocess, sys, tempfile, time
+
+here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+daxmirror = os.path.join(here, ".build", "debug", "daxmirror")
+guest = os.path.join(here, "Scripts", "guest.sh")
+
+ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+ap.add_argument("--rounds", type=int, default=20)
+ap.add_argument("--fs", default="ext4")
+ap.add_argument("--kernel", default="backports")
+ap.add_argument("--seed", type=int, default=None)
+ap.add_argument("--records", type=int, default=200000)
+args = ap.parse_args()
+seed = args.seed if args.seed is not None else random.randrange(1 << 32)
+rng = random.Random(seed)
+print(f"powercut: seed {seed} (replay with --seed {seed}), {args.rounds} power cuts, {args.fs}, kernel {args.kernel}", flush=True)
+if not os.access(daxmirror, os.X_OK):
+    sys.exit("powercut: build first (swift build)")
+
+workdir = tempfile.mkdtemp(prefix="daxmirror-powercut-", dir=os.path.join(here, ".cache"))
+image = os.path.join(workdir, "pmem.img")
+passed = failed = 0
+
+
+def boot(command, first, kill_after_ack=None):
+    """Runs COMMAND in the guest. With kill_after_ack, SIGKILLs QEMU once that
+    ack was seen (plus a random few ms). Returns (exit code, highest ack seen, output)."""
+    argv = [guest, "--kernel", args.kernel, "--fs", args.fs, "--keep-image", image, "--timeout", "300"]
+    if first:
+        argv.append("--mkfs")
+    argv += ["--", "sh", "-c", command]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    highest, lines = -1, []
+    for line in p.stdout:
+        lines.append(line)
+        m = re.match(r"ack (\d+)$", line.strip())
+        if m:
+            highest = int(m.group(1))
+            if kill_after_ack is not None and highest >= kill_after_ack:
+                time.sleep(rng.random() * 0.02)
+                # The whole session: guest.sh and QEMU. QEMU gets SIGKILL: a power cut.
+                subprocess.run(["pkill", "-KILL", "-s", str(p.pid), "qemu-system"], check=False)
+                break
+    rest = p.stdout.read()
+    p.wait()
+    lines.append(rest)
+    for line in rest.splitlines():
+        m = re.match(r"ack (\d+)$", line.strip())
+        if m:
+            highest = max(highest, int(m.group(1)))
+    return p.returncode, highest, "".join(lines)
+
+
+acked = None
+for rnd in range(args.rounds + 1):
+    steps = []
+    if acked is not None:
+        steps.append(f"{daxmirror} persist-verify /mnt/log --acked {acked}")
+    last = rnd == args.rounds
+    if not last:
+        steps.append(f"{daxmirror} persist-writer /mnt/log --records {args.records} --overwrite --hold")
+    target = None if last else rng.randrange(20, 3000)
+    t0 = time.time()
+    code, highest, out = boot(" && ".join(steps), first=(rnd == 0), kill_after_ack=target)
+    verified = acked is not None
+    ok_verify = (not verified) or ('"ok":true' in out)
+    if verified:
+        if ok_verify:
+            passed += 1
+            print(f"powercut: round {rnd}: all {acked + 1} acknowledged records intact after the power cut", flush=True)
+        else:
+            failed += 1
+            print(f"powercut: round {rnd}: LOST OR TORN records (seed {seed}):\n{out}", flush=True)
+    if not last:
+        if highest < 0:
+            failed += 1
+            print(f"powercut: round {rnd}: the writer never acknowledged a record:\n{out}", flush=True)
+            acked = None
+        else:
+            acked = highest
+            print(f"powercut: round {rnd}: power cut after ack {highest} (target {target}), {time.time() - t0:.1f}s", flush=True)
+    elif code != 0 and ok_verify:
+        failed += 1
+        print(f"powercut: last boot failed (exit {code}):\n{out}", flush=True)
+
+subprocess.run(["rm", "-rf", workdir])
+print(f"powercut: {passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The test command: everything, from a fresh clone.
+#   1. installs what it needs (Scripts/setup.sh --guest), builds, runs the host suite;
+#   2. the pmem guest harness checks: exit status in and out, the timeout, DAX
+#      mounts on every guest kernel and filesystem;
+#   3. the suite again inside the guest on ext4-DAX and xfs-DAX, on each of
+#      Debian's kernels (6.1, 6.12, newest), where the DAX tests run for real;
+#   4. the power-cut crash test on real pmem (20 hard power-offs).
+# Environment: DAXMIRROR_KERNELS="stable backports newest" and
+# DAXMIRROR_POWERCUTS=20 narrow or widen the run; DAXMIRROR_HOST_ONLY=1 skips
+# the guest (the DAX tests then report themselves skipped).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+passed=0 failed=0 failures=()
+step() {  # step NAME COMMAND... : runs, records the outcome
+    local name=$1; shift
+    echo "=== $name"
+    local t0=$SECONDS
+    if "$@"; then
+        passed=$((passed + 1)); echo "=== ok: $name ($((SECONDS - t0))s)"
+    else
+        failed=$((failed + 1)); failures+=("$name"); echo "=== FAILED: $name ($((SECONDS - t0))s)"
+    fi
+}
+expect_exit() {  # expect_exit CODE COMMAND...
+    local want=$1; shift
+    "$@"; local got=$?
+    [[ $got == "$want" ]] || { echo "expected exit $want, got $got"; return 1; }
+}
+mounts_dax() {  # the guest's /proc/mounts has the pmem device mounted dax
+    local out
+    out=$(Scripts/guest.sh "$@" -- cat /proc/mounts) || return 1
+    echo "$out" | grep -E '^/dev/pmem0 /mnt (ext4|xfs) .*dax' || { echo "$out"; return 1; }
+}
+
+Scripts/setup.sh --guest || exit 1
+step "build" swift build --build-tests
+step "host suite (swift test)" swift test --skip-build
+
+if [[ ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
+    kernels=${DAXMIRROR_KERNELS:-stable backports newest}
+    step "guest: '-- true' exits 0" expect_exit 0 Scripts/guest.sh -- true
+    step "guest: '-- false' exits non-zero (1)" expect_exit 1 Scripts/guest.sh -- false
+    step "guest: a hung guest is killed at --timeout (124)" expect_exit 124 Scripts/guest.sh --timeout 30 -- sleep 600
+    for k in $kernels; do
+        for fs in ext4 xfs; do
+            step "guest $k/$fs: /proc/mounts shows /dev/pmem0 mounted dax" mounts_dax --kernel "$k" --fs "$fs"
+            step "guest $k/$fs: test suite on $fs-DAX" Scripts/guest.sh --kernel "$k" --fs "$fs" -- Scripts/guest-tests.sh
+        done
+    done
+    step "power cuts on real pmem (ext4-DAX)" python3 Scripts/powercut-test.py --rounds "${DAXMIRROR_POWERCUTS:-20}"
+fi
+
+echo
+for f in "${failures[@]}"; do echo "failed: $f"; done
+echo "summary: $passed passed, $failed failed"
+((failed == 0))
