@@ -8,6 +8,7 @@ import PackageDescription
 //   DaxDetection    is this path on DAX? (mountinfo, statx, sysfs)
 //   PageTables      the kernel's page-table truth (smaps today; pagemap, PAGEMAP_SCAN)
 //   Userfaultfd     typed userfaultfd
+//   FaultTracking   one tracker over uffd modes and pagemap, chosen per memory type
 //   PersistentMemory  libpmem mappings
 //   NVDIMMInventory libndctl / libdaxctl walk
 //   Capabilities    what this kernel and machine offer (`daxmirror caps`)
@@ -33,11 +34,12 @@ let package = Package(
         .target(name: "DaxDetection", dependencies: ["DaxCore", "CDaxShim", "NVDIMMInventory"]),
         .target(name: "PageTables", dependencies: ["DaxCore", "CDaxShim"]),
         .target(name: "Userfaultfd", dependencies: ["DaxCore", "CDaxShim"]),
+        .target(name: "FaultTracking", dependencies: ["DaxCore", "PageTables", "Userfaultfd"]),
         .target(name: "PersistentMemory",
                 dependencies: ["DaxCore", "DaxDetection", "CDaxShim", "CPmem"]),
         .target(name: "NVDIMMInventory", dependencies: ["DaxCore", "CNdctl", "CDaxctl"]),
         .target(name: "Capabilities",
-                dependencies: ["DaxCore", "DaxDetection", "PageTables", "Userfaultfd",
+                dependencies: ["DaxCore", "DaxDetection", "PageTables", "Userfaultfd", "FaultTracking",
                                "NVDIMMInventory", "CDaxShim"]),
         .executableTarget(
             name: "daxmirror",
@@ -48,7 +50,7 @@ let package = Package(
             ]),
         .testTarget(
             name: "DaxMirrorTests",
-            dependencies: ["DaxCore", "DaxDetection", "PageTables", "Userfaultfd",
+            dependencies: ["DaxCore", "DaxDetection", "PageTables", "Userfaultfd", "FaultTracking",
                            "PersistentMemory", "NVDIMMInventory", "Capabilities", "CDaxShim",
                            "daxmirror"]),
     ]

@@ -92,7 +92,8 @@ fi
     printf 'exec'; printf ' %q' "$@"; printf '\n'
 } > "$run/cmd.sh"
 
-cmdline="console=ttyS0 quiet loglevel=3 panic=-1 oops=panic dm.run=$run/cmd.sh dm.fs=$fs dm.nsmode=$nsmode"
+case "$here$run" in *" "*) die "the work tree's path contains a space; the guest's kernel command line cannot carry it" ;; esac
+cmdline="console=ttyS0 quiet loglevel=3 panic=-1 oops=panic dm.run=$run/cmd.sh dm.tree=$here dm.fs=$fs dm.nsmode=$nsmode"
 [[ -n $align ]] && cmdline+=" dm.align=$align"
 [[ $mkfs == 0 ]] && cmdline+=" dm.mkfs=0"
 ((powercut)) && cmdline+=" dm.powercut=1"

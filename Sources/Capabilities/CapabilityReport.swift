@@ -4,6 +4,7 @@ import Glibc
 import CDaxShim
 import DaxCore
 import DaxDetection
+import FaultTracking
 import NVDIMMInventory
 import PageTables
 import Userfaultfd
@@ -46,8 +47,16 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
     public var daxMounts: [MountEntry]
     public var namespaces: [Inventory.Namespace]
     public var inventoryError: String?
+    /// Whether --dir is on DAX (decides the file row of the tracker choice).
+    public var directoryIsDAX: Bool = false
+    /// The DAX write-protect probe, run only when --dir is on DAX.
+    public var daxWriteProtect: DaxWriteProtectProbe?
+    /// The fault tracker's choice per memory type (the file row for --dir).
+    public var trackerChoices: [(String, TrackerChoice)] = []
 
-    public static func gather(directory: String) -> CapabilityReport {
+    /// Probes everything; `probeExecutable` (the daxmirror binary) runs the
+    /// DAX write-protect probe in a child process when `directory` is on DAX.
+    public static func gather(directory: String, probeExecutable: String? = nil) -> CapabilityReport {
         var r = CapabilityReport(
             kernelRelease: Syscall.kernelRelease,
             userfaultfdSyscall: probeOpen { dm_userfaultfd(O_CLOEXEC | O_NONBLOCK) },
@@ -73,6 +82,19 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
         } catch {
             r.inventoryError = "\(error)"
         }
+        if let table = try? MountTable.current(), let status = try? DaxStatus.inspect(path: directory, mounts: table, inventory: nil) {
+            r.directoryIsDAX = status.mountMode == .always || status.mountMode == .inode
+        }
+        if r.directoryIsDAX, let exe = probeExecutable {
+            r.daxWriteProtect = DaxWriteProtectProbe.run(executable: exe, directory: directory)
+        }
+        let kernel = KernelFeatures(userfaultfd: r.features, pagemapScan: r.pagemapScan.isOK,
+                                    daxWriteProtectSafe: r.daxWriteProtect?.isSafe ?? false)
+        r.trackerChoices = [
+            ("anonymous", TrackingMechanism.choose(for: .anonymous, kernel: kernel)),
+            ("shmem", TrackingMechanism.choose(for: .shmem, kernel: kernel)),
+            (r.directoryIsDAX ? "file (DAX)" : "file", TrackingMechanism.choose(for: .file(dax: r.directoryIsDAX), kernel: kernel)),
+        ]
         return r
     }
 
@@ -194,6 +216,14 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
             }),
             "namespaces": .array(namespaces.map(\.json)),
             "inventory_error": inventoryError.map { .string($0) },
+            "registration_directory_dax": .bool(directoryIsDAX),
+            "dax_write_protect": daxWriteProtect.map { p in
+                .object(["read": .string(p.read.rawValue), "write": .string(p.write.rawValue),
+                         "safe": .bool(p.isSafe), "detail": p.detail.isEmpty ? nil : .string(p.detail)])
+            },
+            "tracker": .object(trackerChoices.map { kind, choice in
+                (kind, .object(["mechanism": .string(choice.mechanism.rawValue), "reason": .string(choice.reason)]))
+            }),
         ])
     }
 }

@@ -61,3 +61,37 @@ extension Pagemap {
         return (regions, arg.walk_end)
     }
 }
+
+public enum PagemapScanSupport {
+    /// Whether this kernel has the PAGEMAP_SCAN ioctl (6.7+): an empty scan of
+    /// our own pagemap succeeds, where older kernels answer ENOTTY.
+    public static var available: Bool {
+        guard let pm = try? Pagemap() else { return false }
+        let page = UInt64(Syscall.pageSize)
+        // Scan the page holding this stack frame: always mapped.
+        var probe: UInt8 = 0
+        let here = withUnsafeMutablePointer(to: &probe) { UInt64(UInt(bitPattern: $0)) } & ~(page - 1)
+        return (try? pm.scan(start: here, end: here + page, maxRegions: 1)) != nil
+    }
+}
+
+extension Pagemap {
+    /// A whole-range PAGEMAP_SCAN, resuming from `walk_end` each time the
+    /// output vector fills (or the kernel stops early).
+    public func scanAll(start: UInt64, end: UInt64, required: PageCategories = [], anyOf: PageCategories = [],
+                        report: PageCategories = .all, flags: UInt64 = 0) throws(SystemCallError) -> [PageRegion] {
+        var out: [PageRegion] = []
+        var at = start
+        while at < end {
+            let (regions, walkEnd) = try scan(start: at, end: end, required: required, anyOf: anyOf,
+                                              report: report, flags: flags)
+            out.append(contentsOf: regions)
+            if walkEnd <= at || walkEnd >= end { break }
+            at = walkEnd
+        }
+        return out
+    }
+
+    public static let scanWPMatching: UInt64 = 1 << 0
+    public static let scanCheckWPAsync: UInt64 = 1 << 1
+}

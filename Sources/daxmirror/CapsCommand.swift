@@ -18,6 +18,12 @@ struct CapsCommand: ParsableCommand {
             WP, WP+WP_ASYNC). The file trial uses an unnamed O_TMPFILE in --dir, so point \
             --dir at a DAX mount to learn what that filesystem allows.
 
+            When --dir is on DAX, a child process arms userfaultfd write protection on a DAX \
+            file and touches an unmapped page (read, then write), and is killed after 10 s: \
+            on many kernels this hangs or raises SIGBUS, and the fault tracker arms write \
+            protection on DAX only when this probe reports "safe". The tracker's choice for \
+            each memory type is listed with its reason.
+
             Examples:
               daxmirror caps
               daxmirror caps --dir /mnt/pmem --json | jq .registration.file
@@ -37,7 +43,7 @@ struct CapsCommand: ParsableCommand {
     }
 
     func run() throws {
-        let report = CapabilityReport.gather(directory: dir)
+        let report = CapabilityReport.gather(directory: dir, probeExecutable: readLink("/proc/self/exe"))
         if json {
             emit(report.json.render())
             return
@@ -60,6 +66,15 @@ struct CapsCommand: ParsableCommand {
         t.section("trial registration (file trial in \(report.fileProbeDirectory))")
         for (kind, modes) in report.registrations {
             for (mode, result) in modes { t.row("\(kind.rawValue) \(mode.rawValue)", result.text) }
+        }
+        t.section("fault tracking (what the tracker would use)")
+        for (kind, choice) in report.trackerChoices {
+            t.row(kind, "\(choice.mechanism.rawValue): \(choice.reason)")
+        }
+        if let p = report.daxWriteProtect {
+            t.row("DAX write-protect probe", p.summary + (p.detail.isEmpty ? "" : " (\(p.detail))"))
+        } else {
+            t.row("DAX write-protect probe", report.directoryIsDAX ? "not run" : "not run: --dir is not on DAX")
         }
         t.section("page-table truth")
         t.row("PAGEMAP_SCAN", report.pagemapScan.text)

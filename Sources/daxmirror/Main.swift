@@ -23,7 +23,7 @@ struct DaxMirror: ParsableCommand {
             13 other system error, 14 timeout, 64 usage error.
             """,
         subcommands: [CapsCommand.self, DevicesCommand.self, MapCommand.self,
-                      PersistWriterCommand.self, PersistVerifyCommand.self])
+                      PersistWriterCommand.self, PersistVerifyCommand.self, ProbeDaxWPCommand.self])
 
     static func main() {
         do {

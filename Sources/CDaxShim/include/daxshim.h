@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -58,6 +59,15 @@ static inline void *dm_mmap_sync(void *addr, size_t len, int prot, int fd, off_t
 }
 
 static const unsigned int DM_MFD_CLOEXEC = 0x0001U;  // MFD_CLOEXEC (linux/memfd.h)
+/// eventfd(2), non-blocking and close-on-exec: a wake-up for threads in poll(2).
+static inline int dm_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
+
+/// mremap(2) (variadic in glibc): with MREMAP_MAYMOVE|MREMAP_FIXED moves to new_addr.
+static inline void *dm_mremap(void *old_addr, size_t old_len, size_t new_len, int flags, void *new_addr) {
+    return (void *)syscall(SYS_mremap, old_addr, old_len, new_len, flags, new_addr);
+}
+static const int DM_MREMAP_MAYMOVE = 1, DM_MREMAP_FIXED = 2;
+
 /// memfd_create(2): anonymous shared memory with a file (shmem) behind it.
 static inline int dm_memfd_create(const char *name, unsigned int flags) {
     return (int)syscall(SYS_memfd_create, name, flags);
@@ -211,6 +221,17 @@ static inline uint64_t dm_uffd_msg_remap_len(const struct uffd_msg *m) { return 
 static inline uint64_t dm_uffd_msg_remove_start(const struct uffd_msg *m) { return m->arg.remove.start; }
 static inline uint64_t dm_uffd_msg_remove_end(const struct uffd_msg *m) { return m->arg.remove.end; }
 static const size_t DM_UFFD_MSG_SIZE = sizeof(struct uffd_msg);
+
+// ---------------------------------------------------------------------------
+// Atomics on plain memory, for the fault handler's bookkeeping: it must not
+// allocate or take locks, because a thread in fork() holds the allocator's
+// locks while the kernel makes it wait for the handler to read the FORK event.
+// ---------------------------------------------------------------------------
+static inline void dm_atomic_or_u64(uint64_t *p, uint64_t v) { __atomic_fetch_or(p, v, __ATOMIC_RELEASE); }
+static inline void dm_atomic_and_u64(uint64_t *p, uint64_t v) { __atomic_fetch_and(p, v, __ATOMIC_RELEASE); }
+static inline uint64_t dm_atomic_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void dm_atomic_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline uint64_t dm_atomic_add_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
 
 // ---------------------------------------------------------------------------
 // PAGEMAP_SCAN (Linux 6.7+, include/uapi/linux/fs.h): an ioctl on

@@ -1,0 +1,84 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import DaxCore
+
+/// What arming userfaultfd write protection on a DAX file does on this kernel,
+/// learned in a child process that is killed if it hangs.
+public enum DaxWriteProtectOutcome: String, Sendable {
+    case safe
+    case hangs
+    case sigbus
+    /// The kernel cannot even register a DAX file for WP (no WP_ASYNC).
+    case notApplicable = "not_applicable"
+    case failed
+}
+
+public struct DaxWriteProtectProbe: Sendable {
+    public var read: DaxWriteProtectOutcome
+    public var write: DaxWriteProtectOutcome
+    public var detail: String
+
+    public var isSafe: Bool { read == .safe && write == .safe }
+    public var summary: String {
+        if read == write { return read.rawValue }
+        return "read \(read.rawValue), write \(write.rawValue)"
+    }
+
+    /// Runs `executable probe-dax-wp --dir DIR --access read|write` twice, each
+    /// killed after `timeout` seconds.
+    public static func run(executable: String, directory: String, timeout: Double = 10) -> DaxWriteProtectProbe {
+        let r = once(executable, directory, "read", timeout)
+        let w = once(executable, directory, "write", timeout)
+        return DaxWriteProtectProbe(read: r.0, write: w.0, detail: [r.1, w.1].filter { !$0.isEmpty }.joined(separator: "; "))
+    }
+
+    static func once(_ exe: String, _ dir: String, _ access: String, _ timeout: Double) -> (DaxWriteProtectOutcome, String) {
+        var pipeFDs: [Int32] = [0, 0]
+        guard pipe(&pipeFDs) == 0 else { return (.failed, "pipe: \(Errno.current)") }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 1)
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        let args = [exe, "probe-dax-wp", "--dir", dir, "--access", access]
+        var argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, exe, &actions, nil, &argv, environ)
+        close(pipeFDs[1])
+        let out = OwnedFD(pipeFDs[0])
+        guard rc == 0 else { return (.failed, "spawn \(exe): \(Errno(rc))") }
+        // Wait with a deadline; a hung child is killed.
+        var status: Int32 = 0
+        let deadline = monotonicSeconds() + timeout
+        var hung = false
+        while waitpid(pid, &status, WNOHANG) == 0 {
+            if monotonicSeconds() > deadline {
+                hung = true
+                kill(pid, SIGKILL)
+                waitpid(pid, &status, 0)
+                break
+            }
+            usleep(20_000)
+        }
+        var buf = [UInt8](repeating: 0, count: 4096)
+        _ = fcntl(out.rawValue, F_SETFL, O_NONBLOCK)
+        let n = Glibc.read(out.rawValue, &buf, buf.count)
+        let text = n > 0 ? String(decoding: buf[0..<n], as: UTF8.self) : ""
+        if text.contains("not-applicable") {
+            return (.notApplicable, text.split(separator: "\n").first.map(String.init) ?? "")
+        }
+        if hung { return text.contains("armed") ? (.hangs, "") : (.failed, "timed out before arming") }
+        let signaled = status & 0x7f
+        if signaled == SIGBUS { return (.sigbus, "") }
+        if signaled == 0 && (status >> 8) & 0xff == 0 && text.contains("ok") { return (.safe, "") }
+        return (.failed, "exit status \(status): \(text)")
+    }
+}
+
+public func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}

@@ -1,0 +1,267 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import DaxCore
+import PageTables
+import Userfaultfd
+
+/// A change to the CPU mapping that a mirror must act on before it uses the
+/// affected entries again. (Ranges are absolute addresses.)
+public enum Invalidation: Sendable, Equatable {
+    case unmap(start: UInt64, end: UInt64)
+    case remove(start: UInt64, end: UInt64)
+    case remap(from: UInt64, to: UInt64, length: UInt64)
+    /// The process forked; the child's copy is not tracked (its uffd was closed).
+    case fork
+}
+
+/// How MISSING faults are resolved.
+public enum MissingResolver: @unchecked Sendable {
+    /// UFFDIO_ZEROPAGE: the page reads as zeros.
+    case zero
+    /// UFFDIO_COPY from the same offset of `source` (at least as long as the region).
+    case copy(from: UnsafeRawPointer)
+}
+
+/// A page range [start, end) with what the kernel says of it.
+public struct TrackedRun: Sendable, Equatable {
+    public var start: UInt64
+    public var end: UInt64
+    public var categories: PageCategories
+}
+
+/// One tracker interface over every userfaultfd / pagemap mechanism: which
+/// pages of a region the CPU faulted in (or wrote), and the invalidating
+/// events. It chooses the mechanism from the backing and the kernel (or takes
+/// the one asked for, refusing what the kernel would not do) and says why.
+public final class FaultTracker: @unchecked Sendable {
+    public let base: UnsafeMutableRawPointer
+    public let length: Int
+    public let backing: MemoryBacking
+    public let choice: TrackerChoice
+    public var mechanism: TrackingMechanism { choice.mechanism }
+
+    private let uffd: Userfaultfd?
+    private var handler: FaultHandler?
+    private let log: HandlerLog
+    private let pageSize = UInt64(Syscall.pageSize)
+
+    /// Starts tracking [base, base+length). Invalidating events (unmap,
+    /// remove, remap, fork) are logged by the handler before the thread that
+    /// caused them continues (the kernel waits for them to be read); read them
+    /// with `invalidations(since:)` and compare `invalidationSequence`.
+    public init(base: UnsafeMutableRawPointer, length: Int, backing: MemoryBacking,
+                mechanism requested: TrackingMechanism? = nil, resolver: MissingResolver = .zero,
+                kernel: KernelFeatures = .probe()) throws(Failure) {
+        self.base = base
+        self.length = length
+        self.backing = backing
+        log = HandlerLog(pages: (length + Syscall.pageSize - 1) / Syscall.pageSize)
+        if let requested {
+            if let why = requested.refusal(for: backing, kernel: kernel) {
+                throw Failure(.unsupported, "cannot track \(backing.name) memory with \(requested.rawValue): \(why)")
+            }
+            choice = TrackerChoice(mechanism: requested, reason: "requested")
+        } else {
+            choice = TrackingMechanism.choose(for: backing, kernel: kernel)
+        }
+        guard choice.mechanism != .pagemapPolling, let supported = kernel.userfaultfd else {
+            uffd = nil
+            return
+        }
+
+        var features = UserfaultfdFeatures.invalidationEvents.intersection(supported)
+        features.insert(.threadID)
+        let mode: RegisterMode
+        switch choice.mechanism {
+        case .missing: mode = .missing
+        case .minor: mode = .minor
+        case .syncWriteProtect:
+            mode = .writeProtect
+            features.formUnion(supported.intersection(.wpUnpopulated))
+        case .asyncWriteProtect, .daxEvents:
+            mode = .writeProtect
+            features.insert(.wpAsync)
+            if choice.mechanism == .asyncWriteProtect { features.formUnion(supported.intersection(.wpUnpopulated)) }
+        case .pagemapPolling: fatalError("unreachable")
+        }
+        features.formIntersection(supported.union(.threadID))
+        do {
+            let u = try Userfaultfd(features: features)
+            try u.register(start: base, length: length, mode: mode)
+            uffd = u
+        } catch let e as SystemCallError {
+            throw Failure.from(e, doing: "register \(backing.name) memory with userfaultfd for \(choice.mechanism.rawValue)")
+        } catch {
+            throw Failure(.unsupported, "\(error)")
+        }
+
+        let serve = Self.serve(mechanism: choice.mechanism, resolver: resolver, base: base,
+                               pageSize: pageSize, log: log)
+        do {
+            handler = try FaultHandler(uffd: uffd!, onError: { [log] e in log.recordError(e.errno.rawValue) },
+                                       onEvent: serve)
+        } catch {
+            throw Failure.from(error, doing: "start the fault handler")
+        }
+        // Arm: protect the whole range, so the first write to each page is seen.
+        if choice.mechanism == .syncWriteProtect || choice.mechanism == .asyncWriteProtect {
+            do { try uffd!.writeProtect(base, length: length, protect: true) } catch {
+                handler?.stop()
+                throw Failure.from(error, doing: "write-protect the tracked range")
+            }
+        }
+    }
+
+    /// The per-event work, on the handler thread: no allocation, no locks.
+    private static func serve(mechanism: TrackingMechanism, resolver: MissingResolver, base: UnsafeMutableRawPointer,
+                              pageSize: UInt64, log: HandlerLog) -> @Sendable (UserfaultfdEvent, Userfaultfd) -> Void {
+        let start = UInt64(UInt(bitPattern: base))
+        @Sendable func relative(_ address: UInt64) -> Int {
+            address >= start ? Int((address - start) / pageSize) : -1
+        }
+        return { event, uffd in
+            switch event {
+            case .pageFault(let address, _, _):
+                let page = address & ~(pageSize - 1)
+                let dst = UnsafeMutableRawPointer(bitPattern: UInt(page))!
+                // Record before resolving: resolving wakes the faulter, which may
+                // read the log at once.
+                log.recordFault(page: relative(page))
+                do throws(SystemCallError) {
+                    switch mechanism {
+                    case .missing:
+                        switch resolver {
+                        case .zero: try uffd.zeropage(at: dst, length: Int(pageSize))
+                        case .copy(let source):
+                            try uffd.copy(to: dst, from: source + Int(page - start), length: Int(pageSize))
+                        }
+                    case .minor: try uffd.continue(at: dst, length: Int(pageSize))
+                    case .syncWriteProtect: try uffd.writeProtect(dst, length: Int(pageSize), protect: false)
+                    default: try uffd.wake(dst, length: Int(pageSize))
+                    }
+                } catch {
+                    // EEXIST: another thread's fault on the same page won the race and
+                    // the page is there. EAGAIN: the range is changing. Either way,
+                    // and on real errors too, never leave the faulter asleep.
+                    if error.errno != .EEXIST && error.errno != .EAGAIN { log.recordError(error.errno.rawValue) }
+                    try? uffd.wake(dst, length: Int(pageSize))
+                }
+            case .fork(let descriptor):
+                close(descriptor)  // the child is not tracked: its faults run as if unregistered
+                log.recordInvalidation(kind: 4, 0, 0, 0)
+            case .remap(let from, let to, let len):
+                log.clear(first: relative(from), last: relative(from + len))
+                log.recordInvalidation(kind: 3, from, to, len)
+            case .remove(let s, let e):
+                log.clear(first: relative(s), last: relative(e))
+                log.recordInvalidation(kind: 2, s, e, 0)
+            case .unmap(let s, let e):
+                log.clear(first: relative(s), last: relative(e))
+                log.recordInvalidation(kind: 1, s, e, 0)
+            case .unknown:
+                break
+            }
+        }
+    }
+
+    /// Faults the handler resolved (MISSING, MINOR, sync WP); 0 for mechanisms
+    /// where the kernel resolves faults itself.
+    public var faultCount: Int { log.faults }
+    /// Grows by one with every invalidating event; a mirror that saw it change
+    /// during a walk retries (HMM's sequence-count rule).
+    public var invalidationSequence: Int { log.invalidationCount }
+    /// Every invalidation logged so far (the most recent 1024).
+    public var invalidations: [Invalidation] { invalidations(since: 0).events }
+
+    /// Invalidations numbered `since` and later; `overflowed` means older ones
+    /// were lost to the ring's size and the whole region must be revalidated.
+    public func invalidations(since: Int) -> (events: [Invalidation], overflowed: Bool) {
+        let (records, overflowed) = log.invalidations(since: since)
+        let events = records.map { kind, a, b, c -> Invalidation in
+            switch kind {
+            case 1: return .unmap(start: a, end: b)
+            case 2: return .remove(start: a, end: b)
+            case 3: return .remap(from: a, to: b, length: c)
+            default: return .fork
+            }
+        }
+        return (events, overflowed)
+    }
+
+    /// Errors the handler met resolving faults (should stay 0), and the last errno.
+    public var handlerErrorCount: Int { log.errorCount }
+    public var lastHandlerErrno: Errno? { log.errorCount == 0 ? nil : Errno(log.lastErrno) }
+
+    /// The pages touched so far, as runs. For MISSING/MINOR/sync-WP: the pages
+    /// the handler served. For async WP: pages written since the last `rearm`
+    /// (reading does not re-arm). For DAX events and pagemap polling: pages the
+    /// kernel maps now (PAGEMAP_SCAN, or pagemap on kernels without it).
+    public func touchedRuns() throws(Failure) -> [TrackedRun] {
+        switch mechanism {
+        case .missing, .minor, .syncWriteProtect:
+            let first = UInt64(UInt(bitPattern: base)) / pageSize
+            return Self.runs(pages: log.faultedPages().map { first + UInt64($0) }, pageSize: pageSize, categories: [])
+        case .asyncWriteProtect:
+            return try scan(required: .written, report: [.written, .present, .huge], flags: 0)
+        case .daxEvents:
+            return try scan(required: [], anyOf: .present, report: [.present, .huge, .pfnZero], flags: 0)
+        case .pagemapPolling:
+            if PagemapScanSupport.available {
+                return try scan(required: [], anyOf: .present, report: [.present, .huge, .pfnZero], flags: 0)
+            }
+            do {
+                let entries = try Pagemap().entries(at: UInt64(UInt(bitPattern: base)), count: length / Int(pageSize))
+                let first = UInt64(UInt(bitPattern: base)) / pageSize
+                let pages = entries.enumerated().filter { $0.element.present }.map { first + UInt64($0.offset) }
+                return Self.runs(pages: pages, pageSize: pageSize, categories: .present)
+            } catch {
+                throw Failure.from(error, doing: "read")
+            }
+        }
+    }
+
+    /// Async WP: returns the pages written since the last epoch and starts a
+    /// new one (PM_SCAN_WP_MATCHING re-protects exactly what it reports).
+    public func rearm() throws(Failure) -> [TrackedRun] {
+        guard mechanism == .asyncWriteProtect else {
+            throw Failure(.unsupported, "rearm needs the async_wp mechanism (this tracker uses \(mechanism.rawValue))")
+        }
+        return try scan(required: .written, report: [.written, .present, .huge],
+                        flags: Pagemap.scanWPMatching | Pagemap.scanCheckWPAsync)
+    }
+
+    private func scan(required: PageCategories, anyOf: PageCategories = [], report: PageCategories,
+                      flags: UInt64) throws(Failure) -> [TrackedRun] {
+        let s = UInt64(UInt(bitPattern: base))
+        do {
+            return try Pagemap().scanAll(start: s, end: s + UInt64(length), required: required, anyOf: anyOf,
+                                         report: report, flags: flags)
+                .map { TrackedRun(start: $0.start, end: $0.end, categories: $0.categories) }
+        } catch {
+            throw Failure.from(error, doing: "scan")
+        }
+    }
+
+    static func runs(pages: [UInt64], pageSize: UInt64, categories: PageCategories) -> [TrackedRun] {
+        var out: [TrackedRun] = []
+        for p in pages {
+            if let last = out.last, last.end == p * pageSize {
+                out[out.count - 1].end += pageSize
+            } else {
+                out.append(TrackedRun(start: p * pageSize, end: (p + 1) * pageSize, categories: categories))
+            }
+        }
+        return out
+    }
+
+    /// Stops the handler and closes the userfaultfd; threads blocked in a
+    /// fault wake and fault normally.
+    public func stop() {
+        handler?.stop()
+        handler = nil
+        uffd?.close()
+    }
+
+    deinit { stop() }
+}
