@@ -48,6 +48,10 @@ let package = Package(
                 "NVDIMMInventory", "Capabilities",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
+        .executableTarget(
+            name: "daxmirror-bench",
+            dependencies: ["DaxCore", "FaultTracking", "PageTables", "CDaxShim"],
+            path: "Benchmarks/DaxMirrorBench"),
         .testTarget(
             name: "DaxMirrorTests",
             dependencies: ["DaxCore", "DaxDetection", "PageTables", "Userfaultfd", "FaultTracking",

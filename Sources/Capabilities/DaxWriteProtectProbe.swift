@@ -11,6 +11,9 @@ public enum DaxWriteProtectOutcome: String, Sendable {
     case sigbus
     /// The kernel cannot even register a DAX file for WP (no WP_ASYNC).
     case notApplicable = "not_applicable"
+    /// Not tried: the read probe already showed the bug (each hung child can
+    /// leave the kernel busy, so we do not provoke it twice).
+    case notProbed = "not_probed"
     case failed
 }
 
@@ -25,11 +28,11 @@ public struct DaxWriteProtectProbe: Sendable {
         return "read \(read.rawValue), write \(write.rawValue)"
     }
 
-    /// Runs `executable probe-dax-wp --dir DIR --access read|write` twice, each
-    /// killed after `timeout` seconds.
+    /// Runs `executable probe-dax-wp --dir DIR --access read`, killed after
+    /// `timeout` seconds, then the same with `write` unless the read already hung.
     public static func run(executable: String, directory: String, timeout: Double = 10) -> DaxWriteProtectProbe {
         let r = once(executable, directory, "read", timeout)
-        let w = once(executable, directory, "write", timeout)
+        let w = r.0 == .hangs ? (DaxWriteProtectOutcome.notProbed, "") : once(executable, directory, "write", timeout)
         return DaxWriteProtectProbe(read: r.0, write: w.0, detail: [r.1, w.1].filter { !$0.isEmpty }.joined(separator: "; "))
     }
 

@@ -48,3 +48,10 @@ public struct Failure: Error, CustomStringConvertible, Sendable {
         return Failure(code, "cannot \(what)\(subject): \(e.errno.message.lowercased()) (\(e.errno.name))")
     }
 }
+
+extension Failure {
+    /// Runs `body`, turning a failed system call into a Failure about `what`.
+    public static func wrapping<T>(_ what: String, _ body: () throws(SystemCallError) -> T) throws(Failure) -> T {
+        do { return try body() } catch { throw Failure.from(error, doing: what) }
+    }
+}

@@ -175,7 +175,7 @@ public final class PersistentMapping: @unchecked Sendable {
 
     static func openFile(path: String, size: Int?, options: MapOptions, mode: mode_t) throws(Failure) -> Opened {
         if options.contains(.tmpfile) {
-            let fd = try wrap("create a temporary file in") { () throws(SystemCallError) -> OwnedFD in
+            let fd = try Failure.wrapping("create a temporary file in") { () throws(SystemCallError) -> OwnedFD in
                 try OwnedFD.open(path, DM_O_TMPFILE | O_RDWR, mode: mode)
             }
             if !options.contains(.sparse) { try checkSpace(fd: fd.rawValue, path: path, size: size!) }
@@ -224,7 +224,7 @@ public final class PersistentMapping: @unchecked Sendable {
 
         var flags = O_RDWR | O_CREAT | O_NOFOLLOW
         if !exists { flags |= O_EXCL }
-        let fd = try wrap("create") { () throws(SystemCallError) -> OwnedFD in try OwnedFD.open(path, flags, mode: mode) }
+        let fd = try Failure.wrapping("create") { () throws(SystemCallError) -> OwnedFD in try OwnedFD.open(path, flags, mode: mode) }
         do throws(Failure) {
             if exists {
                 guard ftruncate(fd.rawValue, 0) == 0 else {
@@ -240,10 +240,6 @@ public final class PersistentMapping: @unchecked Sendable {
             throw error
         }
         return Opened(fd: fd, created: !exists)
-    }
-
-    private static func wrap<T>(_ what: String, _ body: () throws(SystemCallError) -> T) throws(Failure) -> T {
-        do { return try body() } catch { throw Failure.from(error, doing: what) }
     }
 
     private static func allocate(fd: Int32, path: String, size: Int, sparse: Bool) throws(Failure) {

@@ -21,7 +21,7 @@ struct ProbeDaxWPCommand: ParsableCommand {
 
     func run() throws {
         let size = 8 << 20
-        let fd = try wrapFailure("create a file in \(dir)") { () throws(SystemCallError) -> OwnedFD in
+        let fd = try Failure.wrapping("create a file in \(dir)") { () throws(SystemCallError) -> OwnedFD in
             try OwnedFD.open(dir, DM_O_TMPFILE | O_RDWR, mode: 0o600)
         }
         guard ftruncate(fd.rawValue, off_t(size)) == 0 else { throw Failure.from(SystemCallError("ftruncate", dir), doing: "size") }
@@ -52,8 +52,4 @@ struct ProbeDaxWPCommand: ParsableCommand {
         emit("ok")
         withExtendedLifetime(uffd) {}
     }
-}
-
-func wrapFailure<T>(_ what: String, _ body: () throws(SystemCallError) -> T) throws(Failure) -> T {
-    do { return try body() } catch { throw Failure.from(error, doing: what) }
 }

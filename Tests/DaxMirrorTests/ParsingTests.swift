@@ -90,7 +90,6 @@ struct SmapsTests {
     /// Against the kernel: map 16 anonymous pages, touch 5, and find exactly
     /// that VMA with Rss 5 pages in our parse of the live smaps.
     @Test func liveSmapsSeesOurMapping() throws {
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let p = try #require(mmap(nil, 16 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
         defer { munmap(p, 16 * page) }
         // A guard page on each side keeps the kernel from merging neighbours into our VMA.
@@ -109,7 +108,6 @@ struct SmapsTests {
 struct PagemapTests {
     /// Our decoded entries equal a direct pread of /proc/self/pagemap.
     @Test func decodedEntriesEqualRawPread() throws {
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let p = try #require(mmap(nil, 8 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
         defer { munmap(p, 8 * page) }
         for i in [0, 2, 5] { p.storeBytes(of: 1, toByteOffset: i * page, as: UInt8.self) }

@@ -1,0 +1,66 @@
+// The Swift side of Scripts/bench.sh: the same two workloads as
+// Benchmarks/baseline/bench.c, through daxmirror's own modules.
+//   daxmirror-bench missing PAGES        faults/s (FaultTracker, MISSING, zero-fill)
+//   daxmirror-bench scan MIB PCT [ROUNDS] µs per PAGEMAP_SCAN re-arm, pages found
+#if canImport(Glibc)
+import Glibc
+#endif
+import CDaxShim
+import DaxCore
+import FaultTracking
+import PageTables
+
+let page = Syscall.pageSize
+let args = CommandLine.arguments
+
+func now() -> Double { var ts = timespec(); clock_gettime(CLOCK_MONOTONIC, &ts); return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9 }
+
+func anonymous(_ length: Int) -> UnsafeMutableRawPointer {
+    let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)!
+    precondition(p != MAP_FAILED)
+    return p
+}
+
+func benchMissing(pages: Int) throws {
+    let p = anonymous(pages * page)
+    let tracker = try FaultTracker(base: p, length: pages * page, backing: .anonymous, mechanism: .missing)
+    let volatile = UnsafeMutablePointer<UInt8>(OpaquePointer(p))
+    let t0 = now()
+    var sum: UInt8 = 0
+    for i in 0..<pages { sum &+= volatile.advanced(by: i * page).pointee }
+    let dt = now() - t0
+    if sum == 0xFF { print("", terminator: "") }  // keeps the loads
+    if tracker.faultCount != pages { print("daxmirror-bench: \(tracker.faultCount) faults for \(pages) pages"); exit(1) }
+    print(String(Int((Double(pages) / dt).rounded())))
+    tracker.stop()
+}
+
+func benchScan(mib: Int, pct: Int, rounds: Int) throws {
+    let length = mib << 20
+    let pages = length / page
+    let p = anonymous(length)
+    madvise(p, length, DM_MADV_POPULATE_WRITE)
+    let tracker = try FaultTracker(base: p, length: length, backing: .anonymous, mechanism: .asyncWriteProtect)
+    let step = 100 / pct
+    var total = 0.0
+    var found = 0
+    for r in 0..<rounds {
+        for i in stride(from: r % step, to: pages, by: step) { p.storeBytes(of: 1, toByteOffset: i * page, as: UInt8.self) }
+        let t0 = now()
+        let runs = try tracker.rearm()
+        total += now() - t0
+        found += runs.reduce(0) { $0 + Int($1.end - $1.start) / page }
+    }
+    print("\(String(format1(total / Double(rounds) * 1e6))) \(found / rounds)")
+}
+
+func format1(_ v: Double) -> String { String(Double(Int(v * 10)) / 10) }
+
+do {
+    if args.count >= 3 && args[1] == "missing" { try benchMissing(pages: Int(args[2])!) }
+    else if args.count >= 4 && args[1] == "scan" { try benchScan(mib: Int(args[2])!, pct: Int(args[3])!, rounds: args.count > 4 ? Int(args[4])! : 20) }
+    else { print("usage: daxmirror-bench missing PAGES | scan MIB PCT [ROUNDS]"); exit(2) }
+} catch {
+    print("daxmirror-bench: \(error)")
+    exit(1)
+}

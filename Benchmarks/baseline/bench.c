@@ -1,0 +1,109 @@
+// C baselines for Scripts/bench.sh, doing exactly what the Swift benchmark
+// does through daxmirror's modules, so the ratio measures our overhead:
+//   bench missing PAGES   anon MISSING faults resolved with UFFDIO_ZEROPAGE by
+//                         one handler thread (poll + read + ioctl), faults/s
+//   bench scan MIB PCT    WP_ASYNC tracking: write PCT% of the pages of a MIB
+//                         region, then PAGEMAP_SCAN with WP_MATCHING; µs/scan
+#define _GNU_SOURCE
+#include "../../Sources/CDaxShim/include/daxshim.h"
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int uffd;
+static volatile int stop_flag;
+static long page;
+
+static void *handler(void *arg) {
+    (void)arg;
+    struct uffd_msg msgs[64];
+    struct pollfd p = {.fd = uffd, .events = POLLIN};
+    while (!stop_flag) {
+        if (poll(&p, 1, 100) <= 0) continue;
+        ssize_t n = read(uffd, msgs, sizeof msgs);
+        for (ssize_t i = 0; i < n / (ssize_t)sizeof(struct uffd_msg); i++) {
+            if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
+            struct uffdio_zeropage z = {
+                .range = {.start = msgs[i].arg.pagefault.address & ~(page - 1), .len = page}};
+            if (ioctl(uffd, UFFDIO_ZEROPAGE, &z) && errno != EEXIST) perror("ZEROPAGE");
+        }
+    }
+    return NULL;
+}
+
+static int bench_missing(long pages) {
+    size_t len = pages * page;
+    char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    uffd = dm_userfaultfd(O_CLOEXEC | O_NONBLOCK);
+    struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP |
+                                                            UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP |
+                                                            UFFD_FEATURE_THREAD_ID};
+    if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api)) { perror("uffd"); return 1; }
+    struct uffdio_register reg = {.range = {.start = (unsigned long)m, .len = len}, .mode = UFFDIO_REGISTER_MODE_MISSING};
+    if (ioctl(uffd, UFFDIO_REGISTER, &reg)) { perror("register"); return 1; }
+    pthread_t t;
+    pthread_create(&t, NULL, handler, NULL);
+    double t0 = now();
+    volatile char *v = m;
+    for (long i = 0; i < pages; i++) (void)v[i * page];
+    double dt = now() - t0;
+    stop_flag = 1;
+    pthread_join(t, NULL);
+    printf("%.0f\n", pages / dt);
+    return 0;
+}
+
+static int bench_scan(long mib, long pct, int rounds) {
+    size_t len = (size_t)mib << 20;
+    long pages = len / page;
+    char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    madvise(m, len, MADV_POPULATE_WRITE);
+    uffd = dm_userfaultfd(O_CLOEXEC | O_NONBLOCK);
+    struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_EVENT_FORK |
+                                                            UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE |
+                                                            UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_THREAD_ID};
+    if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api)) { perror("uffd"); return 1; }
+    struct uffdio_register reg = {.range = {.start = (unsigned long)m, .len = len}, .mode = UFFDIO_REGISTER_MODE_WP};
+    if (ioctl(uffd, UFFDIO_REGISTER, &reg)) { perror("register"); return 1; }
+    struct uffdio_writeprotect wp = {.range = {.start = (unsigned long)m, .len = len}, .mode = UFFDIO_WRITEPROTECT_MODE_WP};
+    if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp)) { perror("wp"); return 1; }
+    int pm = open("/proc/self/pagemap", O_RDONLY);
+    struct dm_page_region *vec = malloc(512 * sizeof *vec);
+    long step = 100 / pct;
+    double total = 0;
+    long found = 0;
+    for (int r = 0; r < rounds; r++) {
+        for (long i = r % step; i < pages; i += step) m[i * page] = 1;
+        double t0 = now();
+        unsigned long at = (unsigned long)m, end = at + len;
+        while (at < end) {
+            struct dm_pm_scan_arg a = {.size = sizeof a, .flags = DM_PM_SCAN_WP_MATCHING | DM_PM_SCAN_CHECK_WPASYNC,
+                                       .start = at, .end = end, .vec = (unsigned long)vec, .vec_len = 512,
+                                       .category_mask = DM_PAGE_IS_WRITTEN, .return_mask = DM_PAGE_IS_WRITTEN | DM_PAGE_IS_PRESENT | DM_PAGE_IS_HUGE};
+            long n = ioctl(pm, DM_PAGEMAP_SCAN, &a);
+            if (n < 0) { perror("PAGEMAP_SCAN"); return 1; }
+            for (long k = 0; k < n; k++) found += (vec[k].end - vec[k].start) / page;
+            if (a.walk_end <= at || a.walk_end >= end) break;
+            at = a.walk_end;
+        }
+        total += now() - t0;
+    }
+    printf("%.1f %ld\n", total / rounds * 1e6, found / rounds);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    page = sysconf(_SC_PAGESIZE);
+    if (argc >= 3 && !strcmp(argv[1], "missing")) return bench_missing(atol(argv[2]));
+    if (argc >= 4 && !strcmp(argv[1], "scan")) return bench_scan(atol(argv[2]), atol(argv[3]), argc > 4 ? atoi(argv[4]) : 20);
+    fprintf(stderr, "usage: bench missing PAGES | bench scan MIB PCT [ROUNDS]\n");
+    return 2;
+}
