@@ -178,21 +178,15 @@ struct KernelView {
         var view = KernelView(vma: smaps.first { $0.contains(start) },
                               presentPages: entries.filter(\.present).count, totalPages: Int(length / page))
         do {
-            var huge = 0, zero = 0
-            var at = start
-            while at < start + length {
-                let (regions, walkEnd) = try pm.scan(start: at, end: start + length, anyOf: [.huge, .pfnZero],
-                                                     report: [.huge, .pfnZero])
-                for r in regions {
-                    let n = Int((r.end - r.start) / page)
-                    if r.categories.contains(.huge) { huge += n }
-                    if r.categories.contains(.pfnZero) { zero += n }
-                }
-                if walkEnd <= at { break }
-                at = walkEnd
+            let regions = try pm.scanAll(start: start, end: start + length, anyOf: [.huge, .pfnZero],
+                                         report: [.huge, .pfnZero])
+            view.hugePages = 0
+            view.zeroPages = 0
+            for r in regions {
+                let n = Int((r.end - r.start) / page)
+                if r.categories.contains(.huge) { view.hugePages! += n }
+                if r.categories.contains(.pfnZero) { view.zeroPages! += n }
             }
-            view.hugePages = huge
-            view.zeroPages = zero
         } catch {
             view.scanError = error.errno
         }
