@@ -3,8 +3,9 @@
 # (emulated NVDIMM, ext4 mounted -o dax) and shows, inside it:
 #   caps     what the guest kernel offers (userfaultfd, PAGEMAP_SCAN, DAX mounts)
 #   devices  the NVDIMM namespace, read through libndctl
-#   map      a 64 MiB file on the DAX mount: real pmem (MAP_SYNC accepted),
-#            mapped by the kernel in 2 MiB PMD entries
+#   map      a new sparse 64 MiB file on the DAX mount, filled and persisted:
+#            real pmem (MAP_SYNC accepted), and ext4 maps the written file in
+#            2 MiB PMD entries (32 of them), seen through PAGEMAP_SCAN
 # then the same `map` on the host, where the file is not pmem and says why.
 #   Scripts/demo.sh [--kernel stable|backports|newest] [--fs ext4|xfs]
 set -euo pipefail
@@ -16,7 +17,7 @@ Scripts/guest.sh "$@" -- sh -c "
 set -e
 echo '$ daxmirror caps --dir /mnt'; $bin caps --dir /mnt; echo
 echo '$ daxmirror devices'; $bin devices; echo
-echo '$ daxmirror map /mnt/demo --create --size 64M --fill 0x5a'; $bin map /mnt/demo --create --size 64M --fill 0x5a
+echo '$ daxmirror map /mnt/demo --create --sparse --size 64M --fill 0x5a'; $bin map /mnt/demo --create --sparse --size 64M --fill 0x5a
 "
 echo
 echo "On the host, the same command on a regular file:"
