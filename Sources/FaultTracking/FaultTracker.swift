@@ -45,6 +45,8 @@ public final class FaultTracker: @unchecked Sendable {
     private var handler: FaultHandler?
     private let log: HandlerLog
     private let pageSize = UInt64(Syscall.pageSize)
+    /// From the probed features given at init: never re-probed per read.
+    private let pagemapScanAvailable: Bool
 
     /// Starts tracking [base, base+length). Invalidating events (unmap,
     /// remove, remap, fork) are logged by the handler before the thread that
@@ -57,6 +59,7 @@ public final class FaultTracker: @unchecked Sendable {
         self.length = length
         self.backing = backing
         log = HandlerLog(pages: (length + Syscall.pageSize - 1) / Syscall.pageSize)
+        pagemapScanAvailable = kernel.pagemapScan
         if let requested {
             if let why = requested.refusal(for: backing, kernel: kernel) {
                 throw Failure(.unsupported, "cannot track \(backing.name) memory with \(requested.rawValue): \(why)")
@@ -207,7 +210,7 @@ public final class FaultTracker: @unchecked Sendable {
         case .daxEvents:
             return try scan(required: [], anyOf: .present, report: [.present, .huge, .pfnZero], flags: 0)
         case .pagemapPolling:
-            if PagemapScanSupport.available {
+            if pagemapScanAvailable {
                 return try scan(required: [], anyOf: .present, report: [.present, .huge, .pfnZero], flags: 0)
             }
             do {

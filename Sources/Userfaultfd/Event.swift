@@ -49,22 +49,14 @@ extension Userfaultfd {
         .allocate(byteCount: Int(DM_UFFD_MSG_SIZE) * count, alignment: 8)
     }
 
-    /// Reads the pending messages without blocking (the descriptor is
-    /// O_NONBLOCK); an empty result means none are queued.
+    /// Reads the pending messages into `buffer` without blocking (the
+    /// descriptor is O_NONBLOCK) and hands each to `body` in place. Returns the
+    /// number read (0: none queued).
     ///
-    /// The read goes into a buffer allocated beforehand, on purpose: a thread
-    /// that forks holds the allocator's locks (glibc's atfork handlers) while
-    /// the kernel makes it wait for us to read the FORK event, so allocating
-    /// before the read returns would deadlock the handler against the forker.
-    public func readEvents(into buffer: UnsafeMutableRawBufferPointer) throws(SystemCallError) -> [UserfaultfdEvent] {
-        var out: [UserfaultfdEvent] = []
-        try forEachEvent(in: buffer) { out.append($0) }
-        return out
-    }
-
-    /// Reads pending messages into `buffer` and hands each to `body` in place,
-    /// allocating nothing (see `readEvents(into:)` for why that matters).
-    /// Returns the number of messages read (0: none queued).
+    /// Nothing is allocated, on purpose: a thread that forks holds the
+    /// allocator's locks (glibc's atfork handlers) while the kernel makes it
+    /// wait for us to read the FORK event, so allocating before the read
+    /// returns would deadlock the handler against the forker.
     @discardableResult
     public func forEachEvent(in buffer: UnsafeMutableRawBufferPointer,
                              _ body: (UserfaultfdEvent) throws(SystemCallError) -> Void) throws(SystemCallError) -> Int {
