@@ -11,6 +11,7 @@ import PackageDescription
 //   FaultTracking   one tracker over uffd modes and pagemap, chosen per memory type
 //   PersistentMemory  libpmem mappings
 //   NVDIMMInventory libndctl / libdaxctl walk
+//   Mirror          the simulated device: table, range fault, invalidation, check
 //   Capabilities    what this kernel and machine offer (`daxmirror caps`)
 //   daxmirror       the CLI
 let package = Package(
@@ -38,6 +39,10 @@ let package = Package(
         .target(name: "PersistentMemory",
                 dependencies: ["DaxCore", "DaxDetection", "CDaxShim", "CPmem"]),
         .target(name: "NVDIMMInventory", dependencies: ["DaxCore", "CNdctl", "CDaxctl"]),
+        .target(name: "Mirror",
+                dependencies: ["DaxCore", "PageTables", "FaultTracking", "CDaxShim", "CPmem"]),
+        .target(name: "MirrorScenario",
+                dependencies: ["DaxCore", "PageTables", "FaultTracking", "Mirror", "CDaxShim", "CPmem"]),
         .target(name: "Capabilities",
                 dependencies: ["DaxCore", "DaxDetection", "PageTables", "Userfaultfd", "FaultTracking",
                                "NVDIMMInventory", "CDaxShim"]),
@@ -45,7 +50,7 @@ let package = Package(
             name: "daxmirror",
             dependencies: [
                 "DaxCore", "DaxDetection", "PageTables", "PersistentMemory",
-                "NVDIMMInventory", "Capabilities",
+                "NVDIMMInventory", "Capabilities", "Mirror", "MirrorScenario", "FaultTracking",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(
@@ -55,7 +60,7 @@ let package = Package(
         .testTarget(
             name: "DaxMirrorTests",
             dependencies: ["DaxCore", "DaxDetection", "PageTables", "Userfaultfd", "FaultTracking",
-                           "PersistentMemory", "NVDIMMInventory", "Capabilities", "CDaxShim",
+                           "PersistentMemory", "NVDIMMInventory", "Capabilities", "CDaxShim", "Mirror", "MirrorScenario",
                            "daxmirror"]),
     ]
 )

@@ -12,14 +12,17 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 passed=0 failed=0 failures=()
-step() {  # step NAME COMMAND... : runs, records the outcome
+logs=.cache/test-logs
+rm -rf "$logs"; mkdir -p "$logs"
+step() {  # step NAME COMMAND... : runs, records the outcome (output also kept in $logs)
     local name=$1; shift
+    local log="$logs/$((passed + failed + 1)).log"
     echo "=== $name"
     local t0=$SECONDS
-    if "$@"; then
+    if "$@" 2>&1 | tee "$log"; (( PIPESTATUS[0] == 0 )); then
         passed=$((passed + 1)); echo "=== ok: $name ($((SECONDS - t0))s)"
     else
-        failed=$((failed + 1)); failures+=("$name"); echo "=== FAILED: $name ($((SECONDS - t0))s)"
+        failed=$((failed + 1)); failures+=("$name|$log"); echo "=== FAILED: $name ($((SECONDS - t0))s)"
     fi
 }
 expect_exit() {  # expect_exit CODE COMMAND...
@@ -55,6 +58,12 @@ if [[ ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
 fi
 
 echo
-for f in "${failures[@]}"; do echo "failed: $f"; done
+# The failures again, with the end of their output, so that a log viewer
+# showing only the tail of the run still shows why.
+for f in "${failures[@]}"; do
+    echo "--- failed: ${f%%|*} (last lines of its output)"
+    grep -v '^[◇↳]\|passed after\|started\.$' "${f#*|}" | tail -n 40
+done
+for f in "${failures[@]}"; do echo "failed: ${f%%|*}"; done
 echo "summary: $passed passed, $failed failed"
 ((failed == 0))

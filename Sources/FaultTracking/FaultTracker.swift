@@ -82,6 +82,10 @@ public final class FaultTracker: @unchecked Sendable {
         case .syncWriteProtect:
             mode = .writeProtect
             features.formUnion(supported.intersection(.wpUnpopulated))
+        case .eventsOnly:
+            mode = .writeProtect
+            if case .file = backing { features.insert(.wpAsync) }
+            if case .shmem = backing { features.insert(.wpHugetlbfsShmem) }
         case .asyncWriteProtect, .daxEvents:
             mode = .writeProtect
             features.insert(.wpAsync)
@@ -207,7 +211,7 @@ public final class FaultTracker: @unchecked Sendable {
             return Self.runs(pages: log.faultedPages().map { first + UInt64($0) }, pageSize: pageSize, categories: [])
         case .asyncWriteProtect:
             return try scan(required: .written, report: [.written, .present, .huge], flags: 0)
-        case .daxEvents:
+        case .daxEvents, .eventsOnly:
             return try scan(required: [], anyOf: .present, report: [.present, .huge, .pfnZero], flags: 0)
         case .pagemapPolling:
             if pagemapScanAvailable {

@@ -34,6 +34,12 @@ public enum TrackingMechanism: String, Sendable, CaseIterable {
     /// write protection there trips a kernel bug); faulted pages are read
     /// from PAGEMAP_SCAN (PRESENT, HUGE, PFNZERO).
     case daxEvents = "dax_events"
+    /// Any memory, for a mirror: registered in WP mode but never armed, so
+    /// the CPU's faults run exactly as without userfaultfd (THP, huge zero
+    /// page and all) while UNMAP/REMOVE/REMAP/FORK events still arrive.
+    /// Anonymous memory needs no extra feature, shmem WP_HUGETLBFS_SHMEM,
+    /// a regular file WP_ASYNC (files accept WP only with it).
+    case eventsOnly = "events_only"
     /// No usable userfaultfd mode: present pages are read from pagemap and no
     /// events arrive, so clients must revalidate before trusting a mirror.
     case pagemapPolling = "pagemap_polling"
@@ -129,6 +135,10 @@ extension TrackingMechanism {
             return "registering a DAX file needs UFFD_FEATURE_WP_ASYNC (Linux 6.7+)"
         case (.daxEvents, .file(dax: false)), (.daxEvents, .anonymous), (.daxEvents, .shmem):
             return "dax_events is for DAX files"
+        case (.eventsOnly, .file) where !f.contains(.wpAsync):
+            return "a file accepts a WP registration only with UFFD_FEATURE_WP_ASYNC (Linux 6.7+)"
+        case (.eventsOnly, .shmem) where !f.contains(.wpHugetlbfsShmem):
+            return "WP on shmem needs UFFD_FEATURE_WP_HUGETLBFS_SHMEM (Linux 5.19+)"
         default: return nil
         }
     }

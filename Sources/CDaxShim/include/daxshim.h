@@ -58,6 +58,13 @@ static inline void *dm_mmap_sync(void *addr, size_t len, int prot, int fd, off_t
     return mmap(addr, len, prot, MAP_SHARED_VALIDATE | MAP_SYNC, fd, off);
 }
 
+/// mmap(2) MAP_SHARED|MAP_FIXED at `addr` (a range the caller reserved), with
+/// MAP_SHARED_VALIDATE|MAP_SYNC when `sync` (EOPNOTSUPP off DAX). MAP_FAILED on failure.
+static inline void *dm_mmap_shared_fixed(void *addr, size_t len, int prot, int fd, off_t off, int sync) {
+    int flags = MAP_FIXED | (sync ? (MAP_SHARED_VALIDATE | MAP_SYNC) : MAP_SHARED);
+    return mmap(addr, len, prot, flags, fd, off);
+}
+
 static const unsigned int DM_MFD_CLOEXEC = 0x0001U;  // MFD_CLOEXEC (linux/memfd.h)
 /// eventfd(2), non-blocking and close-on-exec: a wake-up for threads in poll(2).
 static inline int dm_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
@@ -270,6 +277,55 @@ struct dm_pm_scan_arg {
 /// filled (>= 0) or -1 (ENOTTY on kernels before 6.7).
 static inline long dm_pagemap_scan(int pagemap_fd, struct dm_pm_scan_arg *arg) {
     return ioctl(pagemap_fd, DM_PAGEMAP_SCAN, arg);
+}
+
+// ---------------------------------------------------------------------------
+// fork with a child that only stores bytes (the mirror's COW-after-fork case).
+// The child runs nothing but memset and _exit: after fork() in a threaded
+// process only async-signal-safe code is allowed, so this cannot be Swift.
+// ---------------------------------------------------------------------------
+#include <sys/wait.h>
+/// fork(2); the child fills [addr, addr+len) with `byte` and exits 0; the
+/// parent waits for it. Returns the child's wait status, or -1 (errno).
+static inline int dm_fork_fill(void *addr, size_t len, int byte) {
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) { memset(addr, byte, len); _exit(0); }
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0) { if (errno != EINTR) return -1; }
+    return status;
+}
+
+// ---------------------------------------------------------------------------
+// XFS/ext4 extent-size hint (FS_IOC_FSGETXATTR / FS_IOC_FSSETXATTR,
+// include/uapi/linux/fs.h): on xfs a 2 MiB hint makes allocations 2 MiB
+// extents, which is what lets a DAX fault map a PMD.
+// ---------------------------------------------------------------------------
+/// Sets FS_XFLAG_EXTSIZE with `bytes` on an open (empty) file. 0 or -1 (errno;
+/// ENOTTY or EOPNOTSUPP where the filesystem has no such hint).
+static inline int dm_set_extent_size_hint(int fd, uint32_t bytes) {
+    struct fsxattr fa;
+    if (ioctl(fd, FS_IOC_FSGETXATTR, &fa) < 0) return -1;
+    fa.fsx_xflags |= FS_XFLAG_EXTSIZE;
+    fa.fsx_extsize = bytes;
+    return ioctl(fd, FS_IOC_FSSETXATTR, &fa);
+}
+
+// ---------------------------------------------------------------------------
+// process_vm_readv / process_vm_writev (glibc declares them only with
+// _GNU_SOURCE): the device's access path to anonymous memory, which has no
+// file it could map. One iovec each side.
+// ---------------------------------------------------------------------------
+#include <sys/uio.h>
+/// Copies `len` bytes from address `remote` of process `pid` to `local`.
+static inline long dm_process_vm_read(int pid, void *local, const void *remote, size_t len) {
+    struct iovec l = { local, len }, r = { (void *)remote, len };
+    return syscall(SYS_process_vm_readv, pid, &l, 1UL, &r, 1UL, 0UL);
+}
+/// Copies `len` bytes from `local` to address `remote` of process `pid`.
+static inline long dm_process_vm_write(int pid, const void *local, void *remote, size_t len) {
+    struct iovec l = { (void *)local, len }, r = { remote, len };
+    return syscall(SYS_process_vm_writev, pid, &l, 1UL, &r, 1UL, 0UL);
 }
 
 #endif // DAXSHIM_H

@@ -1,0 +1,92 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CDaxShim
+import CPmem
+import DaxCore
+
+/// The device's own way to its memory, never the CPU's virtual address when
+/// one exists: for a shared file or shmem, its own MAP_SHARED mapping of the
+/// same file, addressed by file offset (so a stale device entry would be
+/// visible as stale data, which is what the tests look for). A device write
+/// to a file is durable when it returns: pmem_memcpy_persist where libpmem
+/// says the aperture is persistent memory, memcpy + msync otherwise.
+///
+/// Anonymous and private-file memory have no file to map; there the device
+/// uses process_vm_readv/writev on this process, after the mirror has
+/// checked (pagemap) that the address still maps the entry's PFN — the
+/// documented equivalent of a physical access.
+final class Aperture: @unchecked Sendable {
+    let fd: Int32?
+    private(set) var base: UnsafeMutableRawPointer?
+    private(set) var length = 0
+    private(set) var isPmem = false
+
+    init(fd: Int32?) { self.fd = fd }
+    deinit { unmap() }
+
+    func unmap() {
+        if let b = base { munmap(b, length) }
+        base = nil
+        length = 0
+    }
+
+    /// The aperture covering file bytes [offset, offset+count), remapping
+    /// when the file grew past what is mapped.
+    private func window(_ offset: UInt64, _ count: Int) throws(MirrorError) -> UnsafeMutableRawPointer {
+        guard let fd else { throw MirrorError(.EINVAL, "no aperture for this memory") }
+        if base == nil || offset + UInt64(count) > UInt64(length) {
+            var st = stat()
+            guard fstat(fd, &st) == 0 else { throw MirrorError(Errno.current, "fstat of the mirrored file") }
+            let size = Int(st.st_size)
+            guard offset + UInt64(count) <= UInt64(size) else {
+                throw MirrorError(.EFAULT, "offset \(offset) is beyond the end of the file (\(size) bytes)")
+            }
+            unmap()
+            // MAP_SYNC where the file is DAX, so that flushes alone make stores durable.
+            var p = dm_mmap_sync(nil, size, PROT_READ | PROT_WRITE, fd, 0)
+            if p == MAP_FAILED { p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) }
+            guard let mapped = p, mapped != MAP_FAILED else { throw MirrorError(Errno.current, "mapping the device aperture") }
+            base = mapped
+            length = size
+            isPmem = pmem_is_pmem(mapped, size) != 0
+        }
+        return base! + Int(offset)
+    }
+
+    func read(fileOffset: UInt64, into dst: UnsafeMutableRawPointer, count: Int) throws(MirrorError) {
+        memcpy(dst, try window(fileOffset, count), count)
+    }
+
+    func write(fileOffset: UInt64, from src: UnsafeRawPointer, count: Int) throws(MirrorError) {
+        let p = try window(fileOffset, count)
+        if isPmem {
+            pmem_memcpy_persist(p, src, count)
+        } else {
+            memcpy(p, src, count)
+            guard pmem_msync(p, count) == 0 else { throw MirrorError(Errno.current, "msync of the device write") }
+        }
+    }
+
+    static func readProcess(address: UInt64, into dst: UnsafeMutableRawPointer, count: Int) throws(MirrorError) {
+        let n = dm_process_vm_read(getpid(), dst, UnsafeRawPointer(bitPattern: UInt(address)), count)
+        guard n == count else { throw MirrorError(n < 0 ? Errno.current : .EFAULT, "device read of 0x\(String(address, radix: 16))") }
+    }
+
+    static func writeProcess(address: UInt64, from src: UnsafeRawPointer, count: Int) throws(MirrorError) {
+        let n = dm_process_vm_write(getpid(), src, UnsafeMutableRawPointer(bitPattern: UInt(address)), count)
+        guard n == count else { throw MirrorError(n < 0 ? Errno.current : .EFAULT, "device write of 0x\(String(address, radix: 16))") }
+    }
+}
+
+/// A mirror operation's failure, with the errno dmirror would return
+/// (EFAULT, EPERM, EBUSY, EINVAL) and a sentence for people.
+public struct MirrorError: Error, Sendable, CustomStringConvertible {
+    public let errno: Errno
+    public let message: String
+    public init(_ errno: Errno, _ message: String) {
+        self.errno = errno
+        self.message = message
+    }
+    public var description: String { "\(message) (\(errno.name))" }
+}

@@ -1,0 +1,132 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CDaxShim
+import DaxCore
+import PageTables
+
+/// What the kernel's page table says of one page right now, read without
+/// faulting anything in (the CPU side that `check` and SNAPSHOT compare with).
+public struct CPUPage: Sendable, Equatable {
+    public enum State: Sendable, Equatable {
+        /// No VMA: hmm_range_fault would report ERROR / EFAULT.
+        case unmapped
+        /// A VMA without read permission (PROT_NONE): ERROR / EFAULT.
+        case inaccessible
+        /// Mapped VMA, no page table entry yet.
+        case notPresent
+        case present
+    }
+    public var state: State
+    public var pfn: UInt64 = 0
+    /// The order the kernel maps the page with (0, 9, 18).
+    public var order: UInt8 = 0
+    public var zero = false
+    /// pagemap PM_MMAP_EXCLUSIVE: an anonymous page no other process maps.
+    public var exclusive = false
+    /// pagemap PM_FILE: page cache / shmem / DAX rather than anonymous.
+    public var fileOrShared = false
+    public var vmaWritable = false
+    public var vmaShared = false
+}
+
+/// Reads the CPU's page table for ranges of this process: /proc/self/maps for
+/// permissions, pagemap for presence, PFN and exclusivity, PAGEMAP_SCAN (where
+/// the kernel has it) for HUGE and PFNZERO. Without PAGEMAP_SCAN the order is
+/// unknown and reported as 0, and only the 4 KiB zero page is recognised.
+public final class CPUTruth: @unchecked Sendable {
+    public let pagemap: Pagemap
+    public let scanAvailable: Bool
+    public let pageSize = UInt64(Syscall.pageSize)
+    /// PFN of the kernel's 4 KiB zero page (learned by mapping it).
+    public let zeroPFN: UInt64?
+
+    public init(scanAvailable: Bool = PagemapScanSupport.available) throws(Failure) {
+        pagemap = try Failure.wrapping("open /proc/self/pagemap") { () throws(SystemCallError) in try Pagemap() }
+        self.scanAvailable = scanAvailable
+        zeroPFN = CPUTruth.probeZeroPFN(pagemap)
+        guard CPUTruth.pfnsVisible(pagemap) else {
+            throw Failure(.permissionDenied,
+                          "pagemap hides PFNs from this process (needs CAP_SYS_ADMIN): run the mirror as root")
+        }
+    }
+
+    private static func probeZeroPFN(_ pm: Pagemap) -> UInt64? {
+        let size = Syscall.pageSize
+        guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else { return nil }
+        defer { munmap(p, size) }
+        guard madvise(p, size, DM_MADV_POPULATE_READ) == 0 else { return nil }
+        return (try? pm.entry(at: UInt64(UInt(bitPattern: p))))?.pfn
+    }
+
+    private static func pfnsVisible(_ pm: Pagemap) -> Bool {
+        let size = Syscall.pageSize
+        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else { return false }
+        defer { munmap(p, size) }
+        p.storeBytes(of: 1, as: UInt8.self)
+        return ((try? pm.entry(at: UInt64(UInt(bitPattern: p))))?.pfn ?? 0) != 0
+    }
+
+    /// The pages [startVPN, endVPN), given the VMAs (sorted, from Maps.read).
+    public func read(_ startVPN: UInt64, _ endVPN: UInt64, vmas: [SmapsEntry]) throws(Failure) -> [CPUPage] {
+        let count = Int(endVPN - startVPN)
+        var out = [CPUPage](repeating: CPUPage(state: .unmapped), count: count)
+        guard count > 0 else { return out }
+        let startAddr = startVPN * pageSize, endAddr = endVPN * pageSize
+        // Permissions from the VMAs.
+        var anyMapped = false
+        for vma in vmas where vma.end > startAddr && vma.start < endAddr {
+            let lo = Int((max(vma.start, startAddr) - startAddr) / pageSize)
+            let hi = Int((min(vma.end, endAddr) - startAddr) / pageSize)
+            let readable = vma.readable, writable = vma.writable, shared = vma.isShared
+            for i in lo..<hi {
+                out[i].state = readable ? .notPresent : .inaccessible
+                out[i].vmaWritable = writable
+                out[i].vmaShared = shared
+            }
+            anyMapped = anyMapped || readable
+        }
+        guard anyMapped else { return out }
+        let entries = try Failure.wrapping("read /proc/self/pagemap") { () throws(SystemCallError) in
+            try pagemap.entries(at: startAddr, count: count)
+        }
+        for (i, e) in entries.enumerated() where out[i].state == .notPresent && e.present {
+            out[i].state = .present
+            out[i].pfn = e.pfn ?? 0
+            out[i].exclusive = e.exclusive
+            out[i].fileOrShared = e.fileOrShared
+            if let z = zeroPFN, e.pfn == z { out[i].zero = true }
+        }
+        guard scanAvailable else { return out }
+        let regions = try Failure.wrapping("scan /proc/self/pagemap") { () throws(SystemCallError) in
+            try pagemap.scanAll(start: startAddr, end: endAddr, anyOf: [.huge, .pfnZero],
+                                report: [.huge, .pfnZero, .present])
+        }
+        for r in regions {
+            let lo = Int((max(r.start, startAddr) - startAddr) / pageSize)
+            let hi = Int((min(r.end, endAddr) - startAddr) / pageSize)
+            for i in lo..<hi where out[i].state == .present {
+                if r.categories.contains(.pfnZero) { out[i].zero = true }
+                if r.categories.contains(.huge) { out[i].order = 9 }
+            }
+        }
+        // A HUGE page is a PMD only if its whole aligned 2 MiB is one PFN run;
+        // otherwise (a PTE-mapped THP, hugetlb of another size) call it 4 KiB.
+        var i = 0
+        while i < count {
+            guard out[i].order == 9 else { i += 1; continue }
+            let vpn = startVPN + UInt64(i)
+            let spanStart = vpn & ~511, spanEnd = spanStart + 512
+            let lo = Int(max(spanStart, startVPN) - startVPN), hi = Int(min(spanEnd, endVPN) - startVPN)
+            let basePFN = out[i].pfn &- (vpn - spanStart)
+            var ok = basePFN & 511 == 0
+            for j in lo..<hi where ok {
+                let p = out[j]
+                ok = p.state == .present && p.order == 9 && p.pfn == basePFN + (startVPN + UInt64(j) - spanStart)
+            }
+            if !ok { for j in lo..<hi where out[j].order == 9 { out[j].order = 0 } }
+            i = max(hi, i + 1)
+        }
+        return out
+    }
+}

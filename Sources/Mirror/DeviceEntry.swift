@@ -1,0 +1,87 @@
+/// One entry of the simulated device's page table: what `hmm_range_fault`
+/// hands a driver for a page (PFN, WRITE, map order), plus whether the PFN is
+/// the kernel's zero page. A huge entry (order 9 or 18) is ONE entry for its
+/// whole 2 MiB / 1 GiB span; `pfn(at:)` resolves a page inside it.
+public struct DeviceEntry: Sendable, Equatable, CustomStringConvertible {
+    /// PFN of the first page the entry covers.
+    public var pfn: UInt64
+    /// log2(pages): 0 (4 KiB PTE), 9 (2 MiB PMD) or 18 (1 GiB PUD).
+    public var order: UInt8
+    public var writable: Bool
+    /// The kernel's (huge) zero page: reads as zeros, never written.
+    public var zero: Bool
+
+    public init(pfn: UInt64, order: UInt8 = 0, writable: Bool, zero: Bool = false) {
+        self.pfn = pfn
+        self.order = order
+        self.writable = writable
+        self.zero = zero
+    }
+
+    public var pages: UInt64 { 1 << UInt64(order) }
+
+    /// The PFN of the page `index` pages into the entry's span.
+    public func pfn(at index: UInt64) -> UInt64 { pfn + index }
+
+    /// The dmirror snapshot code of any page of this entry.
+    public var code: SnapshotCode {
+        var c: SnapshotCode = writable ? .write : .read
+        if zero { c.insert(.zero) }
+        if order == 9 { c.insert(.pmd) } else if order == 18 { c.insert(.pud) }
+        return c
+    }
+
+    public var description: String { "pfn 0x\(String(pfn, radix: 16)) order \(order) \(code)" }
+
+    // Packed form used by the table: 8 bytes per entry.
+    //   bits 0–54 PFN, 55–59 order, 62 zero, 61 write, 63 valid.
+    static let validBit: UInt64 = 1 << 63
+    var packed: UInt64 {
+        (pfn & ((1 << 55) - 1)) | (UInt64(order) << 55) | (writable ? 1 << 61 : 0) | (zero ? 1 << 62 : 0)
+            | DeviceEntry.validBit
+    }
+    init?(packed p: UInt64) {
+        guard p & DeviceEntry.validBit != 0 else { return nil }
+        pfn = p & ((1 << 55) - 1)
+        order = UInt8((p >> 55) & 0x1f)
+        writable = p & (1 << 61) != 0
+        zero = p & (1 << 62) != 0
+    }
+}
+
+/// The per-page codes of `lib/test_hmm_uapi.h` (HMM_DMIRROR_PROT_*) that
+/// apply outside device-private memory.
+public struct SnapshotCode: OptionSet, Sendable, Hashable, CustomStringConvertible {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    public static let none: SnapshotCode = []
+    public static let read = SnapshotCode(rawValue: 0x01)
+    public static let write = SnapshotCode(rawValue: 0x02)
+    public static let pmd = SnapshotCode(rawValue: 0x04)
+    public static let pud = SnapshotCode(rawValue: 0x08)
+    public static let zero = SnapshotCode(rawValue: 0x10)
+    public static let error = SnapshotCode(rawValue: 0xFF)
+
+    public var description: String {
+        if self == .error { return "ERROR" }
+        if isEmpty { return "NONE" }
+        return [(SnapshotCode.read, "READ"), (.write, "WRITE"), (.pmd, "PMD"), (.pud, "PUD"), (.zero, "ZERO")]
+            .filter { contains($0.0) }.map(\.1).joined(separator: "|")
+    }
+}
+
+extension Array where Element == SnapshotCode {
+    /// Run-length hex, e.g. "16*512,00*3,ff*1": code (two hex digits) * count.
+    public var runLengthHex: String {
+        var out: [String] = []
+        var i = 0
+        while i < count {
+            var j = i
+            while j < count && self[j] == self[i] { j += 1 }
+            let hex = String(self[i].rawValue, radix: 16)
+            out.append("\(hex.count == 1 ? "0" + hex : hex)*\(j - i)")
+            i = j
+        }
+        return out.joined(separator: ",")
+    }
+}

@@ -1,0 +1,477 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CDaxShim
+import DaxCore
+import FaultTracking
+import PageTables
+
+/// A simulated device that mirrors one region of this process's address
+/// space, with the semantics of the kernel's HMM test driver (lib/test_hmm.c,
+/// "dmirror"): device reads and writes go through the device's own table;
+/// a missing entry (or a read-only one, for a write) makes the device fault
+/// the range in — the user-space `hmm_range_fault` — and counts one fault;
+/// anything that changes the CPU mapping removes the affected entries before
+/// the device uses them again.
+///
+/// How invalidations reach the table (the kernel's mmu notifier, here):
+///  1. userfaultfd events from the region's FaultTracker: UNMAP, REMOVE,
+///     REMAP, FORK (FORK drops every entry of a private region: the CPU
+///     write-protected its pages for copy-on-write);
+///  2. no event exists for mprotect or mremap-in-place: before every device
+///     operation the region's VMA layout (/proc/self/maps) is compared with
+///     the one last seen and changed ranges are dropped, as the kernel's
+///     notifier would have dropped them;
+///  3. no event exists for truncate, hole punch, writeback or COW either:
+///     before using entries, the device checks each against pagemap (same
+///     PFN, still present, still exclusive for a private writable page) and
+///     drops what disagrees (`staleDropped` counts them). This is what makes
+///     a stale entry impossible to use, whatever the CPU did.
+public final class Mirror: @unchecked Sendable {
+    public let region: Region
+    public let table = DeviceTable()
+    public let truth: CPUTruth
+    public let tracker: FaultTracker?
+    let aperture: Aperture
+    let pageSize = UInt64(Syscall.pageSize)
+
+    /// Faults taken by device operations since the mirror was created.
+    public private(set) var faults = 0
+    /// Entries found stale by revalidation before use (no event had removed them).
+    public private(set) var staleDropped = 0
+    /// Pages removed by invalidations (events, VMA changes, notifications).
+    public private(set) var invalidatedPages: UInt64 = 0
+    /// How long a range fault keeps retrying against concurrent invalidations.
+    public var busyTimeout: Double = 2.0
+
+    private var ownSequence = 0
+    private var trackerSeen = 0
+    private var lastLayout: [VMASlice] = []
+    private var lastVMAs: [SmapsEntry] = []
+
+    /// Starts mirroring `region`. With `tracking`, a FaultTracker delivers the
+    /// kernel's invalidation events; without it (or where the kernel has no
+    /// usable userfaultfd mode) revalidation alone keeps the table honest.
+    public init(region: Region, tracking: Bool = true, dax: Bool = false,
+                truth: CPUTruth? = nil, kernel: KernelFeatures = .probe()) throws(Failure) {
+        self.region = region
+        if let truth { self.truth = truth } else { self.truth = try CPUTruth(scanAvailable: kernel.pagemapScan) }
+        aperture = Aperture(fd: region.backing.sharedFD)
+        if tracking {
+            let backing: MemoryBacking
+            switch region.backing {
+            case .anonymous: backing = .anonymous
+            case .shmem: backing = .shmem
+            case .file: backing = .file(dax: dax)
+            }
+            // Events only: a tracker that resolved faults itself would change
+            // what the kernel maps (no THP, no huge zero page under MISSING).
+            if TrackingMechanism.eventsOnly.refusal(for: backing, kernel: kernel) == nil {
+                tracker = try FaultTracker(base: UnsafeMutableRawPointer(bitPattern: UInt(region.base))!,
+                                           length: Int(region.length), backing: backing,
+                                           mechanism: .eventsOnly, kernel: kernel)
+            } else {
+                tracker = nil  // revalidation alone (reported by `trackingNote`)
+            }
+        } else {
+            tracker = nil
+        }
+        let vmas = (try? Maps.read()) ?? []
+        lastVMAs = vmas
+        lastLayout = layout(vmas)
+    }
+
+    deinit {
+        tracker?.stop()
+        aperture.unmap()
+    }
+
+    /// Grows with every invalidation the mirror learns of; a range fault that
+    /// sees it change while it walked retries (HMM's sequence rule).
+    public var sequence: Int { ownSequence + (tracker?.invalidationSequence ?? 0) }
+
+    // MARK: - invalidation
+
+    /// Removes [address, address+length) from the table: the notifier call for
+    /// changes the mirror is told of (e.g. a truncate it performed).
+    public func invalidate(_ address: UInt64, _ length: UInt64) {
+        let s = max(address, region.base), e = min(address &+ length, region.end)
+        guard s < e else { return }
+        ownSequence += 1
+        invalidatedPages += table.remove(s / pageSize, (e + pageSize - 1) / pageSize)
+    }
+
+    /// The file backing the region shrank to `size` bytes: the kernel unmaps
+    /// the pages beyond it, so do the entries.
+    public func fileTruncated(to size: UInt64) {
+        let firstGone = (size + pageSize - 1) / pageSize * pageSize
+        guard firstGone < region.fileOffset + region.length else { return }
+        let from = region.base + (firstGone > region.fileOffset ? firstGone - region.fileOffset : 0)
+        invalidate(from, region.end - from)
+    }
+
+    /// Applies what changed since the last operation: tracker events and VMA
+    /// layout changes. Returns the current VMAs.
+    @discardableResult
+    public func synchronize() throws(MirrorError) -> [SmapsEntry] {
+        if let tracker {
+            let (events, overflowed) = tracker.invalidations(since: trackerSeen)
+            trackerSeen = tracker.invalidationSequence
+            if overflowed { invalidate(region.base, region.length) }
+            for event in events {
+                switch event {
+                case .unmap(let s, let e), .remove(let s, let e):
+                    invalidate(s, e - s)
+                case .remap(let from, let to, let len):
+                    invalidate(from, len)
+                    invalidate(to, len)
+                case .fork:
+                    if region.backing.sharedFD == nil { invalidate(region.base, region.length) }
+                }
+            }
+        }
+        let vmas: [SmapsEntry]
+        do { vmas = try Maps.read() } catch { throw MirrorError(error.errno, "reading /proc/self/maps") }
+        let now = layout(vmas)
+        if now != lastLayout {
+            for (s, e) in changedRanges(lastLayout, now) { invalidate(s, e - s) }
+            lastLayout = now
+        }
+        lastVMAs = vmas
+        return vmas
+    }
+
+    /// A VMA clipped to the region, with what the kernel's notifier cares about.
+    struct VMASlice: Equatable {
+        var start: UInt64, end: UInt64
+        var perms: String
+        /// File offset of `start` (0 for anonymous).
+        var offset: UInt64
+        var device: String, inode: UInt64
+    }
+
+    private func layout(_ vmas: [SmapsEntry]) -> [VMASlice] {
+        vmas.compactMap { v in
+            let s = max(v.start, region.base), e = min(v.end, region.end)
+            guard s < e else { return nil }
+            // An anonymous VMA's offset means nothing (merges change it): only
+            // a file's offset says which pages the range maps.
+            return VMASlice(start: s, end: e, perms: v.perms, offset: v.inode == 0 ? 0 : v.offset + (s - v.start),
+                            device: v.device, inode: v.inode)
+        }
+    }
+
+    /// Ranges where the two layouts map the region differently.
+    private func changedRanges(_ a: [VMASlice], _ b: [VMASlice]) -> [(UInt64, UInt64)] {
+        var cuts = Set<UInt64>([region.base, region.end])
+        for v in a + b { cuts.insert(v.start); cuts.insert(v.end) }
+        let points = cuts.sorted()
+        func at(_ list: [VMASlice], _ x: UInt64) -> VMASlice? { list.first { $0.start <= x && x < $0.end } }
+        var out: [(UInt64, UInt64)] = []
+        for (s, e) in zip(points, points.dropFirst()) where s < e {
+            let va = at(a, s), vb = at(b, s)
+            let same: Bool
+            if let va, let vb {
+                same = va.perms == vb.perms && va.device == vb.device && va.inode == vb.inode
+                    && (va.inode == 0 || va.offset + (s - va.start) == vb.offset + (s - vb.start))
+            } else {
+                same = va == nil && vb == nil
+            }
+            if !same {
+                if let last = out.last, last.1 == s { out[out.count - 1].1 = e } else { out.append((s, e)) }
+            }
+        }
+        return out
+    }
+
+    // MARK: - the CPU's view
+
+    /// Whether the CPU's PTE for `p` lets it write, as far as pagemap tells:
+    /// a private page only when it is anonymous and exclusive (otherwise a
+    /// write would copy it); a shared file page only when the device faulted
+    /// it for writing (its PTE starts write-protected for dirty tracking, and
+    /// pagemap has no write bit); shmem has no dirty tracking.
+    func cpuWritable(_ p: CPUPage, deviceWritable: Bool) -> Bool {
+        guard p.state == .present, p.vmaWritable, !p.zero else { return false }
+        if !p.vmaShared { return p.exclusive && !p.fileOrShared }
+        if case .shmem = region.backing { return true }
+        return deviceWritable
+    }
+
+    /// dmirror's SNAPSHOT: the CPU page table as the mirror's walk sees it,
+    /// without faulting anything in — one code per page.
+    public func snapshot(_ address: UInt64, _ count: UInt64) throws(MirrorError) -> [SnapshotCode] {
+        let (s, e) = try pages(address, count)
+        let vmas = try synchronize()
+        let cpu = try readTruth(s, e, vmas)
+        return cpu.enumerated().map { i, p in
+            switch p.state {
+            case .unmapped, .inaccessible: return .error
+            case .notPresent: return .none
+            case .present:
+                let dev = table.lookup(s + UInt64(i)).map { $0.entry.writable && $0.entry.pfn(at: $0.index) == p.pfn } ?? false
+                var c: SnapshotCode = cpuWritable(p, deviceWritable: dev) ? .write : .read
+                if p.zero { c.insert(.zero) }
+                if p.order == 9 { c.insert(.pmd) } else if p.order == 18 { c.insert(.pud) }
+                return c
+            }
+        }
+    }
+
+    /// The device table's own view, in the same codes (NONE where no entry).
+    public func deviceSnapshot(_ address: UInt64, _ count: UInt64) throws(MirrorError) -> [SnapshotCode] {
+        let (s, e) = try pages(address, count)
+        return (s..<e).map { table.lookup($0)?.entry.code ?? .none }
+    }
+
+    // MARK: - range fault
+
+    /// The user-space hmm_range_fault: faults [startVPN, endVPN) in on the CPU
+    /// (MADV_POPULATE_READ/WRITE), reads what the kernel mapped, and fills the
+    /// table. Errors as hmm_range_fault: EFAULT for an unmapped or PROT_NONE
+    /// page (or one the CPU could not fault in, e.g. beyond EOF), EPERM for a
+    /// write to a read-only mapping; pages before the failing 64-page window
+    /// are mirrored, as dmirror's windowed walk leaves them.
+    func rangeFault(_ startVPN: UInt64, _ endVPN: UInt64, write: Bool) throws(MirrorError) {
+        let deadline = now() + busyTimeout
+        while true {
+            let seq = sequence
+            let vmas = try synchronize()
+            var bad: (vpn: UInt64, errno: Errno, why: String)?
+            var vpn = startVPN
+            var vi = 0
+            while vpn < endVPN, bad == nil {
+                let addr = vpn * pageSize
+                while vi < vmas.count && vmas[vi].end <= addr { vi += 1 }
+                guard vi < vmas.count, vmas[vi].start <= addr else {
+                    bad = (vpn, .EFAULT, "nothing is mapped at 0x\(String(addr, radix: 16))"); break
+                }
+                let v = vmas[vi]
+                if !v.readable { bad = (vpn, .EFAULT, "0x\(String(addr, radix: 16)) is mapped PROT_NONE"); break }
+                if write && !v.writable { bad = (vpn, .EPERM, "0x\(String(addr, radix: 16)) is mapped read-only"); break }
+                vpn = min(endVPN, v.end / pageSize)
+            }
+            let storeEnd = bad.map { startVPN + ($0.vpn - startVPN) / 64 * 64 } ?? endVPN
+            if storeEnd > startVPN {
+                let addr = UnsafeMutableRawPointer(bitPattern: UInt(startVPN * pageSize))!
+                let len = Int((storeEnd - startVPN) * pageSize)
+                if madvise(addr, len, write ? DM_MADV_POPULATE_WRITE : DM_MADV_POPULATE_READ) != 0 {
+                    let e = Errno.current
+                    if e == .EINTR || e == .EAGAIN || e == .ENOMEM || e == .EINVAL {
+                        // The layout changed under us (or a signal): walk again.
+                        if now() > deadline { throw MirrorError(.EBUSY, "the range kept changing while faulting it in") }
+                        continue
+                    }
+                    throw MirrorError(.EFAULT, "the CPU cannot fault in 0x\(String(startVPN * pageSize, radix: 16))+\(len): \(e.name)")
+                }
+                let hullStart = startVPN & ~511, hullEnd = (storeEnd + 511) & ~511
+                let cpu = try readTruth(hullStart, hullEnd, vmas)
+                if sequence != seq {
+                    if now() > deadline { throw MirrorError(.EBUSY, "invalidations kept racing the range fault") }
+                    continue
+                }
+                store(cpu, hullStart: hullStart, startVPN, storeEnd, write: write)
+            }
+            if let bad { throw MirrorError(bad.errno, bad.why) }
+            return
+        }
+    }
+
+    private func store(_ cpu: [CPUPage], hullStart: UInt64, _ s: UInt64, _ e: UInt64, write: Bool) {
+        var vpn = s
+        while vpn < e {
+            let p = cpu[Int(vpn - hullStart)]
+            guard p.state == .present else { vpn += 1; continue }
+            if p.order == 9 {
+                let span = vpn & ~511
+                let basePFN = p.pfn - (vpn - span)
+                let w = write || cpuWritable(p, deviceWritable: false)
+                table.insert(DeviceEntry(pfn: basePFN, order: 9, writable: w, zero: p.zero), at: span)
+                vpn = span + 512
+            } else {
+                let w = write || cpuWritable(p, deviceWritable: false)
+                table.insert(DeviceEntry(pfn: p.pfn, writable: w, zero: p.zero), at: vpn)
+                vpn += 1
+            }
+        }
+    }
+
+    // MARK: - device access
+
+    /// The device reads `count` bytes at `address` (dmirror READ). Returns the
+    /// bytes and the faults this call took.
+    public func read(_ address: UInt64, _ count: Int) throws(MirrorError) -> (bytes: [UInt8], faults: Int) {
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 16)
+        defer { buf.deallocate() }
+        let faults = try access(address, count, write: false) { (vpn, entry, index, lo, hi) throws(MirrorError) in
+            try self.copyPage(vpn, entry, index, lo, hi, buffer: buf, bufferBase: address, write: false)
+        }
+        let out = [UInt8](buf)
+        return (out, faults)
+    }
+
+    /// The device writes `bytes` at `address` (dmirror WRITE). Durable on
+    /// return for a file (see Aperture). Returns the faults it took.
+    @discardableResult
+    public func write(_ address: UInt64, _ bytes: [UInt8]) throws(MirrorError) -> Int {
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 16)
+        defer { buf.deallocate() }
+        buf.copyBytes(from: bytes)
+        return try access(address, bytes.count, write: true) { (vpn, entry, index, lo, hi) throws(MirrorError) in
+            try self.copyPage(vpn, entry, index, lo, hi, buffer: buf, bufferBase: address, write: true)
+        }
+    }
+
+    /// dmirror's loop: use entries from the front while they exist (and are
+    /// writable, for a write); at the first missing one, fault the rest of the
+    /// range in and count a fault; repeat.
+    private func access(_ address: UInt64, _ count: Int, write: Bool,
+                        copy: (UInt64, DeviceEntry, UInt64, UInt64, UInt64) throws(MirrorError) -> Void) throws(MirrorError) -> Int {
+        let (s, e) = try pages(address, UInt64(count))
+        let deadline = now() + busyTimeout
+        var faults = 0
+        var pos = s
+        while pos < e {
+            let vmas = try synchronize()
+            try revalidate(pos, e, vmas)
+            var vpn = pos
+            while vpn < e, let (entry, index) = table.lookup(vpn), !write || entry.writable {
+                let lo = max(address, vpn * pageSize), hi = min(address + UInt64(count), (vpn + 1) * pageSize)
+                try copy(vpn, entry, index, lo, hi)
+                vpn += 1
+            }
+            pos = vpn
+            if pos == e { break }
+            try rangeFault(pos, e, write: write)
+            faults += 1
+            self.faults += 1
+            if now() > deadline { throw MirrorError(.EBUSY, "the range kept changing under the device") }
+        }
+        return faults
+    }
+
+    private func copyPage(_ vpn: UInt64, _ entry: DeviceEntry, _ index: UInt64, _ lo: UInt64, _ hi: UInt64,
+                          buffer: UnsafeMutableRawBufferPointer, bufferBase: UInt64, write: Bool) throws(MirrorError) {
+        let n = Int(hi - lo)
+        let buf = buffer.baseAddress! + Int(lo - bufferBase)
+        if !write && entry.zero {
+            memset(buf, 0, n)
+            return
+        }
+        if region.backing.sharedFD != nil {
+            let off = region.fileOffset + (lo - region.base)
+            if write { try aperture.write(fileOffset: off, from: buf, count: n) }
+            else { try aperture.read(fileOffset: off, into: buf, count: n) }
+        } else if write {
+            try Aperture.writeProcess(address: lo, from: buf, count: n)
+        } else {
+            try Aperture.readProcess(address: lo, into: buf, count: n)
+        }
+    }
+
+    /// Drops entries in [s, e) that no longer agree with the CPU (rule 3 above).
+    private func revalidate(_ s: UInt64, _ e: UInt64, _ vmas: [SmapsEntry]) throws(MirrorError) {
+        let entries = table.entries(s, e)
+        guard !entries.isEmpty else { return }
+        let cpu = try readTruth(s, e, vmas)
+        for (start, entry) in entries {
+            let lo = max(start, s), hi = min(start + entry.pages, e)
+            var vpn = lo
+            while vpn < hi {
+                let p = cpu[Int(vpn - s)]
+                var ok = p.state == .present && p.pfn == entry.pfn(at: vpn - start) && p.zero == entry.zero
+                if ok && entry.writable {
+                    ok = p.vmaWritable && (p.vmaShared || (p.exclusive && !p.fileOrShared))
+                }
+                if !ok {
+                    var runEnd = vpn + 1
+                    while runEnd < hi {
+                        let q = cpu[Int(runEnd - s)]
+                        if q.state == .present && q.pfn == entry.pfn(at: runEnd - start) { break }
+                        runEnd += 1
+                    }
+                    staleDropped += 1
+                    table.remove(vpn, runEnd)
+                    vpn = runEnd
+                } else {
+                    vpn += 1
+                }
+            }
+        }
+    }
+
+    // MARK: - check
+
+    /// One disagreement between the device table and the kernel's page table,
+    /// over a run of pages.
+    public struct Disagreement: Sendable, Equatable, CustomStringConvertible {
+        public var start: UInt64
+        public var end: UInt64
+        public var reason: String
+        public var device: String
+        public var kernel: String
+        public var description: String {
+            "0x\(String(start, radix: 16))-0x\(String(end, radix: 16)): \(reason) (device \(device), kernel \(kernel))"
+        }
+    }
+
+    /// Compares every entry of the table with pagemap / PAGEMAP_SCAN after
+    /// applying pending events, and lists every disagreement. (Entries that a
+    /// change without an event made stale — a truncate behind the mirror's
+    /// back — show here until the device's next use drops them.)
+    public func check() throws(MirrorError) -> [Disagreement] {
+        let vmas = try synchronize()
+        let s = region.base / pageSize, e = region.end / pageSize
+        let cpu = try readTruth(s, e, vmas)
+        var out: [Disagreement] = []
+        func note(_ vpn: UInt64, _ reason: String, _ dev: String, _ ker: String) {
+            if var last = out.last, last.end == vpn * pageSize, last.reason == reason {
+                last.end += pageSize
+                out[out.count - 1] = last
+            } else {
+                out.append(Disagreement(start: vpn * pageSize, end: (vpn + 1) * pageSize, reason: reason,
+                                        device: dev, kernel: ker))
+            }
+        }
+        for (start, entry) in table.entries(s, e) {
+            for vpn in max(start, s)..<min(start + entry.pages, e) {
+                let p = cpu[Int(vpn - s)]
+                let want = entry.pfn(at: vpn - start)
+                let dev = "pfn 0x\(String(want, radix: 16)) \(entry.code)"
+                guard p.state == .present else {
+                    note(vpn, "the device maps a page the CPU does not", dev, "\(p.state)")
+                    continue
+                }
+                let ker = "pfn 0x\(String(p.pfn, radix: 16)) order \(p.order)\(p.zero ? " zero" : "")"
+                if p.pfn != want { note(vpn, "PFN differs", dev, ker) }
+                else if truth.scanAvailable && p.order != entry.order { note(vpn, "map order differs", dev, ker) }
+                else if p.zero != entry.zero { note(vpn, "zero page differs", dev, ker) }
+                else if entry.writable && !(p.vmaWritable && (p.vmaShared || (p.exclusive && !p.fileOrShared))) {
+                    note(vpn, "the device may write where the CPU may not", dev,
+                         ker + (p.vmaWritable ? " shared-by-COW" : " read-only"))
+                }
+            }
+        }
+        return out
+    }
+
+    // MARK: - helpers
+
+    private func pages(_ address: UInt64, _ count: UInt64) throws(MirrorError) -> (UInt64, UInt64) {
+        guard count > 0 else { throw MirrorError(.EINVAL, "empty range") }
+        guard region.contains(address, count) else {
+            throw MirrorError(.EINVAL, "0x\(String(address, radix: 16))+\(count) is outside the mirrored region")
+        }
+        return (address / pageSize, (address + count + pageSize - 1) / pageSize)
+    }
+
+    private func readTruth(_ s: UInt64, _ e: UInt64, _ vmas: [SmapsEntry]) throws(MirrorError) -> [CPUPage] {
+        do { return try truth.read(s, e, vmas: vmas) } catch { throw MirrorError(.EIO, error.message) }
+    }
+
+    private func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}

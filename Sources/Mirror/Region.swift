@@ -1,0 +1,54 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import DaxCore
+
+/// What a mirrored range of this process's memory is, which decides how the
+/// device reaches its pages (see `Aperture`).
+public enum RegionBacking: Sendable, Equatable {
+    /// MAP_PRIVATE|MAP_ANONYMOUS.
+    case anonymous
+    /// A memfd / tmpfs file mapped MAP_SHARED; `fd` stays open while mirrored.
+    case shmem(fd: Int32)
+    /// A regular file (DAX or not). `shared` = MAP_SHARED; a MAP_PRIVATE file
+    /// mapping is reached like anonymous memory (its written pages are anonymous).
+    case file(path: String, fd: Int32, shared: Bool)
+
+    public var name: String {
+        switch self {
+        case .anonymous: return "anon"
+        case .shmem: return "shmem"
+        case .file(_, _, let shared): return shared ? "file" : "file-private"
+        }
+    }
+
+    /// The descriptor the device opens its own mapping through, if any.
+    var sharedFD: Int32? {
+        switch self {
+        case .anonymous: return nil
+        case .shmem(let fd): return fd
+        case .file(_, let fd, let shared): return shared ? fd : nil
+        }
+    }
+}
+
+/// A range of this process's address space to mirror: [base, base+length),
+/// whose first byte is at `fileOffset` of the backing file (shared backings).
+public struct Region: Sendable, Equatable {
+    public var base: UInt64
+    public var length: UInt64
+    public var backing: RegionBacking
+    public var fileOffset: UInt64
+
+    public init(base: UnsafeMutableRawPointer, length: Int, backing: RegionBacking, fileOffset: UInt64 = 0) {
+        self.base = UInt64(UInt(bitPattern: base))
+        self.length = UInt64(length)
+        self.backing = backing
+        self.fileOffset = fileOffset
+    }
+
+    public var end: UInt64 { base + length }
+    public func contains(_ address: UInt64, _ count: UInt64) -> Bool {
+        address >= base && count <= length && address - base <= length - count
+    }
+}

@@ -1,0 +1,115 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CDaxShim
+import CPmem
+import DaxCore
+import Mirror
+
+/// A mapping a scenario made (`map R ...`): owns the mapping and the file
+/// descriptor behind it, releases both when the scenario ends.
+public final class MappedMemory: @unchecked Sendable {
+    public let name: String
+    public let base: UnsafeMutableRawPointer
+    public let length: Int
+    public let backing: RegionBacking
+    public let path: String?
+    /// MAP_SYNC took: the file is DAX and flushes make stores durable.
+    public let mapSync: Bool
+    public let isPmem: Bool
+    private let fd: Int32
+
+    public var address: UInt64 { UInt64(UInt(bitPattern: base)) }
+    public var region: Region { Region(base: base, length: length, backing: backing) }
+
+    public enum Kind: String, Sendable { case anon, shmem, file }
+
+    public struct Options: Sendable {
+        public var huge = false
+        public var prot: Int32 = PROT_READ | PROT_WRITE
+        public var privateFile = false
+        public init() {}
+    }
+
+    /// Maps `size` bytes of `kind`. `huge` places the mapping on a 2 MiB
+    /// boundary and asks for huge pages (MADV_HUGEPAGE; for a file, a 2 MiB
+    /// extent-size hint where the filesystem has one, as xfs needs for PMDs).
+    public init(name: String, kind: Kind, path: String?, size: Int, options: Options) throws(MirrorError) {
+        self.name = name
+        let page = Syscall.pageSize
+        guard size > 0, size % page == 0 else {
+            throw MirrorError(.EINVAL, "size \(size) is not a positive multiple of the page size (\(page))")
+        }
+        length = size
+        let align = options.huge ? 2 << 20 : page
+        // Reserve an aligned window, then map over it with MAP_FIXED.
+        let reserveLen = size + align
+        guard let r = mmap(nil, reserveLen, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+              r != MAP_FAILED else { throw MirrorError(Errno.current, "reserving address space") }
+        let aligned = UnsafeMutableRawPointer(bitPattern: (UInt(bitPattern: r) + UInt(align - 1)) & ~UInt(align - 1))!
+        var openedFD: Int32 = -1
+        var sync = false
+        do throws(MirrorError) {
+            switch kind {
+            case .anon:
+                guard mmap(aligned, size, options.prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED else {
+                    throw MirrorError(Errno.current, "mapping anonymous memory")
+                }
+                backing = .anonymous
+                self.path = nil
+            case .shmem:
+                openedFD = dm_memfd_create("daxmirror-\(name)", DM_MFD_CLOEXEC)
+                guard openedFD >= 0 else { throw MirrorError(Errno.current, "memfd_create") }
+                guard ftruncate(openedFD, off_t(size)) == 0 else { throw MirrorError(Errno.current, "sizing the memfd") }
+                guard mmap(aligned, size, options.prot, MAP_SHARED | MAP_FIXED, openedFD, 0) != MAP_FAILED else {
+                    throw MirrorError(Errno.current, "mapping the memfd")
+                }
+                backing = .shmem(fd: openedFD)
+                self.path = nil
+            case .file:
+                guard let path, !path.isEmpty else { throw MirrorError(.EINVAL, "map ... file needs a PATH") }
+                openedFD = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+                guard openedFD >= 0 else { throw MirrorError(Errno.current, "opening \(path)") }
+                var st = stat()
+                fstat(openedFD, &st)
+                guard st.st_mode & S_IFMT == S_IFREG else { throw MirrorError(.EINVAL, "\(path) is not a regular file") }
+                if options.huge && st.st_size == 0 {
+                    _ = dm_set_extent_size_hint(openedFD, 2 << 20)  // ext4/tmpfs: no such hint, and none needed
+                }
+                if st.st_size < off_t(size) {
+                    guard ftruncate(openedFD, off_t(size)) == 0 else { throw MirrorError(Errno.current, "sizing \(path)") }
+                }
+                let shared = !options.privateFile
+                if shared, dm_mmap_shared_fixed(aligned, size, options.prot, openedFD, 0, 1) != MAP_FAILED {
+                    sync = true
+                } else if mmap(aligned, size, options.prot, (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_FIXED,
+                               openedFD, 0) == MAP_FAILED {
+                    throw MirrorError(Errno.current, "mapping \(path)")
+                }
+                backing = .file(path: path, fd: openedFD, shared: shared)
+                self.path = path
+            }
+        } catch {
+            if openedFD >= 0 { close(openedFD) }
+            munmap(r, reserveLen)
+            throw error
+        }
+        fd = openedFD
+        base = aligned
+        mapSync = sync
+        isPmem = sync && pmem_is_pmem(aligned, size) != 0
+        if options.huge && kind != .file { _ = madvise(aligned, size, MADV_HUGEPAGE) }
+        // Give back the unused ends of the reservation.
+        let head = aligned - r
+        if head > 0 { munmap(r, head) }
+        let tail = reserveLen - head - size
+        if tail > 0 { munmap(aligned + size, tail) }
+    }
+
+    deinit {
+        munmap(base, length)
+        if fd >= 0 { close(fd) }
+    }
+
+    public var fileDescriptor: Int32? { fd >= 0 ? fd : nil }
+}

@@ -1,0 +1,416 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CDaxShim
+import CPmem
+import DaxCore
+import FaultTracking
+import Mirror
+import PageTables
+
+/// The scenario language (README "Scenarios"): one command per line, `#`
+/// comments, each command answered with one JSON object. Trailing
+/// `key=value` words are expectations on the answer (e.g. `faults=1`,
+/// `uniform=0x00`, `codes=11*2,02*62`); an unmet one makes the command fail.
+public final class ScenarioRunner {
+    public private(set) var memory: [String: MappedMemory] = [:]
+    public private(set) var mirrors: [String: Mirror] = [:]
+    /// Device name -> the region it mirrors (a device is named after its
+    /// region unless `mirror R as D` names it).
+    private var deviceRegion: [String: String] = [:]
+    /// Where relative file paths in `map R file PATH` resolve.
+    public let directory: String
+    public let tracking: Bool
+    private let kernel: KernelFeatures
+    private var truth: CPUTruth?
+    private let pageSize = UInt64(Syscall.pageSize)
+
+    public init(directory: String = ".", tracking: Bool = true, kernel: KernelFeatures = .probe()) {
+        self.directory = directory
+        self.tracking = tracking
+        self.kernel = kernel
+    }
+
+    public static let commands: [(String, String)] = [
+        ("map R anon|shmem|file [PATH] SIZE [huge] [ro|none] [private]", "map memory and name it R"),
+        ("mirror R [as D] [untracked]", "attach a simulated device to R, named R or D (untracked: no userfaultfd events)"),
+        ("cpu-read R OFF LEN", "the CPU reads: checksum and uniform byte"),
+        ("cpu-write R OFF LEN BYTE", "the CPU stores BYTE"),
+        ("dev-read R OFF LEN", "the device reads: faults, checksum, uniform byte"),
+        ("dev-write R OFF LEN BYTE", "the device writes BYTE (durable on return for files)"),
+        ("snapshot R [OFF LEN]", "codes: the mirror's walk of the CPU table (dmirror SNAPSHOT); device: its table"),
+        ("protect R OFF LEN none|read|rw", "mprotect"),
+        ("unmap R OFF LEN", "munmap part of R"),
+        ("remap R OFF LEN", "map that part again (fresh anonymous memory, or the same file pages)"),
+        ("discard R OFF LEN", "madvise(MADV_DONTNEED)"),
+        ("truncate R SIZE", "ftruncate R's file (the mirror is told, as the kernel's notifier would be)"),
+        ("persist R OFF LEN", "pmem_persist (pmem) or msync"),
+        ("fork-write R OFF LEN BYTE", "fork; the child stores BYTE and exits; the parent waits"),
+        ("pwrite R OFF LEN BYTE / pread R OFF LEN", "through the file descriptor, not the mapping"),
+        ("check R", "compare the whole device table with pagemap; fails on any disagreement"),
+        ("stats R", "table entries, mirrored pages, bytes, faults, stale entries dropped"),
+        ("expect-fail CMD ...", "CMD must fail (its errno is reported)"),
+    ]
+
+    /// Runs one line. Returns nil for blank lines and comments.
+    public func run(line: String) -> JSON? {
+        var text = Substring(line)
+        if let hash = text.firstIndex(of: "#") { text = text[..<hash] }
+        var words = text.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+        guard !words.isEmpty else { return nil }
+        var expectations: [(String, String)] = []
+        while let last = words.last, let eq = last.firstIndex(of: "="), words.count > 1 {
+            expectations.insert((String(last[..<eq]), String(last[last.index(after: eq)...])), at: 0)
+            words.removeLast()
+        }
+        var result = execute(words)
+        if !expectations.isEmpty, case .object(var pairs) = result {
+            var unmet: [(String, JSON)] = []
+            for (key, want) in expectations {
+                let got = pairs.first { $0.0 == key }?.1
+                let gotText: String
+                switch got {
+                case .string(let s)?: gotText = s
+                case let v?: gotText = v.render(pretty: false)
+                case nil: gotText = "(absent)"
+                }
+                if gotText != want { unmet.append((key, .string("wanted \(want), got \(gotText)"))) }
+            }
+            if !unmet.isEmpty {
+                if let i = pairs.firstIndex(where: { $0.0 == "ok" }) { pairs[i].1 = .bool(false) }
+                pairs.append(("unmet", .object(unmet)))
+            }
+            result = .object(pairs)
+        }
+        return result
+    }
+
+    /// Runs a whole scenario; calls `emit` with each answer. Returns the
+    /// number of commands that failed.
+    public func run(script: String, emit: (JSON) -> Void) -> Int {
+        var failed = 0
+        for (n, line) in script.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            guard let r = run(line: String(line)) else { continue }
+            var answer = r
+            if case .object(var pairs) = r {
+                pairs.insert(("line", .int(Int64(n + 1))), at: 0)
+                answer = .object(pairs)
+                if pairs.contains(where: { $0.0 == "ok" && $0.1 == .bool(false) }) { failed += 1 }
+            }
+            emit(answer)
+        }
+        return failed
+    }
+
+    // MARK: - commands
+
+    struct Refusal: Error {
+        let errno: Errno
+        let message: String
+    }
+
+    private func execute(_ words: [String]) -> JSON {
+        let op = words[0]
+        if op == "expect-fail" {
+            guard words.count > 1 else { return failure(op, .EINVAL, "expect-fail needs a command") }
+            let inner = execute(Array(words.dropFirst()))
+            guard case .object(let pairs) = inner else { return inner }
+            let innerOK = pairs.first { $0.0 == "ok" }?.1 == .bool(true)
+            var out: [(String, JSON)] = [("op", .string("expect-fail")), ("ok", .bool(!innerOK))]
+            if let e = pairs.first(where: { $0.0 == "errno" }) { out.append(e) }
+            if innerOK { out.append(("error", .string("\(words[1]) succeeded but was expected to fail"))) }
+            out.append(("inner", inner))
+            return .object(out)
+        }
+        do {
+            var fields = try perform(op, Array(words.dropFirst()))
+            fields.insert(("ok", .bool(true)), at: 0)
+            fields.insert(("op", .string(op)), at: 0)
+            return .object(fields)
+        } catch let e as MirrorError {
+            return failure(op, e.errno, e.message)
+        } catch let e as Refusal {
+            return failure(op, e.errno, e.message)
+        } catch let e as CheckFailed {
+            return .object([("op", .string(op)), ("ok", .bool(false)), ("disagreements", .int(Int64(e.disagreements))),
+                            ("list", .array(e.list))])
+        } catch {
+            return failure(op, .EIO, "\(error)")
+        }
+    }
+
+    private func failure(_ op: String, _ errno: Errno, _ message: String) -> JSON {
+        .object([("op", .string(op)), ("ok", .bool(false)), ("errno", .string(errno.name)), ("error", .string(message))])
+    }
+
+    private func perform(_ op: String, _ args: [String]) throws -> [(String, JSON)] {
+        func need(_ n: Int, _ usage: String) throws {
+            guard args.count >= n else { throw Refusal(errno: .EINVAL, message: "usage: \(op) \(usage)") }
+        }
+        switch op {
+        case "map":
+            try need(3, "R anon|shmem|file [PATH] SIZE [huge] [ro|none] [private]")
+            guard memory[args[0]] == nil else { throw Refusal(errno: .EEXIST, message: "\(args[0]) is already mapped") }
+            guard let kind = MappedMemory.Kind(rawValue: args[1]) else {
+                throw Refusal(errno: .EINVAL, message: "unknown memory kind \(args[1]) (anon, shmem or file)")
+            }
+            var rest = Array(args.dropFirst(2))
+            var path: String?
+            if kind == .file {
+                try need(4, "R file PATH SIZE")
+                path = rest.removeFirst()
+                if let p = path, !p.hasPrefix("/") { path = directory + "/" + p }
+            }
+            let size = try bytes(rest.removeFirst(), "SIZE")
+            var options = MappedMemory.Options()
+            for flag in rest {
+                switch flag {
+                case "huge": options.huge = true
+                case "ro": options.prot = PROT_READ
+                case "none": options.prot = PROT_NONE
+                case "private": options.privateFile = true
+                default: throw Refusal(errno: .EINVAL, message: "unknown map flag \(flag) (huge, ro, none, private)")
+                }
+            }
+            let m = try MappedMemory(name: args[0], kind: kind, path: path, size: Int(size), options: options)
+            memory[args[0]] = m
+            return [("region", .string(args[0])), ("kind", .string(m.backing.name)),
+                    ("address", .string("0x" + String(m.address, radix: 16))), ("size", .uint(size)),
+                    ("map_sync", .bool(m.mapSync)), ("pmem", .bool(m.isPmem))]
+        case "mirror":
+            try need(1, "R [as D] [untracked]")
+            let m = try region(args[0])
+            var device = args[0]
+            if let i = args.firstIndex(of: "as"), i + 1 < args.count { device = args[i + 1] }
+            guard mirrors[device] == nil else { throw Refusal(errno: .EEXIST, message: "device \(device) exists") }
+            // userfaultfd allows one registration per range: a second device on
+            // the same memory relies on revalidation alone.
+            let other = deviceRegion.first { $0.value == args[0] }?.key
+            let track = tracking && !args.contains("untracked") && other == nil
+            if truth == nil { truth = try CPUTruth(scanAvailable: kernel.pagemapScan) }
+            let mirror = try Mirror(region: m.region, tracking: track, dax: m.mapSync, truth: truth, kernel: kernel)
+            mirrors[device] = mirror
+            deviceRegion[device] = args[0]
+            return [("region", .string(args[0])), ("device", .string(device)),
+                    ("events", .string(mirror.tracker.map { $0.mechanism.rawValue }
+                                       ?? (other.map { "none (\($0) holds the registration)" } ?? "none"))),
+                    ("huge_visible", .bool(mirror.truth.scanAvailable))]
+        case "cpu-read":
+            try need(3, "R OFF LEN")
+            let (m, off, len) = try range(args)
+            try cpuAccessible(m, off, len, write: false)
+            let p = UnsafeRawBufferPointer(start: m.base + Int(off), count: Int(len))
+            return summary(p)
+        case "cpu-write":
+            try need(4, "R OFF LEN BYTE")
+            let (m, off, len) = try range(args)
+            let b = try byte(args[3])
+            try cpuAccessible(m, off, len, write: true)
+            memset(m.base + Int(off), Int32(b), Int(len))
+            return []
+        case "dev-read":
+            try need(3, "R OFF LEN")
+            let (m, off, len) = try range(args)
+            let mirror = try mirrorOf(args[0])
+            let (data, faults) = try mirror.read(m.address + off, Int(len))
+            var out: [(String, JSON)] = [("faults", .int(Int64(faults)))]
+            data.withUnsafeBytes { out += summary($0) }
+            return out
+        case "dev-write":
+            try need(4, "R OFF LEN BYTE")
+            let (m, off, len) = try range(args)
+            let mirror = try mirrorOf(args[0])
+            let faults = try mirror.write(m.address + off, [UInt8](repeating: try byte(args[3]), count: Int(len)))
+            return [("faults", .int(Int64(faults))), ("durable", .bool(m.backing.name == "file"))]
+        case "snapshot":
+            try need(1, "R [OFF LEN]")
+            let m = try region(args[0])
+            let (off, len) = args.count >= 3 ? (try bytes(args[1], "OFF"), try bytes(args[2], "LEN")) : (0, UInt64(m.length))
+            let mirror = try mirrorOf(args[0])
+            let cpu = try mirror.snapshot(m.address + off, len)
+            let dev = try mirror.deviceSnapshot(m.address + off, len)
+            return [("pages", .int(Int64(cpu.count))), ("codes", .string(cpu.runLengthHex)),
+                    ("device", .string(dev.runLengthHex))]
+        case "protect":
+            try need(4, "R OFF LEN none|read|rw")
+            let (m, off, len) = try range(args)
+            let prot: Int32
+            switch args[3] {
+            case "none": prot = PROT_NONE
+            case "read": prot = PROT_READ
+            case "rw": prot = PROT_READ | PROT_WRITE
+            default: throw Refusal(errno: .EINVAL, message: "protection must be none, read or rw")
+            }
+            try sys("mprotect") { mprotect(m.base + Int(off), Int(len), prot) }
+            return []
+        case "unmap":
+            try need(3, "R OFF LEN")
+            let (m, off, len) = try range(args)
+            try sys("munmap") { munmap(m.base + Int(off), Int(len)) }
+            return []
+        case "remap":
+            try need(3, "R OFF LEN")
+            let (m, off, len) = try range(args)
+            let at = m.base + Int(off)
+            let p: UnsafeMutableRawPointer?
+            switch m.backing {
+            case .anonymous:
+                p = mmap(at, Int(len), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+            case .shmem(let fd), .file(_, let fd, true):
+                p = mmap(at, Int(len), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, off_t(off))
+            case .file(_, let fd, false):
+                p = mmap(at, Int(len), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, off_t(off))
+            }
+            guard p != MAP_FAILED else { throw MirrorError(Errno.current, "mmap MAP_FIXED") }
+            return []
+        case "discard":
+            try need(3, "R OFF LEN")
+            let (m, off, len) = try range(args)
+            try sys("madvise(MADV_DONTNEED)") { madvise(m.base + Int(off), Int(len), MADV_DONTNEED) }
+            return []
+        case "truncate":
+            try need(2, "R SIZE")
+            let m = try region(args[0])
+            let size = try bytes(args[1], "SIZE")
+            guard let fd = m.fileDescriptor else { throw Refusal(errno: .EINVAL, message: "\(args[0]) has no file to truncate") }
+            try sys("ftruncate") { ftruncate(fd, off_t(size)) }
+            for (d, r) in deviceRegion where r == args[0] { mirrors[d]?.fileTruncated(to: size) }
+            return [("size", .uint(size))]
+        case "persist":
+            try need(3, "R OFF LEN")
+            let (m, off, len) = try range(args)
+            if m.isPmem {
+                pmem_persist(m.base + Int(off), Int(len))
+            } else {
+                try sys("msync") { pmem_msync(m.base + Int(off), Int(len)) }
+            }
+            return [("method", .string(m.isPmem ? "pmem_persist" : "msync"))]
+        case "fork-write":
+            try need(4, "R OFF LEN BYTE")
+            let (m, off, len) = try range(args)
+            let b = try byte(args[3])
+            try cpuAccessible(m, off, len, write: true)
+            let status = dm_fork_fill(m.base + Int(off), Int(len), Int32(b))
+            guard status >= 0 else { throw MirrorError(Errno.current, "fork") }
+            guard status & 0x7f == 0, (status >> 8) & 0xff == 0 else {
+                throw Refusal(errno: .EIO, message: "the child did not exit cleanly (wait status \(status))")
+            }
+            return []
+        case "pwrite", "pread":
+            try need(op == "pwrite" ? 4 : 3, "R OFF LEN" + (op == "pwrite" ? " BYTE" : ""))
+            let (m, off, len) = try range(args)
+            guard let fd = m.fileDescriptor else { throw Refusal(errno: .EINVAL, message: "\(args[0]) has no file") }
+            var buf = [UInt8](repeating: op == "pwrite" ? try byte(args[3]) : 0, count: Int(len))
+            let n = buf.withUnsafeMutableBytes { b in
+                op == "pwrite" ? Glibc.pwrite(fd, b.baseAddress, b.count, off_t(off)) : Glibc.pread(fd, b.baseAddress, b.count, off_t(off))
+            }
+            guard n >= 0 else { throw MirrorError(Errno.current, op) }
+            if op == "pwrite" { return [("bytes", .int(Int64(n)))] }
+            return [("bytes", .int(Int64(n)))] + buf.prefix(n).withUnsafeBytes { summary($0) }
+        case "check":
+            try need(1, "R")
+            let mirror = try mirrorOf(args[0])
+            let found = try mirror.check()
+            let list: [JSON] = found.prefix(50).map {
+                .object([("start", .string("0x" + String($0.start, radix: 16))),
+                         ("end", .string("0x" + String($0.end, radix: 16))),
+                         ("reason", .string($0.reason)), ("device", .string($0.device)), ("kernel", .string($0.kernel))])
+            }
+            if !found.isEmpty {
+                throw CheckFailed(disagreements: found.count, list: list)
+            }
+            return [("disagreements", .int(0)), ("entries", .int(Int64(mirror.table.entryCount))),
+                    ("mirrored_pages", .uint(mirror.table.mirroredPages))]
+        case "stats":
+            try need(1, "R")
+            let mirror = try mirrorOf(args[0])
+            return [("entries", .int(Int64(mirror.table.entryCount))),
+                    ("mirrored_pages", .uint(mirror.table.mirroredPages)),
+                    ("table_bytes", .int(Int64(mirror.table.heapBytes))),
+                    ("faults", .int(Int64(mirror.faults))),
+                    ("stale_dropped", .int(Int64(mirror.staleDropped))),
+                    ("invalidated_pages", .uint(mirror.invalidatedPages))]
+        default:
+            throw Refusal(errno: .EINVAL, message: "unknown command \(op) (see `daxmirror run --help`)")
+        }
+    }
+
+    struct CheckFailed: Error {
+        let disagreements: Int
+        let list: [JSON]
+    }
+
+    // MARK: - argument helpers
+
+    private func region(_ name: String) throws -> MappedMemory {
+        guard let m = memory[deviceRegion[name] ?? name] else { throw Refusal(errno: .ENOENT, message: "no region named \(name) (map it first)") }
+        return m
+    }
+
+    private func mirrorOf(_ name: String) throws -> Mirror {
+        _ = try region(name)
+        if mirrors[name] == nil, let d = deviceRegion.first(where: { $0.value == name })?.key { return mirrors[d]! }
+        guard let m = mirrors[name] else { throw Refusal(errno: .ENOENT, message: "\(name) is not mirrored (mirror \(name) first)") }
+        return m
+    }
+
+    private func bytes(_ text: String, _ what: String) throws -> UInt64 {
+        if text.hasPrefix("0x"), let v = UInt64(text.dropFirst(2), radix: 16) { return v }
+        guard let v = ByteSize.parse(text) else { throw Refusal(errno: .EINVAL, message: "\(what) \(text) is not a size") }
+        return v
+    }
+
+    private func byte(_ text: String) throws -> UInt8 {
+        if text.hasPrefix("0x"), let v = UInt8(text.dropFirst(2), radix: 16) { return v }
+        guard let v = UInt8(text) else { throw Refusal(errno: .EINVAL, message: "BYTE \(text) is not 0-255 or 0x00-0xff") }
+        return v
+    }
+
+    private func range(_ args: [String]) throws -> (MappedMemory, UInt64, UInt64) {
+        let m = try region(args[0])
+        let off = try bytes(args[1], "OFF"), len = try bytes(args[2], "LEN")
+        guard len > 0, off <= UInt64(m.length), len <= UInt64(m.length) - off else {
+            throw Refusal(errno: .EINVAL, message: "\(off)+\(len) is outside \(args[0]) (\(m.length) bytes)")
+        }
+        return (m, off, len)
+    }
+
+    private func sys(_ what: String, _ body: () -> Int32) throws {
+        guard body() == 0 else { throw MirrorError(Errno.current, what) }
+    }
+
+    /// The CPU is about to touch memory directly: refuse (instead of dying of
+    /// SIGSEGV/SIGBUS) where the mapping or the file would not allow it.
+    private func cpuAccessible(_ m: MappedMemory, _ off: UInt64, _ len: UInt64, write: Bool) throws {
+        let vmas = try Maps.read()
+        var at = m.address + off
+        let end = at + len
+        while at < end {
+            guard let v = vmas.first(where: { $0.start <= at && at < $0.end }) else {
+                throw Refusal(errno: .EFAULT, message: "the CPU would fault: nothing mapped at 0x\(String(at, radix: 16))")
+            }
+            if !v.readable || (write && !v.writable) {
+                throw Refusal(errno: .EFAULT, message: "the CPU would fault: 0x\(String(at, radix: 16)) is \(v.perms)")
+            }
+            at = v.end
+        }
+        if let fd = m.fileDescriptor {
+            var st = stat()
+            fstat(fd, &st)
+            let lastPageEnd = (UInt64(st.st_size) + pageSize - 1) / pageSize * pageSize
+            if off + len > lastPageEnd {
+                throw Refusal(errno: .EFAULT, message: "the CPU would get SIGBUS: beyond the end of the file (\(st.st_size) bytes)")
+            }
+        }
+    }
+
+    private func summary(_ p: UnsafeRawBufferPointer) -> [(String, JSON)] {
+        var h: UInt64 = 0xcbf29ce484222325
+        for b in p { h = (h ^ UInt64(b)) &* 0x100000001b3 }
+        let first = p.first ?? 0
+        let uniform = p.allSatisfy { $0 == first }
+        let hex = String(first, radix: 16)
+        return [("checksum", .string(String(h, radix: 16))),
+                ("uniform", uniform ? .string("0x" + (hex.count == 1 ? "0" + hex : hex)) : .null)]
+    }
+}
