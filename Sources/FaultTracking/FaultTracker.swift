@@ -42,6 +42,7 @@ public final class FaultTracker: @unchecked Sendable {
     public var mechanism: TrackingMechanism { choice.mechanism }
 
     private let uffd: Userfaultfd?
+    private var registeredMode: RegisterMode = []
     private var handler: FaultHandler?
     private let log: HandlerLog
     private let pageSize = UInt64(Syscall.pageSize)
@@ -97,6 +98,7 @@ public final class FaultTracker: @unchecked Sendable {
             let u = try Userfaultfd(features: features)
             try u.register(start: base, length: length, mode: mode)
             uffd = u
+            registeredMode = mode
         } catch let e as SystemCallError {
             throw Failure.from(e, doing: "register \(backing.name) memory with userfaultfd for \(choice.mechanism.rawValue)")
         } catch {
@@ -170,6 +172,21 @@ public final class FaultTracker: @unchecked Sendable {
                 break
             }
         }
+    }
+
+    /// Registers [start, end) of the tracked range again. Only registered
+    /// VMAs deliver events, and a VMA created after registration (mmap
+    /// MAP_FIXED over the range, munmap then mmap) starts unregistered; the
+    /// kernel's own notifiers cover an address range whatever its VMAs, so a
+    /// mirror re-registers where the layout changed. Returns false where the
+    /// kernel refused (nothing mapped there, or an incompatible mapping).
+    @discardableResult
+    public func registerAgain(start: UInt64, end: UInt64) -> Bool {
+        let lo = max(start, UInt64(UInt(bitPattern: base))) / pageSize * pageSize
+        let hi = min(end, UInt64(UInt(bitPattern: base)) + UInt64(length))
+        guard let uffd, lo < hi, let p = UnsafeMutableRawPointer(bitPattern: UInt(lo)) else { return false }
+        return (try? uffd.register(start: p, length: Int((hi - lo + pageSize - 1) / pageSize * pageSize),
+                                   mode: registeredMode)) != nil
     }
 
     /// Faults the handler resolved (MISSING, MINOR, sync WP); 0 for mechanisms

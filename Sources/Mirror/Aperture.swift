@@ -26,7 +26,7 @@ final class Aperture: @unchecked Sendable {
     deinit { unmap() }
 
     func unmap() {
-        if let b = base { munmap(b, length) }
+        if let b = base { pmem_unmap(b, length) }
         base = nil
         length = 0
     }
@@ -39,17 +39,21 @@ final class Aperture: @unchecked Sendable {
             var st = stat()
             guard fstat(fd, &st) == 0 else { throw MirrorError(Errno.current, "fstat of the mirrored file") }
             let size = Int(st.st_size)
+            if size == 0 { throw MirrorError(.EFAULT, "the mirrored file is empty") }
             guard offset + UInt64(count) <= UInt64(size) else {
                 throw MirrorError(.EFAULT, "offset \(offset) is beyond the end of the file (\(size) bytes)")
             }
             unmap()
-            // MAP_SYNC where the file is DAX, so that flushes alone make stores durable.
-            var p = dm_mmap_sync(nil, size, PROT_READ | PROT_WRITE, fd, 0)
-            if p == MAP_FAILED { p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) }
-            guard let mapped = p, mapped != MAP_FAILED else { throw MirrorError(Errno.current, "mapping the device aperture") }
-            base = mapped
-            length = size
-            isPmem = pmem_is_pmem(mapped, size) != 0
+            // libpmem maps it (MAP_SYNC on DAX) and then knows it for
+            // pmem_is_pmem; through /proc/self/fd so it is the same inode.
+            var mapped = 0
+            var pmem: Int32 = 0
+            guard let p = pmem_map_file("/proc/self/fd/\(fd)", 0, 0, 0, &mapped, &pmem) else {
+                throw MirrorError(Errno.current, "mapping the device aperture")
+            }
+            base = p
+            length = mapped
+            isPmem = pmem != 0
         }
         return base! + Int(offset)
     }

@@ -114,28 +114,47 @@ public final class Mirror: @unchecked Sendable {
     /// layout changes. Returns the current VMAs.
     @discardableResult
     public func synchronize() throws(MirrorError) -> [SmapsEntry] {
+        var replaced: [(UInt64, UInt64)] = []
         if let tracker {
             let (events, overflowed) = tracker.invalidations(since: trackerSeen)
             trackerSeen = tracker.invalidationSequence
             if overflowed { invalidate(region.base, region.length) }
             for event in events {
                 switch event {
-                case .unmap(let s, let e), .remove(let s, let e):
+                case .unmap(let s, let e):
+                    invalidate(s, e - s)
+                    replaced.append((s, e))  // mmap MAP_FIXED unmaps first: a new VMA may be there now
+                case .remove(let s, let e):
                     invalidate(s, e - s)
                 case .remap(let from, let to, let len):
                     invalidate(from, len)
                     invalidate(to, len)
+                    replaced.append((from, from + len))
+                    replaced.append((to, to + len))
                 case .fork:
                     if region.backing.sharedFD == nil { invalidate(region.base, region.length) }
                 }
             }
         }
         let vmas: [SmapsEntry]
-        do { vmas = try Maps.read() } catch { throw MirrorError(error.errno, "reading /proc/self/maps") }
+        // The VMAs around the region (2 MiB either side, for huge-entry hulls).
+        do { vmas = try Maps.read(overlapping: (region.base & ~0x1fffff) &- 0x200000, (region.end | 0x1fffff) &+ 0x200001) }
+        catch { throw MirrorError(error.errno, "reading /proc/self/maps") }
         let now = layout(vmas)
         if now != lastLayout {
-            for (s, e) in changedRanges(lastLayout, now) { invalidate(s, e - s) }
+            for (s, e) in changedRanges(lastLayout, now) {
+                invalidate(s, e - s)
+                replaced.append((s, e))
+            }
             lastLayout = now
+        }
+        if let tracker {
+            // Register the new VMAs, one by one (a range spanning a hole is refused).
+            for (s, e) in replaced {
+                for v in now where v.end > s && v.start < e {
+                    tracker.registerAgain(start: max(v.start, s), end: min(v.end, e))
+                }
+            }
         }
         lastVMAs = vmas
         return vmas
@@ -251,10 +270,14 @@ public final class Mirror: @unchecked Sendable {
                 if write && !v.writable { bad = (vpn, .EPERM, "0x\(String(addr, radix: 16)) is mapped read-only"); break }
                 vpn = min(endVPN, v.end / pageSize)
             }
+            // The walk faults pages in order: pages before the first bad one are
+            // faulted (a SIGBUS there is the error, as hmm_range_fault meets it
+            // first); dmirror keeps only whole 64-page windows before the error.
+            let goodEnd = bad?.vpn ?? endVPN
             let storeEnd = bad.map { startVPN + ($0.vpn - startVPN) / 64 * 64 } ?? endVPN
-            if storeEnd > startVPN {
+            if goodEnd > startVPN {
                 let addr = UnsafeMutableRawPointer(bitPattern: UInt(startVPN * pageSize))!
-                let len = Int((storeEnd - startVPN) * pageSize)
+                let len = Int((goodEnd - startVPN) * pageSize)
                 if madvise(addr, len, write ? DM_MADV_POPULATE_WRITE : DM_MADV_POPULATE_READ) != 0 {
                     let e = Errno.current
                     if e == .EINTR || e == .EAGAIN || e == .ENOMEM || e == .EINVAL {
@@ -264,6 +287,8 @@ public final class Mirror: @unchecked Sendable {
                     }
                     throw MirrorError(.EFAULT, "the CPU cannot fault in 0x\(String(startVPN * pageSize, radix: 16))+\(len): \(e.name)")
                 }
+            }
+            if storeEnd > startVPN {
                 let hullStart = startVPN & ~511, hullEnd = (storeEnd + 511) & ~511
                 let cpu = try readTruth(hullStart, hullEnd, vmas)
                 if sequence != seq {
@@ -415,13 +440,21 @@ public final class Mirror: @unchecked Sendable {
         }
     }
 
-    /// Compares every entry of the table with pagemap / PAGEMAP_SCAN after
-    /// applying pending events, and lists every disagreement. (Entries that a
-    /// change without an event made stale — a truncate behind the mirror's
-    /// back — show here until the device's next use drops them.)
-    public func check() throws(MirrorError) -> [Disagreement] {
+    /// Compares the table's entries in [address, address+count) (default:
+    /// the whole region) with pagemap / PAGEMAP_SCAN and the VMAs, and lists
+    /// every disagreement. First it applies what the device would apply
+    /// before any use — pending events and, unless `strict`, revalidation of
+    /// every entry (`revalidated` counts the entries that dropped): changes
+    /// that send no event (a CPU write replacing the zero page, a truncate
+    /// behind the mirror's back) are caught there. With `strict`, such stale
+    /// entries are reported as disagreements instead.
+    public func check(_ address: UInt64? = nil, _ count: UInt64? = nil,
+                      strict: Bool = false) throws(MirrorError) -> (disagreements: [Disagreement], revalidated: Int) {
         let vmas = try synchronize()
-        let s = region.base / pageSize, e = region.end / pageSize
+        let (s, e) = try pages(address ?? region.base, count ?? region.length)
+        let before = staleDropped
+        if !strict { try revalidate(s, e, vmas) }
+        let revalidated = staleDropped - before
         let cpu = try readTruth(s, e, vmas)
         var out: [Disagreement] = []
         func note(_ vpn: UInt64, _ reason: String, _ dev: String, _ ker: String) {
@@ -437,6 +470,7 @@ public final class Mirror: @unchecked Sendable {
             for vpn in max(start, s)..<min(start + entry.pages, e) {
                 let p = cpu[Int(vpn - s)]
                 let want = entry.pfn(at: vpn - start)
+                // A huge entry reaching outside the range is checked inside it only.
                 let dev = "pfn 0x\(String(want, radix: 16)) \(entry.code)"
                 guard p.state == .present else {
                     note(vpn, "the device maps a page the CPU does not", dev, "\(p.state)")
@@ -452,7 +486,18 @@ public final class Mirror: @unchecked Sendable {
                 }
             }
         }
-        return out
+        return (out, revalidated)
+    }
+
+    /// How device writes reach memory: "pmem_memcpy_persist", "memcpy+msync"
+    /// (a file that is not pmem), "memcpy" (shmem: nothing to persist to) or
+    /// "process_vm_writev" (anonymous memory).
+    public var writePath: String {
+        switch region.backing {
+        case .anonymous, .file(_, _, false): return "process_vm_writev"
+        case .shmem: return aperture.base == nil ? "aperture" : "memcpy+msync"
+        case .file: return aperture.base == nil ? "aperture" : (aperture.isPmem ? "pmem_memcpy_persist" : "memcpy+msync")
+        }
     }
 
     // MARK: - helpers

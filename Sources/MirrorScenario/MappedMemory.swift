@@ -16,7 +16,10 @@ public final class MappedMemory: @unchecked Sendable {
     public let path: String?
     /// MAP_SYNC took: the file is DAX and flushes make stores durable.
     public let mapSync: Bool
+    /// Flushing CPU caches (pmem_persist) makes stores durable (MAP_SYNC on DAX).
     public let isPmem: Bool
+    /// For a new huge file: "2M" if the extent-size hint took, else the errno.
+    public private(set) var extentHint: String?
     private let fd: Int32
 
     public var address: UInt64 { UInt64(UInt(bitPattern: base)) }
@@ -49,6 +52,7 @@ public final class MappedMemory: @unchecked Sendable {
         let aligned = UnsafeMutableRawPointer(bitPattern: (UInt(bitPattern: r) + UInt(align - 1)) & ~UInt(align - 1))!
         var openedFD: Int32 = -1
         var sync = false
+        var hint: String?
         do throws(MirrorError) {
             switch kind {
             case .anon:
@@ -74,7 +78,8 @@ public final class MappedMemory: @unchecked Sendable {
                 fstat(openedFD, &st)
                 guard st.st_mode & S_IFMT == S_IFREG else { throw MirrorError(.EINVAL, "\(path) is not a regular file") }
                 if options.huge && st.st_size == 0 {
-                    _ = dm_set_extent_size_hint(openedFD, 2 << 20)  // ext4/tmpfs: no such hint, and none needed
+                    // ext4 and tmpfs have no such hint (and ext4 needs none).
+                    hint = dm_set_extent_size_hint(openedFD, 2 << 20) == 0 ? "2M" : Errno.current.name
                 }
                 if st.st_size < off_t(size) {
                     guard ftruncate(openedFD, off_t(size)) == 0 else { throw MirrorError(Errno.current, "sizing \(path)") }
@@ -95,9 +100,11 @@ public final class MappedMemory: @unchecked Sendable {
             throw error
         }
         fd = openedFD
+        extentHint = hint
         base = aligned
         mapSync = sync
-        isPmem = sync && pmem_is_pmem(aligned, size) != 0
+        // MAP_SYNC took: CPU cache flushes alone make stores durable.
+        isPmem = sync
         if options.huge && kind != .file { _ = madvise(aligned, size, MADV_HUGEPAGE) }
         // Give back the unused ends of the reservation.
         let head = aligned - r

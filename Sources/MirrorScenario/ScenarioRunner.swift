@@ -47,9 +47,10 @@ public final class ScenarioRunner {
         ("persist R OFF LEN", "pmem_persist (pmem) or msync"),
         ("fork-write R OFF LEN BYTE", "fork; the child stores BYTE and exits; the parent waits"),
         ("pwrite R OFF LEN BYTE / pread R OFF LEN", "through the file descriptor, not the mapping"),
-        ("check R", "compare the whole device table with pagemap; fails on any disagreement"),
+        ("check R [OFF LEN] [strict]", "compare the device table with pagemap; fails on any disagreement (strict: report stale entries instead of revalidating them first)"),
         ("stats R", "table entries, mirrored pages, bytes, faults, stale entries dropped"),
         ("expect-fail CMD ...", "CMD must fail (its errno is reported)"),
+        ("require pagemap-scan|thp|dax R", "end the scenario here, reported as skipped, unless this holds"),
     ]
 
     /// Runs one line. Returns nil for blank lines and comments.
@@ -98,6 +99,8 @@ public final class ScenarioRunner {
                 if pairs.contains(where: { $0.0 == "ok" && $0.1 == .bool(false) }) { failed += 1 }
             }
             emit(answer)
+            // An unmet `require` ends the scenario, said, not failed.
+            if case .object(let pairs) = answer, pairs.contains(where: { $0.0 == "skipped" }) { break }
         }
         return failed
     }
@@ -176,7 +179,8 @@ public final class ScenarioRunner {
             memory[args[0]] = m
             return [("region", .string(args[0])), ("kind", .string(m.backing.name)),
                     ("address", .string("0x" + String(m.address, radix: 16))), ("size", .uint(size)),
-                    ("map_sync", .bool(m.mapSync)), ("pmem", .bool(m.isPmem))]
+                    ("map_sync", .bool(m.mapSync)), ("pmem", .bool(m.isPmem)),
+                    ("extent_hint", m.extentHint.map { .string($0) } ?? .null)]
         case "mirror":
             try need(1, "R [as D] [untracked]")
             let m = try region(args[0])
@@ -221,7 +225,8 @@ public final class ScenarioRunner {
             let (m, off, len) = try range(args)
             let mirror = try mirrorOf(args[0])
             let faults = try mirror.write(m.address + off, [UInt8](repeating: try byte(args[3]), count: Int(len)))
-            return [("faults", .int(Int64(faults))), ("durable", .bool(m.backing.name == "file"))]
+            return [("faults", .int(Int64(faults))), ("durable", .bool(m.backing.name == "file")),
+                    ("device_path", .string(mirror.writePath))]
         case "snapshot":
             try need(1, "R [OFF LEN]")
             let m = try region(args[0])
@@ -308,9 +313,18 @@ public final class ScenarioRunner {
             if op == "pwrite" { return [("bytes", .int(Int64(n)))] }
             return [("bytes", .int(Int64(n)))] + buf.prefix(n).withUnsafeBytes { summary($0) }
         case "check":
-            try need(1, "R")
+            try need(1, "R [OFF LEN] [strict]")
             let mirror = try mirrorOf(args[0])
-            let found = try mirror.check()
+            let strict = args.contains("strict")
+            let bounds = args.filter { $0 != "strict" }
+            let m = try region(args[0])
+            var at: UInt64?, count: UInt64?
+            if bounds.count >= 3 {
+                let (_, off, len) = try range(bounds)
+                at = m.address + off
+                count = len
+            }
+            let (found, revalidated) = try mirror.check(at, count, strict: strict)
             let list: [JSON] = found.prefix(50).map {
                 .object([("start", .string("0x" + String($0.start, radix: 16))),
                          ("end", .string("0x" + String($0.end, radix: 16))),
@@ -319,8 +333,25 @@ public final class ScenarioRunner {
             if !found.isEmpty {
                 throw CheckFailed(disagreements: found.count, list: list)
             }
-            return [("disagreements", .int(0)), ("entries", .int(Int64(mirror.table.entryCount))),
+            return [("disagreements", .int(0)), ("revalidated", .int(Int64(revalidated))),
+                    ("entries", .int(Int64(mirror.table.entryCount))),
                     ("mirrored_pages", .uint(mirror.table.mirroredPages))]
+        case "require":
+            try need(1, "pagemap-scan | thp | dax R")
+            var missing: String?
+            switch args[0] {
+            case "pagemap-scan":
+                if !kernel.pagemapScan { missing = "this kernel has no PAGEMAP_SCAN (6.7+): map orders are not visible" }
+            case "thp":
+                let mode = readSysfsAttribute("/sys/kernel/mm/transparent_hugepage/enabled") ?? "[never]"
+                if mode.contains("[never]") { missing = "transparent huge pages are disabled" }
+            case "dax":
+                try need(2, "dax R")
+                if !(try region(args[1])).mapSync { missing = "\(args[1]) is not on a DAX filesystem (MAP_SYNC refused)" }
+            default:
+                throw Refusal(errno: .EINVAL, message: "unknown requirement \(args[0]) (pagemap-scan, thp, dax R)")
+            }
+            return missing.map { [("skipped", .string($0))] } ?? []
         case "stats":
             try need(1, "R")
             let mirror = try mirrorOf(args[0])

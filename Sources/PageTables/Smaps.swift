@@ -109,6 +109,38 @@ public enum Maps {
     public static func read(pid: String = "self") throws(SystemCallError) -> [SmapsEntry] {
         parse(try readTextFile("/proc/\(pid)/maps"))
     }
+
+    /// Only the VMAs overlapping [start, end): the rest of the lines are
+    /// skipped after their addresses are read (a process can have thousands).
+    public static func read(pid: String = "self", overlapping start: UInt64, _ end: UInt64) throws(SystemCallError) -> [SmapsEntry] {
+        let text = try readTextFile("/proc/\(pid)/maps")
+        var out: [SmapsEntry] = []
+        for line in text.utf8.split(separator: UInt8(ascii: "\n")) {
+            var i = line.startIndex
+            func hex() -> UInt64 {
+                var v: UInt64 = 0
+                while i < line.endIndex {
+                    let c = line[i]
+                    let d: UInt8
+                    switch c {
+                    case 48...57: d = c - 48
+                    case 97...102: d = c - 87
+                    default: return v
+                    }
+                    v = v << 4 | UInt64(d)
+                    i = line.index(after: i)
+                }
+                return v
+            }
+            let s = hex()
+            i = line.index(after: i)  // "-"
+            let e = hex()
+            if e <= start { continue }
+            if s >= end { break }  // maps is sorted by address
+            if let entry = Smaps.parseHeader(Substring(line)) { out.append(entry) }
+        }
+        return out
+    }
 }
 
 extension SmapsEntry {

@@ -24,7 +24,7 @@ enum CLI {
     }
 
     static func run(_ program: String, _ args: [String], env: [String: String] = [:],
-                    timeout: TimeInterval = 120) throws -> RunResult {
+                    timeout: TimeInterval = 120, stdin: String? = nil) throws -> RunResult {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: program)
         p.arguments = args
@@ -40,7 +40,12 @@ enum CLI {
         let err = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.file("err")))
         p.standardOutput = out
         p.standardError = err
-        p.standardInput = FileHandle.nullDevice
+        if let stdin {
+            try stdin.write(toFile: dir.file("in"), atomically: true, encoding: .utf8)
+            p.standardInput = FileHandle(forReadingAtPath: dir.file("in"))
+        } else {
+            p.standardInput = FileHandle.nullDevice
+        }
         try p.run()
         let deadline = Date().addingTimeInterval(timeout)
         var timedOut = false

@@ -1,0 +1,165 @@
+import Foundation
+import Testing
+import DaxCore
+import Mirror
+import MirrorScenario
+
+/// Random operations against an oracle: after every step `check` must find
+/// no disagreement with the kernel, every device read must equal what the
+/// oracle (and, sampled, the CPU) holds, and every failure must be the one
+/// dmirror would give. DAXMIRROR_STRESS_OPS (default 10000) and
+/// DAXMIRROR_STRESS_SEED replay a run; the seed is printed on failure.
+@Suite("mirror stress (oracle)", .serialized)
+struct MirrorStressTests {
+    enum Prot { case none, read, rw }
+
+    struct SplitMix {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9E3779B97F4A7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
+            z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
+            return z ^ (z >> 31)
+        }
+        mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
+    }
+
+    /// The oracle: what each page of the region must read as.
+    struct Model {
+        let pages: Int
+        let shared: Bool
+        var mapped: [Bool]
+        var prot: [Prot]
+        var anon: [UInt8]
+        var file: [UInt8]
+        var fileSize: Int  // in pages (shared kinds)
+        init(pages: Int, shared: Bool) {
+            self.pages = pages
+            self.shared = shared
+            mapped = .init(repeating: true, count: pages)
+            prot = .init(repeating: .rw, count: pages)
+            anon = .init(repeating: 0, count: pages)
+            file = .init(repeating: 0, count: pages)
+            fileSize = pages
+        }
+        func content(_ p: Int) -> UInt8 { shared ? file[p] : anon[p] }
+        /// dmirror's errno for the device touching [p, p+n): the first bad page decides.
+        func deviceErrno(_ p: Int, _ n: Int, write: Bool) -> String? {
+            for i in p..<(p + n) {
+                if !mapped[i] || prot[i] == .none { return "EFAULT" }
+                if write && prot[i] == .read { return "EPERM" }
+                if shared && i >= fileSize { return "EFAULT" }
+            }
+            return nil
+        }
+        func cpuOK(_ p: Int, _ n: Int, write: Bool) -> Bool {
+            (p..<(p + n)).allSatisfy { mapped[$0] && prot[$0] != .none && (!write || prot[$0] == .rw) && (!shared || $0 < fileSize) }
+        }
+    }
+
+    static func checksum(_ bytes: [UInt8]) -> String {
+        var h: UInt64 = 0xcbf29ce484222325
+        for b in bytes { h = (h ^ UInt64(b)) &* 0x100000001b3 }
+        return String(h, radix: 16)
+    }
+
+    static let ops = Int(ProcessInfo.processInfo.environment["DAXMIRROR_STRESS_OPS"] ?? "") ?? 10_000
+
+    @Test(arguments: ["anon", "shmem", "file"])
+    func randomOperationsAgreeWithTheOracle(_ kind: String) throws {
+        let seed = UInt64(ProcessInfo.processInfo.environment["DAXMIRROR_STRESS_SEED"] ?? "")
+            ?? UInt64.random(in: 1...UInt64(UInt32.max))
+        let replay = "seed \(seed) (replay: DAXMIRROR_STRESS_SEED=\(seed)), kind \(kind)"
+        var rng = SplitMix(state: seed)
+        let dir = try ScratchDirectory(base: DaxEnvironment.directory ?? NSTemporaryDirectory())
+        let runner = ScenarioRunner(directory: dir.path)
+        let pages = 64, page = 4096
+        let mapCmd = kind == "file" ? "map A file stress.dat \(pages * page)" : "map A \(kind) \(pages * page)"
+        var m = Model(pages: pages, shared: kind != "anon")
+        func run(_ line: String) throws -> [String: Any] {
+            let out = try #require(runner.run(line: line)).render(pretty: false)
+            return try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
+        }
+        for setup in [mapCmd, "mirror A"] {
+            let r = try run(setup)
+            try #require(r["ok"] as? Bool == true, "\(setup): \(r)")
+        }
+        var stats = [String: Int]()
+        for step in 0..<Self.ops {
+            let p = rng.below(pages)
+            let n = 1 + rng.below(min(16, pages - p))
+            let byte = UInt8(rng.below(256))
+            let where_ = "\(p * page) \(n * page)"
+            var line: String
+            var expectErrno: String?
+            var expectBytes: [UInt8]?
+            switch rng.below(100) {
+            case 0..<20:  // device read
+                line = "dev-read A \(where_)"
+                expectErrno = m.deviceErrno(p, n, write: false)
+                if expectErrno == nil { expectBytes = (p..<(p + n)).flatMap { [UInt8](repeating: m.content($0), count: page) } }
+            case 20..<38:  // device write: only where it succeeds, or fails at its first page
+                let err = m.deviceErrno(p, n, write: true)
+                if err != nil && m.deviceErrno(p, 1, write: true) == nil { continue }
+                line = "dev-write A \(where_) \(byte)"
+                expectErrno = err
+                if err == nil { for i in p..<(p + n) { if m.shared { m.file[i] = byte } else { m.anon[i] = byte } } }
+            case 38..<55:  // CPU write
+                guard m.cpuOK(p, n, write: true) else { continue }
+                line = "cpu-write A \(where_) \(byte)"
+                for i in p..<(p + n) { if m.shared { m.file[i] = byte } else { m.anon[i] = byte } }
+            case 55..<65:  // CPU read, checked against the oracle
+                guard m.cpuOK(p, n, write: false) else { continue }
+                line = "cpu-read A \(where_)"
+                expectBytes = (p..<(p + n)).flatMap { [UInt8](repeating: m.content($0), count: page) }
+            case 65..<73:
+                let prot: Prot = [.none, .read, .rw, .rw][rng.below(4)]
+                guard (p..<(p + n)).allSatisfy({ m.mapped[$0] }) else { continue }
+                line = "protect A \(where_) \(prot == .none ? "none" : prot == .read ? "read" : "rw")"
+                for i in p..<(p + n) { m.prot[i] = prot }
+            case 73..<78:
+                line = "unmap A \(where_)"
+                for i in p..<(p + n) { m.mapped[i] = false; m.anon[i] = 0 }
+            case 78..<84:
+                line = "remap A \(where_)"
+                for i in p..<(p + n) { m.mapped[i] = true; m.prot[i] = .rw; m.anon[i] = 0 }
+            case 84..<90:
+                guard (p..<(p + n)).allSatisfy({ m.mapped[$0] }) else { continue }
+                line = "discard A \(where_)"
+                if !m.shared { for i in p..<(p + n) { m.anon[i] = 0 } }
+            case 90..<94:
+                guard m.shared else { continue }
+                let size = rng.below(3) == 0 ? pages : pages / 2 + rng.below(pages / 2)
+                line = "truncate A \(size * page)"
+                if size < m.fileSize { for i in size..<m.fileSize { m.file[i] = 0 } }
+                m.fileSize = size
+            default:
+                guard m.cpuOK(p, n, write: true) else { continue }
+                line = "fork-write A \(where_) \(byte)"
+                if m.shared { for i in p..<(p + n) { m.file[i] = byte } }
+            }
+            let op = String(line.split(separator: " ")[0])
+            stats[op, default: 0] += 1
+            let r = try run(line)
+            let context = "step \(step) `\(line)`, \(replay): \(r)"
+            if let e = expectErrno {
+                #expect(r["ok"] as? Bool == false && r["errno"] as? String == e, "\(context)")
+            } else {
+                try #require(r["ok"] as? Bool == true, "\(context)")
+            }
+            if op.hasPrefix("dev-"), r["ok"] as? Bool == true {
+                // What the device just used was revalidated or faulted: no stale entry may remain there.
+                let strict = try run("check A \(where_) strict")
+                try #require(strict["ok"] as? Bool == true, "strict check after \(context): \(strict)")
+            }
+            if let want = expectBytes {
+                try #require(r["checksum"] as? String == Self.checksum(want), "content differs from the oracle: \(context)")
+            }
+            let c = try run("check A")
+            try #require(c["ok"] as? Bool == true, "check after \(context): \(c)")
+        }
+        let s = try run("stats A")
+        print("stress \(kind): \(Self.ops) steps, \(replay), ops \(stats.sorted { $0.key < $1.key }), table \(s)")
+    }
+}

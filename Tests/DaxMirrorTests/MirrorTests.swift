@@ -1,0 +1,96 @@
+import Foundation
+import Testing
+import DaxCore
+import FaultTracking
+import Mirror
+import MirrorScenario
+import PageTables
+
+@Suite("mirror", .serialized)
+struct MirrorTests {
+    /// hmm-tests anon_teardown: device reads race a munmap of the second
+    /// half, 10 times. Each read either succeeds with the right bytes and one
+    /// fault, or fails with EFAULT; never stale bytes, never a crash, and the
+    /// table never keeps an entry of the unmapped half.
+    @Test func deviceReadsRacingMunmap() throws {
+        let size = 256 << 10
+        for round in 0..<10 {
+            let mem = try MappedMemory(name: "T", kind: .anon, path: nil, size: size, options: .init())
+            memset(mem.base, Int32(round + 1), size)
+            let mirror = try Mirror(region: mem.region)
+            let half = mem.base + size / 2
+            nonisolated(unsafe) let target = half
+            let t = Thread {
+                usleep(UInt32.random(in: 0..<400))
+                munmap(target, size / 2)
+            }
+            t.start()
+            do {
+                let (bytes, faults) = try mirror.read(mem.address, size)
+                #expect(faults >= 1)
+                #expect(bytes.allSatisfy { $0 == UInt8(round + 1) }, "round \(round): stale or torn bytes")
+            } catch {
+                #expect(error.errno == .EFAULT || error.errno == .EBUSY, "round \(round): \(error)")
+            }
+            while !t.isFinished { usleep(100) }
+            let (found, _) = try mirror.check()
+            #expect(found.isEmpty, "round \(round): \(found)")
+            #expect(mirror.table.entries(mem.address / 4096 + 32, mem.address / 4096 + 64).isEmpty)
+        }
+    }
+
+    /// A truncate the mirror is not told of sends no event: `check strict`
+    /// reports the stale entries, and the device never uses them — its next
+    /// read of that page revalidates, drops them and fails with EFAULT.
+    @Test func truncateBehindTheMirrorsBackIsCaughtBeforeUse() throws {
+        let dir = try ScratchDirectory(base: DaxEnvironment.directory ?? NSTemporaryDirectory())
+        let mem = try MappedMemory(name: "F", kind: .file, path: dir.file("t.dat"), size: 64 << 10, options: .init())
+        let mirror = try Mirror(region: mem.region)
+        #expect(try mirror.write(mem.address, [UInt8](repeating: 7, count: 64 << 10)) == 1)
+        let fd = try #require(mem.fileDescriptor)
+        #expect(ftruncate(fd, 16 << 10) == 0)
+        let strict = try mirror.check(strict: true)
+        #expect(!strict.disagreements.isEmpty, "a stale entry must be visible to a strict check")
+        #expect(strict.disagreements.allSatisfy { $0.start >= mem.address + (16 << 10) })
+        #expect(throws: MirrorError.self) { _ = try mirror.read(mem.address + (32 << 10), 4096) }
+        #expect(mirror.staleDropped >= 1)
+        #expect(try mirror.read(mem.address, 16 << 10).bytes.allSatisfy { $0 == 7 })
+    }
+
+    /// A device write to a file reaches the file by the device's own mapping
+    /// (not the CPU's address): pread sees it, and on DAX it goes through
+    /// pmem_memcpy_persist.
+    @Test func deviceWriteReachesTheFileThroughTheAperture() throws {
+        let dir = try ScratchDirectory(base: DaxEnvironment.directory ?? NSTemporaryDirectory())
+        let mem = try MappedMemory(name: "F", kind: .file, path: dir.file("w.dat"), size: 1 << 20, options: .init())
+        let mirror = try Mirror(region: mem.region, dax: mem.mapSync)
+        try mirror.write(mem.address + 4096, [UInt8](repeating: 0x5a, count: 8192))
+        var buf = [UInt8](repeating: 0, count: 8192)
+        #expect(pread(try #require(mem.fileDescriptor), &buf, 8192, 4096) == 8192)
+        #expect(buf.allSatisfy { $0 == 0x5a })
+        #expect(mirror.writePath == (DaxEnvironment.directory != nil ? "pmem_memcpy_persist" : "memcpy+msync"))
+    }
+
+    /// The device's entries carry the kernel's PFNs (pagemap), page for page.
+    @Test func entriesCarryTheKernelsPFNs() throws {
+        let mem = try MappedMemory(name: "A", kind: .anon, path: nil, size: 64 << 10, options: .init())
+        memset(mem.base, 1, 64 << 10)
+        let mirror = try Mirror(region: mem.region)
+        _ = try mirror.read(mem.address, 64 << 10)
+        let pm = try Pagemap()
+        let truth = try pm.entries(at: mem.address, count: 16)
+        for (i, e) in truth.enumerated() {
+            let hit = try #require(mirror.table.lookup(mem.address / 4096 + UInt64(i)))
+            #expect(hit.entry.pfn(at: hit.index) == e.pfn)
+        }
+    }
+
+    /// Without PFNs (no CAP_SYS_ADMIN) the mirror refuses with one clear line.
+    @Test func refusesWithoutPFNs() throws {
+        guard getuid() == 0, which("setpriv") != nil else { return }
+        let r = try CLI.run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", CLI.binary, "run", "-"],
+                            env: [:], stdin: "map A anon 64K\nmirror A\n")
+        #expect(r.status == 1)
+        #expect(r.stdout.contains("CAP_SYS_ADMIN"), "\(r.stdout)")
+    }
+}

@@ -1,0 +1,64 @@
+import Foundation
+import Testing
+import DaxCore
+import FaultTracking
+import Mirror
+import MirrorScenario
+
+/// The shipped scenarios (one per hmm-tests case, plus the DAX cases), run
+/// in-process on this machine's memory: in the guest, file scenarios land on
+/// the DAX mount (DAXMIRROR_DAX_DIR), on the host in a scratch directory.
+@Suite("scenarios (hmm-tests cases)", .serialized)
+struct ScenarioTests {
+    static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .appendingPathComponent("../../Scenarios").standardized.path
+    static var names: [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
+            .filter { $0.hasSuffix(".scn") }.sorted()
+    }
+
+    @Test func scenariosAreShipped() {
+        for name in ["anon_read", "anon_read_prot", "anon_write", "anon_write_prot", "anon_write_child",
+                     "anon_write_child_shared", "anon_write_huge", "file_read", "file_write", "anon_teardown",
+                     "mixedmap", "snapshot", "compound", "compound_dax", "double_map", "open_close",
+                     "dax_hole_zero", "dax_write_pmd"] {
+            #expect(Self.names.contains(name + ".scn"), "Scenarios/\(name).scn is missing")
+        }
+    }
+
+    @Test(arguments: ScenarioTests.names)
+    func scenario(_ name: String) throws {
+        let dir = try ScratchDirectory(base: DaxEnvironment.directory ?? NSTemporaryDirectory())
+        let text = try String(contentsOfFile: "\(Self.directory)/\(name)", encoding: .utf8)
+        let runner = ScenarioRunner(directory: dir.path)
+        var answers: [String] = []
+        let failed = runner.run(script: text) { answers.append($0.render(pretty: false)) }
+        let failures = answers.filter { $0.contains("\"ok\":false") }.joined(separator: "\n")
+        #expect(failed == 0, "\(name):\n\(failures)")
+        // On DAX with PAGEMAP_SCAN, the DAX scenarios must really run, not skip.
+        if DaxEnvironment.directory != nil && KernelFeatures.probe().pagemapScan && name.hasPrefix("dax_") {
+            #expect(!answers.contains { $0.contains("\"skipped\"") }, "\(name) skipped on DAX: \(answers)")
+        }
+    }
+
+    /// The CLI as a user runs it: one JSON object per line, exit 1 on a failed
+    /// command, and the failing command's errno.
+    @Test func cliReportsEachCommandAndFailsOnAnUnmetExpectation() throws {
+        let dir = try ScratchDirectory()
+        let scn = dir.file("s.scn")
+        try "map A anon 64K\nmirror A\ndev-read A 0 64K faults=1\ndev-read A 0 64K faults=1\n"
+            .write(toFile: scn, atomically: true, encoding: .utf8)
+        let r = try CLI.daxmirror(["run", scn])
+        #expect(r.status == 1)
+        let lines = r.stdout.split(separator: "\n")
+        #expect(lines.count == 4)
+        #expect(lines[2].contains("\"faults\":1") && lines[2].contains("\"ok\":true"))
+        #expect(lines[3].contains("\"ok\":false") && lines[3].contains("wanted 1, got 0"))
+        #expect(r.stderrLines.count == 1)
+
+        try "map A anon 64K\nexpect-fail dev-read A 0 4K\nprotect A 0 64K none\nmirror A\nexpect-fail dev-read A 0 4K errno=EFAULT\n"
+            .write(toFile: scn, atomically: true, encoding: .utf8)
+        let ok = try CLI.daxmirror(["run", scn])
+        #expect(ok.status == 0, "\(ok.stdout)\(ok.stderr)")
+    }
+}
