@@ -55,7 +55,7 @@ let package = Package(
             ]),
         .executableTarget(
             name: "daxmirror-bench",
-            dependencies: ["DaxCore", "FaultTracking", "PageTables", "CDaxShim"],
+            dependencies: ["DaxCore", "FaultTracking", "PageTables", "Mirror", "CDaxShim"],
             path: "Benchmarks/DaxMirrorBench"),
         .testTarget(
             name: "DaxMirrorTests",

@@ -6,6 +6,10 @@
 #   map      a new sparse 64 MiB file on the DAX mount, filled and persisted:
 #            real pmem (MAP_SYNC accepted), and ext4 maps the written file in
 #            2 MiB PMD entries (32 of them), seen through PAGEMAP_SCAN
+#   run      the mirror at work on a DAX file (Scenarios/demo_dax.scn): a hole
+#            read gives ONE zero-page PMD entry, a write two PMD entries with
+#            the kernel's PFNs, the snapshot picture, mprotect dropping
+#            entries, and `check` clean against pagemap
 # then the same `map` on the host, where the file is not pmem and says why.
 #   Scripts/demo.sh [--kernel stable|backports|newest] [--fs ext4|xfs]
 set -euo pipefail
@@ -17,7 +21,8 @@ Scripts/guest.sh "$@" -- sh -c "
 set -e
 echo '$ daxmirror caps --dir /mnt'; $bin caps --dir /mnt; echo
 echo '$ daxmirror devices'; $bin devices; echo
-echo '$ daxmirror map /mnt/demo --create --sparse --size 64M --fill 0x5a'; $bin map /mnt/demo --create --sparse --size 64M --fill 0x5a
+echo '$ daxmirror map /mnt/demo --create --sparse --size 64M --fill 0x5a'; $bin map /mnt/demo --create --sparse --size 64M --fill 0x5a; echo
+echo '$ daxmirror run --text Scenarios/demo_dax.scn'; $bin run --text --dir /mnt $PWD/Scenarios/demo_dax.scn
 "
 echo
 echo "On the host, the same command on a regular file:"

@@ -2,12 +2,15 @@
 // Benchmarks/baseline/bench.c, through daxmirror's own modules.
 //   daxmirror-bench missing PAGES        faults/s (FaultTracker, MISSING, zero-fill)
 //   daxmirror-bench scan MIB PCT [ROUNDS] µs per PAGEMAP_SCAN re-arm, pages found
+//   daxmirror-bench rangefault MIB        ns per page of Mirror.faultIn (write)
+//   daxmirror-bench table MIB [huge]      heap bytes per mirrored page (malloc's count), entries
 #if canImport(Glibc)
 import Glibc
 #endif
 import CDaxShim
 import DaxCore
 import FaultTracking
+import Mirror
 import PageTables
 
 let page = Syscall.pageSize
@@ -54,12 +57,44 @@ func benchScan(mib: Int, pct: Int, rounds: Int) throws {
     print("\(String(format1(total / Double(rounds) * 1e6))) \(found / rounds)")
 }
 
+func benchRangeFault(mib: Int) throws {
+    let length = mib << 20
+    let p = anonymous(length)
+    let mirror = try Mirror(region: Region(base: p, length: length, backing: .anonymous))
+    let t0 = now()
+    try mirror.faultIn(UInt64(UInt(bitPattern: p)), UInt64(length), write: true)
+    let dt = now() - t0
+    guard mirror.table.mirroredPages == UInt64(length / page) else {
+        print("daxmirror-bench: mirrored \(mirror.table.mirroredPages) of \(length / page) pages"); exit(1)
+    }
+    print(format1(dt / Double(length / page) * 1e9))
+}
+
+func benchTable(mib: Int, huge: Bool) throws {
+    let length = mib << 20
+    let raw = anonymous(length + (2 << 20))
+    let p = UnsafeMutableRawPointer(bitPattern: (UInt(bitPattern: raw) + (2 << 20) - 1) & ~UInt((2 << 20) - 1))!
+    madvise(p, length, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE)
+    madvise(p, length, DM_MADV_POPULATE_WRITE)
+    let mirror = try Mirror(region: Region(base: p, length: length, backing: .anonymous), tracking: false)
+    let before = dm_heap_bytes_in_use()
+    try mirror.faultIn(UInt64(UInt(bitPattern: p)), UInt64(length), write: true)
+    let bytes = Int(dm_heap_bytes_in_use()) - Int(before)
+    let pages = Int(mirror.table.mirroredPages)
+    let entries = mirror.table.entryCount
+    // bytes per page (malloc's count), bytes per entry (the table's own
+    // accounting: a few hundred entries are below malloc's noise), entries, pages
+    print("\(format1(Double(bytes) / Double(pages))) \(format1(Double(mirror.table.heapBytes) / Double(entries))) \(entries) \(pages)")
+}
+
 func format1(_ v: Double) -> String { String(Double(Int(v * 10)) / 10) }
 
 do {
     if args.count >= 3 && args[1] == "missing" { try benchMissing(pages: Int(args[2])!) }
     else if args.count >= 4 && args[1] == "scan" { try benchScan(mib: Int(args[2])!, pct: Int(args[3])!, rounds: args.count > 4 ? Int(args[4])! : 20) }
-    else { print("usage: daxmirror-bench missing PAGES | scan MIB PCT [ROUNDS]"); exit(2) }
+    else if args.count >= 3 && args[1] == "rangefault" { try benchRangeFault(mib: Int(args[2])!) }
+    else if args.count >= 3 && args[1] == "table" { try benchTable(mib: Int(args[2])!, huge: args.count > 3 && args[3] == "huge") }
+    else { print("usage: daxmirror-bench missing PAGES | scan MIB PCT [ROUNDS] | rangefault MIB | table MIB [huge]"); exit(2) }
 } catch {
     print("daxmirror-bench: \(error)")
     exit(1)

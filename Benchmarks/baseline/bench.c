@@ -4,6 +4,9 @@
 //                         one handler thread (poll + read + ioctl), faults/s
 //   bench scan MIB PCT    WP_ASYNC tracking: write PCT% of the pages of a MIB
 //                         region, then PAGEMAP_SCAN with WP_MATCHING; µs/scan
+//   bench rangefault MIB  the range fault's kernel work: MADV_POPULATE_WRITE of
+//                         a fresh anonymous MIB region + one pagemap pread of it;
+//                         ns per page
 #define _GNU_SOURCE
 #include "../../Sources/CDaxShim/include/daxshim.h"
 #include <poll.h>
@@ -100,10 +103,28 @@ static int bench_scan(long mib, long pct, int rounds) {
     return 0;
 }
 
+static int bench_rangefault(long mib) {
+    size_t len = (size_t)mib << 20;
+    long pages = len / page;
+    char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    int pm = open("/proc/self/pagemap", O_RDONLY);
+    uint64_t *entries = malloc(pages * sizeof *entries);
+    double t0 = now();
+    if (madvise(m, len, MADV_POPULATE_WRITE)) { perror("madvise"); return 1; }
+    if (pread(pm, entries, pages * 8, (unsigned long)m / page * 8) != pages * 8) { perror("pread"); return 1; }
+    double dt = now() - t0;
+    long present = 0;
+    for (long i = 0; i < pages; i++) present += entries[i] >> 63;
+    if (present != pages) { fprintf(stderr, "%ld of %ld present\n", present, pages); return 1; }
+    printf("%.1f\n", dt / pages * 1e9);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     page = sysconf(_SC_PAGESIZE);
     if (argc >= 3 && !strcmp(argv[1], "missing")) return bench_missing(atol(argv[2]));
     if (argc >= 4 && !strcmp(argv[1], "scan")) return bench_scan(atol(argv[2]), atol(argv[3]), argc > 4 ? atoi(argv[4]) : 20);
-    fprintf(stderr, "usage: bench missing PAGES | bench scan MIB PCT [ROUNDS]\n");
+    if (argc >= 3 && !strcmp(argv[1], "rangefault")) return bench_rangefault(atol(argv[2]));
+    fprintf(stderr, "usage: bench missing PAGES | bench scan MIB PCT [ROUNDS] | bench rangefault MIB\n");
     return 2;
 }

@@ -43,6 +43,8 @@ public final class FaultTracker: @unchecked Sendable {
 
     private let uffd: Userfaultfd?
     private var registeredMode: RegisterMode = []
+    /// Opened on the first scan and kept: a re-arm should cost one walk, not an open too.
+    private var pagemap: Pagemap?
     private var handler: FaultHandler?
     private let log: HandlerLog
     private let pageSize = UInt64(Syscall.pageSize)
@@ -259,7 +261,8 @@ public final class FaultTracker: @unchecked Sendable {
                       flags: UInt64) throws(Failure) -> [TrackedRun] {
         let s = UInt64(UInt(bitPattern: base))
         do {
-            return try Pagemap().scanAll(start: s, end: s + UInt64(length), required: required, anyOf: anyOf,
+            if pagemap == nil { pagemap = try Pagemap() }
+            return try pagemap!.scanAll(start: s, end: s + UInt64(length), required: required, anyOf: anyOf,
                                          report: report, flags: flags)
                 .map { TrackedRun(start: $0.start, end: $0.end, categories: $0.categories) }
         } catch {

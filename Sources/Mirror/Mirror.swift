@@ -321,6 +321,13 @@ public final class Mirror: @unchecked Sendable {
         }
     }
 
+    /// Faults [address, address+count) in and mirrors it without a device
+    /// access (the range fault alone: what the benchmark measures).
+    public func faultIn(_ address: UInt64, _ count: UInt64, write: Bool) throws(MirrorError) {
+        let (s, e) = try pages(address, count)
+        try rangeFault(s, e, write: write)
+    }
+
     // MARK: - device access
 
     /// The device reads `count` bytes at `address` (dmirror READ). Returns the
@@ -395,10 +402,11 @@ public final class Mirror: @unchecked Sendable {
     }
 
     /// Drops entries in [s, e) that no longer agree with the CPU (rule 3 above).
-    private func revalidate(_ s: UInt64, _ e: UInt64, _ vmas: [SmapsEntry]) throws(MirrorError) {
+    private func revalidate(_ s: UInt64, _ e: UInt64, _ vmas: [SmapsEntry], truth given: [CPUPage]? = nil) throws(MirrorError) {
         let entries = table.entries(s, e)
         guard !entries.isEmpty else { return }
-        let cpu = try readTruth(s, e, vmas)
+        let cpu: [CPUPage]
+        if let given { cpu = given } else { cpu = try readTruth(s, e, vmas) }
         for (start, entry) in entries {
             let lo = max(start, s), hi = min(start + entry.pages, e)
             var vpn = lo
@@ -452,10 +460,12 @@ public final class Mirror: @unchecked Sendable {
                       strict: Bool = false) throws(MirrorError) -> (disagreements: [Disagreement], revalidated: Int) {
         let vmas = try synchronize()
         let (s, e) = try pages(address ?? region.base, count ?? region.length)
-        let before = staleDropped
-        if !strict { try revalidate(s, e, vmas) }
-        let revalidated = staleDropped - before
+        // One reading of the truth for both steps: pages move on their own
+        // (khugepaged, compaction), and two readings could disagree.
         let cpu = try readTruth(s, e, vmas)
+        let before = staleDropped
+        if !strict { try revalidate(s, e, vmas, truth: cpu) }
+        let revalidated = staleDropped - before
         var out: [Disagreement] = []
         func note(_ vpn: UInt64, _ reason: String, _ dev: String, _ ker: String) {
             if var last = out.last, last.end == vpn * pageSize, last.reason == reason {

@@ -81,13 +81,29 @@ extension Pagemap {
     public func scanAll(start: UInt64, end: UInt64, required: PageCategories = [], anyOf: PageCategories = [],
                         report: PageCategories = .all, flags: UInt64 = 0) throws(SystemCallError) -> [PageRegion] {
         var out: [PageRegion] = []
+        // One output vector for every call of the walk.
+        var vec = [dm_page_region](repeating: dm_page_region(), count: 512)
+        var arg = dm_pm_scan_arg()
+        arg.size = UInt64(MemoryLayout<dm_pm_scan_arg>.size)
+        arg.flags = flags
+        arg.category_mask = required.rawValue
+        arg.category_anyof_mask = anyOf.rawValue
+        arg.return_mask = report.rawValue
         var at = start
         while at < end {
-            let (regions, walkEnd) = try scan(start: at, end: end, required: required, anyOf: anyOf,
-                                              report: report, flags: flags)
-            out.append(contentsOf: regions)
-            if walkEnd <= at || walkEnd >= end { break }
-            at = walkEnd
+            arg.start = at
+            arg.end = end
+            let n = try vec.withUnsafeMutableBufferPointer { buf throws(SystemCallError) -> Int in
+                arg.vec = UInt64(UInt(bitPattern: buf.baseAddress))
+                arg.vec_len = UInt64(buf.count)
+                return try Syscall.retrying("PAGEMAP_SCAN", "/proc/\(pid)/pagemap") { dm_pagemap_scan(fd.rawValue, &arg) }
+            }
+            out.reserveCapacity(out.count + n)
+            for i in 0..<n {
+                out.append(PageRegion(start: vec[i].start, end: vec[i].end, categories: PageCategories(rawValue: vec[i].categories)))
+            }
+            if arg.walk_end <= at || arg.walk_end >= end { break }
+            at = arg.walk_end
         }
         return out
     }

@@ -31,6 +31,7 @@ struct RunCommand: ParsableCommand {
               daxmirror run Scenarios/anon_read.scn
               printf 'map A anon 64K\\nmirror A\\ndev-read A 0 64K faults=1\\n' | daxmirror run -
               daxmirror run --dir /mnt Scenarios/compound_dax.scn     # on a DAX mount
+              daxmirror run --text Scenarios/snapshot.scn              # for people: snapshot pictures
             """)
 
     @Argument(help: "The scenario file, or - for standard input.")
@@ -45,12 +46,15 @@ struct RunCommand: ParsableCommand {
     @Flag(help: "Pretty-print each answer instead of one line per command.")
     var pretty = false
 
+    @Flag(help: "Readable lines for people, snapshots drawn as pictures (. none, r/w read/write, z zero, R/W/Z the same in a 2 MiB PMD, u/U PUD, ! error).")
+    var text = false
+
     func run() throws {
-        let text: String
+        let script: String
         if scenario == "-" {
-            text = readStandardInput()
+            script = readStandardInput()
         } else {
-            do { text = try readTextFile(scenario) } catch {
+            do { script = try readTextFile(scenario) } catch {
                 throw Failure.from(error, doing: "read scenario")
             }
         }
@@ -59,7 +63,9 @@ struct RunCommand: ParsableCommand {
             throw Failure(.notFound, "--dir \(dir) is not a directory")
         }
         let runner = ScenarioRunner(directory: dir, tracking: !untracked)
-        let failed = runner.run(script: text) { emit($0.render(pretty: pretty)) }
+        let failed = runner.run(script: script) { answer in
+            emit(text ? ScenarioText.render(answer) : answer.render(pretty: pretty))
+        }
         if failed > 0 {
             writeStderr("daxmirror: \(failed) scenario command\(failed == 1 ? "" : "s") failed\n")
             Glibc.exit(DaxCore.ExitCode.failure.rawValue)

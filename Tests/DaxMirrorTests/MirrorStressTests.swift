@@ -66,27 +66,23 @@ struct MirrorStressTests {
 
     static let ops = Int(ProcessInfo.processInfo.environment["DAXMIRROR_STRESS_OPS"] ?? "") ?? 10_000
 
+    /// The oracle writes the whole random scenario, every answer it expects
+    /// included (errno, checksum, and `check` after every step, `check
+    /// strict` of what the device just touched); `daxmirror run` executes it
+    /// in a process of its own (no other test's fork can reach its memory).
     @Test(arguments: ["anon", "shmem", "file"])
     func randomOperationsAgreeWithTheOracle(_ kind: String) throws {
         let seed = UInt64(ProcessInfo.processInfo.environment["DAXMIRROR_STRESS_SEED"] ?? "")
             ?? UInt64.random(in: 1...UInt64(UInt32.max))
-        let replay = "seed \(seed) (replay: DAXMIRROR_STRESS_SEED=\(seed)), kind \(kind)"
+        let replay = "seed \(seed) (replay: DAXMIRROR_STRESS_SEED=\(seed)), kind \(kind), \(Self.ops) operations"
         var rng = SplitMix(state: seed)
         let dir = try ScratchDirectory(base: DaxEnvironment.directory ?? NSTemporaryDirectory())
-        let runner = ScenarioRunner(directory: dir.path)
         let pages = 64, page = 4096
-        let mapCmd = kind == "file" ? "map A file stress.dat \(pages * page)" : "map A \(kind) \(pages * page)"
         var m = Model(pages: pages, shared: kind != "anon")
-        func run(_ line: String) throws -> [String: Any] {
-            let out = try #require(runner.run(line: line)).render(pretty: false)
-            return try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
-        }
-        for setup in [mapCmd, "mirror A"] {
-            let r = try run(setup)
-            try #require(r["ok"] as? Bool == true, "\(setup): \(r)")
-        }
+        var script = [kind == "file" ? "map A file stress.dat \(pages * page)" : "map A \(kind) \(pages * page)", "mirror A"]
         var stats = [String: Int]()
-        for step in 0..<Self.ops {
+        var step = 0
+        while step < Self.ops {
             let p = rng.below(pages)
             let n = 1 + rng.below(min(16, pages - p))
             let byte = UInt8(rng.below(256))
@@ -139,27 +135,27 @@ struct MirrorStressTests {
                 line = "fork-write A \(where_) \(byte)"
                 if m.shared { for i in p..<(p + n) { m.file[i] = byte } }
             }
-            let op = String(line.split(separator: " ")[0])
-            stats[op, default: 0] += 1
-            let r = try run(line)
-            let context = "step \(step) `\(line)`, \(replay): \(r)"
+            step += 1
+            stats[String(line.split(separator: " ")[0]), default: 0] += 1
             if let e = expectErrno {
-                #expect(r["ok"] as? Bool == false && r["errno"] as? String == e, "\(context)")
+                script.append("expect-fail \(line) errno=\(e)")
+            } else if let want = expectBytes {
+                script.append("\(line) checksum=\(Self.checksum(want))")
             } else {
-                try #require(r["ok"] as? Bool == true, "\(context)")
+                script.append(line)
             }
-            if op.hasPrefix("dev-"), r["ok"] as? Bool == true {
+            if line.hasPrefix("dev-"), expectErrno == nil {
                 // What the device just used was revalidated or faulted: no stale entry may remain there.
-                let strict = try run("check A \(where_) strict")
-                try #require(strict["ok"] as? Bool == true, "strict check after \(context): \(strict)")
+                script.append("check A \(where_) strict")
             }
-            if let want = expectBytes {
-                try #require(r["checksum"] as? String == Self.checksum(want), "content differs from the oracle: \(context)")
-            }
-            let c = try run("check A")
-            try #require(c["ok"] as? Bool == true, "check after \(context): \(c)")
+            script.append("check A")
         }
-        let s = try run("stats A")
-        print("stress \(kind): \(Self.ops) steps, \(replay), ops \(stats.sorted { $0.key < $1.key }), table \(s)")
+        script.append("stats A")
+        let r = try CLI.run(CLI.binary, ["run", "--dir", dir.path, "-"], timeout: 1800, stdin: script.joined(separator: "\n") + "\n")
+        let lines = r.stdout.split(separator: "\n")
+        let bad = lines.filter(answerFailed).prefix(5)
+        #expect(r.status == 0 && bad.isEmpty, "\(replay):\n\(bad.joined(separator: "\n"))\n\(r.stderr)")
+        #expect(lines.count == script.count, "\(replay): \(lines.count) answers for \(script.count) commands")
+        print("stress \(kind): \(replay), ops \(stats.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")); \(lines.last ?? "")")
     }
 }

@@ -20,11 +20,10 @@ struct MirrorTests {
             let mirror = try Mirror(region: mem.region)
             let half = mem.base + size / 2
             nonisolated(unsafe) let target = half
-            let t = Thread {
+            let t = try JoinableThread {
                 usleep(UInt32.random(in: 0..<400))
                 munmap(target, size / 2)
             }
-            t.start()
             do {
                 let (bytes, faults) = try mirror.read(mem.address, size)
                 #expect(faults >= 1)
@@ -32,7 +31,7 @@ struct MirrorTests {
             } catch {
                 #expect(error.errno == .EFAULT || error.errno == .EBUSY, "round \(round): \(error)")
             }
-            while !t.isFinished { usleep(100) }
+            t.join()
             let (found, _) = try mirror.check()
             #expect(found.isEmpty, "round \(round): \(found)")
             #expect(mirror.table.entries(mem.address / 4096 + 32, mem.address / 4096 + 64).isEmpty)

@@ -26,18 +26,18 @@ struct ScenarioTests {
         }
     }
 
+    /// Each scenario runs in a `daxmirror run` process of its own: a fork in
+    /// any other test of this process would COW-share the scenario's memory
+    /// and send its mirror FORK events (as it would the kernel's dmirror).
     @Test(arguments: ScenarioTests.names)
     func scenario(_ name: String) throws {
         let dir = try ScratchDirectory(base: DaxEnvironment.directory ?? NSTemporaryDirectory())
-        let text = try String(contentsOfFile: "\(Self.directory)/\(name)", encoding: .utf8)
-        let runner = ScenarioRunner(directory: dir.path)
-        var answers: [String] = []
-        let failed = runner.run(script: text) { answers.append($0.render(pretty: false)) }
-        let failures = answers.filter { $0.contains("\"ok\":false") }.joined(separator: "\n")
-        #expect(failed == 0, "\(name):\n\(failures)")
+        let r = try CLI.daxmirror(["run", "--dir", dir.path, "\(Self.directory)/\(name)"], timeout: 300)
+        let failures = r.stdout.split(separator: "\n").filter(answerFailed).joined(separator: "\n")
+        #expect(r.status == 0, "\(name):\n\(failures)\n\(r.stderr)")
         // On DAX with PAGEMAP_SCAN, the DAX scenarios must really run, not skip.
         if DaxEnvironment.directory != nil && KernelFeatures.probe().pagemapScan && name.hasPrefix("dax_") {
-            #expect(!answers.contains { $0.contains("\"skipped\"") }, "\(name) skipped on DAX: \(answers)")
+            #expect(!r.stdout.contains("\"skipped\""), "\(name) skipped on DAX: \(r.stdout)")
         }
     }
 

@@ -106,3 +106,10 @@ func which(_ program: String) -> String? {
     }
     return nil
 }
+
+/// Whether a `daxmirror run` answer line reports failure (its own "ok", not
+/// the "ok" of the command inside an expect-fail).
+func answerFailed(_ line: Substring) -> Bool {
+    guard let r = line.range(of: "\"ok\":") else { return false }
+    return line[r.upperBound...].hasPrefix("false")
+}

@@ -328,4 +328,12 @@ static inline long dm_process_vm_write(int pid, const void *local, void *remote,
     return syscall(SYS_process_vm_writev, pid, &l, 1UL, &r, 1UL, 0UL);
 }
 
+// ---------------------------------------------------------------------------
+// malloc's own count of heap bytes in use (mallinfo2(3), glibc 2.33+): how the
+// benchmark measures the device table's memory, rather than trusting the
+// table's own accounting.
+// ---------------------------------------------------------------------------
+#include <malloc.h>
+static inline size_t dm_heap_bytes_in_use(void) { return mallinfo2().uordblks; }
+
 #endif // DAXSHIM_H
