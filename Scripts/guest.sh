@@ -95,11 +95,14 @@ fi
 case "$here$run" in *" "*) die "the work tree's path contains a space; the guest's kernel command line cannot carry it" ;; esac
 cmdline="console=ttyS0 quiet loglevel=3 panic=-1 oops=panic dm.run=$run/cmd.sh dm.tree=$here dm.fs=$fs dm.nsmode=$nsmode"
 [[ -n $align ]] && cmdline+=" dm.align=$align"
+# The NVDIMM's backing must be aligned at least as the namespace (1 GiB for PUDs).
+backend_align=2M
+[[ $align == 1G ]] && backend_align=1G
 [[ $mkfs == 0 ]] && cmdline+=" dm.mkfs=0"
 ((powercut)) && cmdline+=" dm.powercut=1"
 
 qemu_base=(qemu-system-x86_64 -machine pc,nvdimm=on -m "$mem,slots=2,maxmem=16G" -smp 2
-    -object "memory-backend-file,id=pmem1,share=on,mem-path=$image,size=$pmem_size,align=2M"
+    -object "memory-backend-file,id=pmem1,share=on,mem-path=$image,size=$pmem_size,align=$backend_align"
     -device nvdimm,id=nvdimm1,memdev=pmem1
     -kernel "$vmlinuz" -initrd "$initrd"
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap

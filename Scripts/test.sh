@@ -5,7 +5,9 @@
 #      mounts on every guest kernel and filesystem;
 #   3. the suite again inside the guest on ext4-DAX and xfs-DAX, on each of
 #      Debian's kernels (6.1, 6.12, newest), where the DAX tests run for real;
-#   4. the power-cut crash test on real pmem (20 hard power-offs).
+#   4. device-dax namespaces (1 GiB and 2 MiB alignment): the mirror's PUD and
+#      PMD entries against the device's base and pagemap;
+#   5. the power-cut crash test on real pmem (20 hard power-offs).
 # Environment: DAXMIRROR_KERNELS="stable backports newest" and
 # DAXMIRROR_POWERCUTS=20 narrow or widen the run; DAXMIRROR_HOST_ONLY=1 skips
 # the guest (the DAX tests then report themselves skipped).
@@ -36,6 +38,16 @@ mounts_dax() {  # the guest's /proc/mounts has the pmem device mounted dax
     echo "$out" | grep -E '^/dev/pmem0 /mnt (ext4|xfs) .*dax' || { echo "$out"; return 1; }
 }
 
+devdax_scenario() {  # devdax_scenario ALIGN SCENARIO: runs it on /dev/dax0.0; a skip is a failure
+    local size=1G mem=2G out
+    [[ $1 == 1G ]] && { size=3G; mem=4G; }
+    out=$(Scripts/guest.sh --kernel newest --nsmode devdax --align "$1" --pmem-size $size --mem $mem -- \
+          "$PWD/.build/debug/daxmirror" run "$PWD/Scenarios/$2")
+    local rc=$?
+    echo "$out"
+    ((rc == 0)) && ! grep -q '"skipped"' <<<"$out"
+}
+
 Scripts/setup.sh --guest || exit 1
 step "build" swift build --build-tests
 step "host suite (swift test)" swift test --skip-build
@@ -54,6 +66,9 @@ if [[ ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
                 Scripts/guest.sh --kernel "$k" --fs "$fs" --timeout 300 -- Scripts/guest-tests.sh --filter writeProtectOnDaxStillMisbehaves
         done
     done
+    # Device-dax (no filesystem): 1 GiB alignment gives PUD entries, 2 MiB PMDs.
+    step "guest newest/devdax 1G: one PUD entry, device base + offset" devdax_scenario 1G devdax_pud.scn
+    step "guest newest/devdax 2M: PMD entries matching pagemap" devdax_scenario 2M devdax_pmd.scn
     step "power cuts on real pmem (ext4-DAX)" python3 Scripts/powercut-test.py --rounds "${DAXMIRROR_POWERCUTS:-20}"
 fi
 

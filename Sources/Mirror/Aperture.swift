@@ -22,7 +22,12 @@ final class Aperture: @unchecked Sendable {
     private(set) var length = 0
     private(set) var isPmem = false
 
-    init(fd: Int32?) { self.fd = fd }
+    /// A character device has no st_size: its size comes from sysfs.
+    let knownSize: UInt64?
+    init(fd: Int32?, knownSize: UInt64? = nil) {
+        self.fd = fd
+        self.knownSize = knownSize
+    }
     deinit { unmap() }
 
     func unmap() {
@@ -38,7 +43,7 @@ final class Aperture: @unchecked Sendable {
         if base == nil || offset + UInt64(count) > UInt64(length) {
             var st = stat()
             guard fstat(fd, &st) == 0 else { throw MirrorError(Errno.current, "fstat of the mirrored file") }
-            let size = Int(st.st_size)
+            let size = knownSize.map(Int.init) ?? Int(st.st_size)
             if size == 0 { throw MirrorError(.EFAULT, "the mirrored file is empty") }
             guard offset + UInt64(count) <= UInt64(size) else {
                 throw MirrorError(.EFAULT, "offset \(offset) is beyond the end of the file (\(size) bytes)")

@@ -44,6 +44,13 @@ public final class Mirror: @unchecked Sendable {
     /// How long a range fault keeps retrying against concurrent invalidations.
     public var busyTimeout: Double = 2.0
 
+    /// For device-dax: the order the kernel maps it with (smaps KernelPageSize).
+    public let devdaxOrder: UInt8?
+    /// 1 GiB device-dax spans the mirror faulted in: pagemap and PAGEMAP_SCAN
+    /// report nothing for PUD mappings, so presence there is the mirror's own
+    /// record (dropped by any invalidation); the PFN is the device's physical
+    /// base + offset (sysfs), the order smaps' KernelPageSize.
+    private var populatedPUDs = Set<UInt64>()
     private var ownSequence = 0
     private var trackerSeen = 0
     private var lastLayout: [VMASlice] = []
@@ -56,13 +63,23 @@ public final class Mirror: @unchecked Sendable {
                 truth: CPUTruth? = nil, kernel: KernelFeatures = .probe()) throws(Failure) {
         self.region = region
         if let truth { self.truth = truth } else { self.truth = try CPUTruth(scanAvailable: kernel.pagemapScan) }
-        aperture = Aperture(fd: region.backing.sharedFD)
+        if case .devdax(_, _, _, let size, _) = region.backing {
+            aperture = Aperture(fd: region.backing.sharedFD, knownSize: size)
+            // The kernel's word on the entry size: smaps KernelPageSize.
+            let smaps = (try? Smaps.parse(Smaps.read())) ?? []
+            let kps = smaps.first { $0.contains(region.base) }?.kernelPageSize ?? 4096
+            devdaxOrder = kps >= 1 << 30 ? 18 : (kps >= 2 << 20 ? 9 : 0)
+        } else {
+            aperture = Aperture(fd: region.backing.sharedFD)
+            devdaxOrder = nil
+        }
         if tracking {
             let backing: MemoryBacking
             switch region.backing {
             case .anonymous: backing = .anonymous
             case .shmem: backing = .shmem
             case .file: backing = .file(dax: dax)
+            case .devdax: backing = .file(dax: true)
             }
             // Events only: a tracker that resolved faults itself would change
             // what the kernel maps (no THP, no huge zero page under MISSING).
@@ -98,6 +115,10 @@ public final class Mirror: @unchecked Sendable {
         let s = max(address, region.base), e = min(address &+ length, region.end)
         guard s < e else { return }
         ownSequence += 1
+        if !populatedPUDs.isEmpty {
+            let first = s / pageSize >> 18, last = ((e + pageSize - 1) / pageSize - 1) >> 18
+            populatedPUDs = populatedPUDs.filter { $0 < first || $0 > last }
+        }
         invalidatedPages += table.remove(s / pageSize, (e + pageSize - 1) / pageSize)
     }
 
@@ -214,6 +235,7 @@ public final class Mirror: @unchecked Sendable {
         guard p.state == .present, p.vmaWritable, !p.zero else { return false }
         if !p.vmaShared { return p.exclusive && !p.fileOrShared }
         if case .shmem = region.backing { return true }
+        if case .devdax = region.backing { return true }  // no page cache, no dirty tracking
         return deviceWritable
     }
 
@@ -289,7 +311,11 @@ public final class Mirror: @unchecked Sendable {
                 }
             }
             if storeEnd > startVPN {
-                let hullStart = startVPN & ~511, hullEnd = (storeEnd + 511) & ~511
+                let hullMask: UInt64 = devdaxOrder == 18 ? (1 << 18) - 1 : 511
+                let hullStart = startVPN & ~hullMask, hullEnd = (storeEnd + hullMask) & ~hullMask
+                if devdaxOrder == 18 {
+                    for span in (startVPN >> 18)...((goodEnd - 1) >> 18) { populatedPUDs.insert(span) }
+                }
                 let cpu = try readTruth(hullStart, hullEnd, vmas)
                 if sequence != seq {
                     if now() > deadline { throw MirrorError(.EBUSY, "invalidations kept racing the range fault") }
@@ -307,7 +333,12 @@ public final class Mirror: @unchecked Sendable {
         while vpn < e {
             let p = cpu[Int(vpn - hullStart)]
             guard p.state == .present else { vpn += 1; continue }
-            if p.order == 9 {
+            if p.order == 18 {
+                let span = vpn & ~((1 << 18) - 1)
+                let w = write || cpuWritable(p, deviceWritable: false)
+                table.insert(DeviceEntry(pfn: p.pfn - (vpn - span), order: 18, writable: w), at: span)
+                vpn = span + (1 << 18)
+            } else if p.order == 9 {
                 let span = vpn & ~511
                 let basePFN = p.pfn - (vpn - span)
                 let w = write || cpuWritable(p, deviceWritable: false)
@@ -363,6 +394,7 @@ public final class Mirror: @unchecked Sendable {
         let deadline = now() + busyTimeout
         var faults = 0
         var pos = s
+        var lastFaultAt = UInt64.max
         while pos < e {
             let vmas = try synchronize()
             try revalidate(pos, e, vmas)
@@ -372,12 +404,17 @@ public final class Mirror: @unchecked Sendable {
                 try copy(vpn, entry, index, lo, hi)
                 vpn += 1
             }
+            // A fault that left the same page missing raced with an
+            // invalidation: retry, but not forever.
+            if vpn == lastFaultAt && now() > deadline {
+                throw MirrorError(.EBUSY, "the range kept changing under the device")
+            }
             pos = vpn
             if pos == e { break }
             try rangeFault(pos, e, write: write)
+            lastFaultAt = pos
             faults += 1
             self.faults += 1
-            if now() > deadline { throw MirrorError(.EBUSY, "the range kept changing under the device") }
         }
         return faults
     }
@@ -506,7 +543,7 @@ public final class Mirror: @unchecked Sendable {
         switch region.backing {
         case .anonymous, .file(_, _, false): return "process_vm_writev"
         case .shmem: return aperture.base == nil ? "aperture" : "memcpy+msync"
-        case .file: return aperture.base == nil ? "aperture" : (aperture.isPmem ? "pmem_memcpy_persist" : "memcpy+msync")
+        case .file, .devdax: return aperture.base == nil ? "aperture" : (aperture.isPmem ? "pmem_memcpy_persist" : "memcpy+msync")
         }
     }
 
@@ -521,7 +558,21 @@ public final class Mirror: @unchecked Sendable {
     }
 
     private func readTruth(_ s: UInt64, _ e: UInt64, _ vmas: [SmapsEntry]) throws(MirrorError) -> [CPUPage] {
-        do { return try truth.read(s, e, vmas: vmas) } catch { throw MirrorError(.EIO, error.message) }
+        var cpu: [CPUPage]
+        do { cpu = try truth.read(s, e, vmas: vmas) } catch { throw MirrorError(.EIO, error.message) }
+        // Device-dax in 1 GiB entries: pagemap is blind there (see populatedPUDs).
+        if devdaxOrder == 18, case .devdax(_, _, let physBase, _, _) = region.backing {
+            for i in cpu.indices where cpu[i].state == .notPresent {
+                let vpn = s + UInt64(i)
+                let addr = vpn * pageSize
+                guard addr >= region.base, addr < region.end, populatedPUDs.contains(vpn >> 18) else { continue }
+                cpu[i].state = .present
+                cpu[i].pfn = (physBase + region.fileOffset + (addr - region.base)) / pageSize
+                cpu[i].order = 18
+                cpu[i].fileOrShared = true
+            }
+        }
+        return cpu
     }
 
     private func now() -> Double {

@@ -13,12 +13,17 @@ public enum RegionBacking: Sendable, Equatable {
     /// A regular file (DAX or not). `shared` = MAP_SHARED; a MAP_PRIVATE file
     /// mapping is reached like anonymous memory (its written pages are anonymous).
     case file(path: String, fd: Int32, shared: Bool)
+    /// A device-dax character device (/dev/daxX.Y) mapped MAP_SHARED: no
+    /// filesystem, `physicalBase` from sysfs `resource`, mapped by the kernel
+    /// in `align`-sized entries (1 GiB: PUDs, which pagemap cannot see).
+    case devdax(path: String, fd: Int32, physicalBase: UInt64, size: UInt64, align: UInt64)
 
     public var name: String {
         switch self {
         case .anonymous: return "anon"
         case .shmem: return "shmem"
         case .file(_, _, let shared): return shared ? "file" : "file-private"
+        case .devdax: return "devdax"
         }
     }
 
@@ -28,6 +33,7 @@ public enum RegionBacking: Sendable, Equatable {
         case .anonymous: return nil
         case .shmem(let fd): return fd
         case .file(_, let fd, let shared): return shared ? fd : nil
+        case .devdax(_, let fd, _, _, _): return fd
         }
     }
 }

@@ -25,7 +25,7 @@ public final class MappedMemory: @unchecked Sendable {
     public var address: UInt64 { UInt64(UInt(bitPattern: base)) }
     public var region: Region { Region(base: base, length: length, backing: backing) }
 
-    public enum Kind: String, Sendable { case anon, shmem, file }
+    public enum Kind: String, Sendable { case anon, shmem, file, devdax }
 
     public struct Options: Sendable {
         public var huge = false
@@ -44,7 +44,21 @@ public final class MappedMemory: @unchecked Sendable {
             throw MirrorError(.EINVAL, "size \(size) is not a positive multiple of the page size (\(page))")
         }
         length = size
-        let align = options.huge ? 2 << 20 : page
+        var devdax: (base: UInt64, size: UInt64, align: UInt64)?
+        if kind == .devdax {
+            guard let path, let name = path.split(separator: "/").last else { throw MirrorError(.EINVAL, "map ... devdax needs a /dev/daxX.Y") }
+            let sys = "/sys/bus/dax/devices/\(name)"
+            guard let r = readSysfsAttribute(sys + "/resource").flatMap({ UInt64($0.dropFirst(2), radix: 16) }),
+                  let sz = readSysfsAttribute(sys + "/size").flatMap({ UInt64($0) }),
+                  let al = readSysfsAttribute(sys + "/align").flatMap({ UInt64($0) }) else {
+                throw MirrorError(.ENOENT, "\(path) is not a device-dax device (no \(sys)); see `daxmirror devices`")
+            }
+            guard UInt64(size) <= sz, UInt64(size) % al == 0 else {
+                throw MirrorError(.EINVAL, "a device-dax mapping must be a multiple of its alignment (\(al) bytes) and at most \(sz)")
+            }
+            devdax = (r, sz, al)
+        }
+        let align = devdax.map { Int($0.align) } ?? (options.huge ? 2 << 20 : page)
         // Reserve an aligned window, then map over it with MAP_FIXED.
         let reserveLen = size + align
         guard let r = mmap(nil, reserveLen, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
@@ -92,6 +106,15 @@ public final class MappedMemory: @unchecked Sendable {
                     throw MirrorError(Errno.current, "mapping \(path)")
                 }
                 backing = .file(path: path, fd: openedFD, shared: shared)
+                self.path = path
+            case .devdax:
+                openedFD = open(path!, O_RDWR | O_CLOEXEC)
+                guard openedFD >= 0 else { throw MirrorError(Errno.current, "opening \(path!)") }
+                guard mmap(aligned, size, options.prot, MAP_SHARED | MAP_FIXED, openedFD, 0) != MAP_FAILED else {
+                    throw MirrorError(Errno.current, "mapping \(path!)")
+                }
+                sync = true  // device-dax is always a direct, synchronous mapping of the media
+                backing = .devdax(path: path!, fd: openedFD, physicalBase: devdax!.base, size: devdax!.size, align: devdax!.align)
                 self.path = path
             }
         } catch {

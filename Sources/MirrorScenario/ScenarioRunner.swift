@@ -32,7 +32,7 @@ public final class ScenarioRunner {
     }
 
     public static let commands: [(String, String)] = [
-        ("map R anon|shmem|file [PATH] SIZE [huge] [ro|none] [private]", "map memory and name it R"),
+        ("map R anon|shmem|file|devdax [PATH] SIZE [huge] [ro|none] [private]", "map memory and name it R (devdax: /dev/daxX.Y at its alignment)"),
         ("mirror R [as D] [untracked]", "attach a simulated device to R, named R or D (untracked: no userfaultfd events)"),
         ("cpu-read R OFF LEN", "the CPU reads: checksum and uniform byte"),
         ("cpu-write R OFF LEN BYTE", "the CPU stores BYTE"),
@@ -50,14 +50,17 @@ public final class ScenarioRunner {
         ("check R [OFF LEN] [strict]", "compare the device table with pagemap; fails on any disagreement (strict: report stale entries instead of revalidating them first)"),
         ("stats R", "table entries, mirrored pages, bytes, faults, stale entries dropped"),
         ("expect-fail CMD ...", "CMD must fail (its errno is reported)"),
-        ("require pagemap-scan|thp|dax R", "end the scenario here, reported as skipped, unless this holds"),
+        ("require pagemap-scan|thp|dax R|devdax [ALIGN]", "end the scenario here, reported as skipped, unless this holds"),
     ]
 
     /// Runs one line. Returns nil for blank lines and comments.
     public func run(line: String) -> JSON? {
         var text = Substring(line)
         if let hash = text.firstIndex(of: "#") { text = text[..<hash] }
-        var words = text.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+        // $NAME words take the environment's value (e.g. $DAXMIRROR_DEVDAX).
+        var words = text.split(whereSeparator: { $0 == " " || $0 == "\t" }).map { w -> String in
+            w.hasPrefix("$") ? (getenv(String(w.dropFirst())).map { String(cString: $0) } ?? String(w)) : String(w)
+        }
         guard !words.isEmpty else { return nil }
         var expectations: [(String, String)] = []
         while let last = words.last, let eq = last.firstIndex(of: "="), words.count > 1 {
@@ -155,12 +158,12 @@ public final class ScenarioRunner {
             try need(3, "R anon|shmem|file [PATH] SIZE [huge] [ro|none] [private]")
             guard memory[args[0]] == nil else { throw Refusal(errno: .EEXIST, message: "\(args[0]) is already mapped") }
             guard let kind = MappedMemory.Kind(rawValue: args[1]) else {
-                throw Refusal(errno: .EINVAL, message: "unknown memory kind \(args[1]) (anon, shmem or file)")
+                throw Refusal(errno: .EINVAL, message: "unknown memory kind \(args[1]) (anon, shmem, file or devdax)")
             }
             var rest = Array(args.dropFirst(2))
             var path: String?
-            if kind == .file {
-                try need(4, "R file PATH SIZE")
+            if kind == .file || kind == .devdax {
+                try need(4, "R \(kind.rawValue) PATH SIZE")
                 path = rest.removeFirst()
                 if let p = path, !p.hasPrefix("/") { path = directory + "/" + p }
             }
@@ -225,7 +228,7 @@ public final class ScenarioRunner {
             let (m, off, len) = try range(args)
             let mirror = try mirrorOf(args[0])
             let faults = try mirror.write(m.address + off, [UInt8](repeating: try byte(args[3]), count: Int(len)))
-            return [("faults", .int(Int64(faults))), ("durable", .bool(m.backing.name == "file")),
+            return [("faults", .int(Int64(faults))), ("durable", .bool(m.backing.name == "file" || m.backing.name == "devdax")),
                     ("device_path", .string(mirror.writePath))]
         case "snapshot":
             try need(1, "R [OFF LEN]")
@@ -265,6 +268,8 @@ public final class ScenarioRunner {
                 p = mmap(at, Int(len), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, off_t(off))
             case .file(_, let fd, false):
                 p = mmap(at, Int(len), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, off_t(off))
+            case .devdax(_, let fd, _, _, _):
+                p = mmap(at, Int(len), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, off_t(off))
             }
             guard p != MAP_FAILED else { throw MirrorError(Errno.current, "mmap MAP_FIXED") }
             return []
@@ -337,7 +342,7 @@ public final class ScenarioRunner {
                     ("entries", .int(Int64(mirror.table.entryCount))),
                     ("mirrored_pages", .uint(mirror.table.mirroredPages))]
         case "require":
-            try need(1, "pagemap-scan | thp | dax R")
+            try need(1, "pagemap-scan | thp | dax R | devdax [ALIGN]")
             var missing: String?
             switch args[0] {
             case "pagemap-scan":
@@ -345,11 +350,22 @@ public final class ScenarioRunner {
             case "thp":
                 let mode = readSysfsAttribute("/sys/kernel/mm/transparent_hugepage/enabled") ?? "[never]"
                 if mode.contains("[never]") { missing = "transparent huge pages are disabled" }
+            case "devdax":
+                // require devdax [ALIGN]: a device in $DAXMIRROR_DEVDAX, with that alignment.
+                if let dev = ProcessInfo_env("DAXMIRROR_DEVDAX"), let name = dev.split(separator: "/").last {
+                    if args.count > 1 {
+                        let want = try bytes(args[1], "ALIGN")
+                        let have = readSysfsAttribute("/sys/bus/dax/devices/\(name)/align").flatMap { UInt64($0) }
+                        if have != want { missing = "\(dev) is aligned to \(have.map(String.init) ?? "?") bytes, not \(want)" }
+                    }
+                } else {
+                    missing = "no device-dax device here (run in the guest with --nsmode devdax; DAXMIRROR_DEVDAX)"
+                }
             case "dax":
                 try need(2, "dax R")
                 if !(try region(args[1])).mapSync { missing = "\(args[1]) is not on a DAX filesystem (MAP_SYNC refused)" }
             default:
-                throw Refusal(errno: .EINVAL, message: "unknown requirement \(args[0]) (pagemap-scan, thp, dax R)")
+                throw Refusal(errno: .EINVAL, message: "unknown requirement \(args[0]) (pagemap-scan, thp, dax R, devdax [ALIGN])")
             }
             return missing.map { [("skipped", .string($0))] } ?? []
         case "stats":
@@ -372,6 +388,8 @@ public final class ScenarioRunner {
     }
 
     // MARK: - argument helpers
+
+    private func ProcessInfo_env(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
 
     private func region(_ name: String) throws -> MappedMemory {
         guard let m = memory[deviceRegion[name] ?? name] else { throw Refusal(errno: .ENOENT, message: "no region named \(name) (map it first)") }
@@ -425,7 +443,7 @@ public final class ScenarioRunner {
             }
             at = v.end
         }
-        if let fd = m.fileDescriptor {
+        if let fd = m.fileDescriptor, m.backing.name != "devdax" {  // a device has no end of file
             var st = stat()
             fstat(fd, &st)
             let lastPageEnd = (UInt64(st.st_size) + pageSize - 1) / pageSize * pageSize

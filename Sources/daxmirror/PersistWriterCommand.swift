@@ -1,5 +1,7 @@
 import ArgumentParser
 import DaxCore
+import Mirror
+import MirrorScenario
 import PersistentMemory
 #if canImport(Glibc)
 import Glibc
@@ -29,12 +31,15 @@ struct PersistWriterCommand: ParsableCommand {
     @Option(help: "Bytes per record.") var recordSize: Int = 4096
     @Flag(help: "Reuse an existing file (its contents are lost).") var overwrite = false
     @Flag(help: "After the last record, wait to be killed instead of exiting.") var hold = false
+    @Flag(help: "Write each record as the simulated device (Mirror.write through its own aperture: pmem_memcpy_persist), not through the CPU's mapping.")
+    var throughMirror = false
 
     func validate() throws {
         guard records > 0, recordSize >= 8 else { throw ValidationError("--records must be > 0 and --record-size >= 8") }
     }
 
     func run() throws {
+        if throughMirror { return try runThroughMirror() }
         var options: MapOptions = [.create]
         if overwrite { options.insert(.overwrite) }
         let map = try PersistentMapping(path: path, size: records * recordSize, options: options)
@@ -44,6 +49,36 @@ struct PersistWriterCommand: ParsableCommand {
         for seq in 0..<records {
             RecordPattern.fill(scratch, seq: UInt64(seq))
             try map.memcpyPersist(to: seq * recordSize, from: UnsafeRawBufferPointer(scratch))
+            emit("ack \(seq)")
+        }
+        emit("done")
+        while hold { pause() }
+    }
+
+    /// The device's writes: each record goes through the mirror (a fault the
+    /// first time, then the device's own mapping) and is acknowledged when
+    /// Mirror.write returned, which is when it is durable.
+    private func runThroughMirror() throws {
+        let size = records * recordSize
+        let mem: MappedMemory
+        let mirror: Mirror
+        do {
+            mem = try MappedMemory(name: "log", kind: .file, path: path, size: size, options: .init())
+            mirror = try Mirror(region: mem.region, dax: mem.mapSync)
+        } catch let e as MirrorError {
+            throw Failure(.systemError, "cannot mirror \(path): \(e)")
+        }
+        emit("mapped map_sync=\(mem.mapSync) device_writes=through-mirror")
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: recordSize, alignment: 64)
+        defer { scratch.deallocate() }
+        for seq in 0..<records {
+            RecordPattern.fill(scratch, seq: UInt64(seq))
+            do {
+                try mirror.write(mem.address + UInt64(seq * recordSize), [UInt8](scratch))
+            } catch {
+                throw Failure(.systemError, "device write of record \(seq): \(error)")
+            }
+            if seq == 0 { emit("device_path \(mirror.writePath)") }
             emit("ack \(seq)")
         }
         emit("done")
