@@ -14,17 +14,6 @@ import MirrorScenario
 struct MirrorStressTests {
     enum Prot { case none, read, rw }
 
-    struct SplitMix {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E3779B97F4A7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
-            z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
-            return z ^ (z >> 31)
-        }
-        mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
-    }
 
     /// The oracle: what each page of the region must read as.
     struct Model {
@@ -80,7 +69,7 @@ struct MirrorStressTests {
         let seed = UInt64(ProcessInfo.processInfo.environment["DAXMIRROR_STRESS_SEED"] ?? "")
             ?? UInt64.random(in: 1...UInt64(UInt32.max))
         let replay = "seed \(seed) (replay: DAXMIRROR_STRESS_SEED=\(seed)), kind \(kind), \(Self.ops) operations"
-        var rng = SplitMix(state: seed)
+        var rng = SplitMix64(seed: seed)
         let dir = try ScratchDirectory(base: DaxEnvironment.directory ?? NSTemporaryDirectory())
         let pages = 64, page = 4096
         var m = Model(pages: pages, shared: kind != "anon")
