@@ -22,7 +22,8 @@ import PageTables
 ///     operation the region's VMA layout (/proc/self/maps) is compared with
 ///     the one last seen and changed ranges are dropped, as the kernel's
 ///     notifier would have dropped them;
-///  3. no event exists for truncate, hole punch, writeback or COW either:
+///  3. no event exists for truncate, hole punch, writeback, COW or page
+///     migration (compaction) either:
 ///     before using entries, the device checks each against pagemap (same
 ///     PFN, still present, still exclusive for a private writable page) and
 ///     drops what disagrees (`staleDropped` counts them). This is what makes
