@@ -285,6 +285,13 @@ public final class FaultTracker: @unchecked Sendable {
     /// Stops the handler and closes the userfaultfd; threads blocked in a
     /// fault wake and fault normally.
     public func stop() {
+        // Unregister first, while the handler still reads events: a forked
+        // child holds a copy of the uffd, so closing ours does not release it,
+        // and a VMA still registered to it would make the next munmap or fork
+        // of this process wait for an event nobody will read.
+        if let uffd, handler != nil, let p = UnsafeMutableRawPointer(bitPattern: UInt(bitPattern: base)) {
+            try? uffd.unregister(start: p, length: length)
+        }
         handler?.stop()
         handler = nil
         uffd?.close()
