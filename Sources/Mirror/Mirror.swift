@@ -55,7 +55,6 @@ public final class Mirror: @unchecked Sendable {
     private var ownSequence = 0
     private var trackerSeen = 0
     private var lastLayout: [VMASlice] = []
-    private var lastVMAs: [SmapsEntry] = []
 
     /// Starts mirroring `region`. With `tracking`, a FaultTracker delivers the
     /// kernel's invalidation events; without it (or where the kernel has no
@@ -94,9 +93,7 @@ public final class Mirror: @unchecked Sendable {
         } else {
             tracker = nil
         }
-        let vmas = (try? Maps.read()) ?? []
-        lastVMAs = vmas
-        lastLayout = layout(vmas)
+        lastLayout = layout((try? Maps.read()) ?? [])
     }
 
     deinit {
@@ -178,7 +175,6 @@ public final class Mirror: @unchecked Sendable {
                 }
             }
         }
-        lastVMAs = vmas
         return vmas
     }
 

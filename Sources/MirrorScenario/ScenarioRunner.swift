@@ -59,7 +59,7 @@ public final class ScenarioRunner {
         if let hash = text.firstIndex(of: "#") { text = text[..<hash] }
         // $NAME words take the environment's value (e.g. $DAXMIRROR_DEVDAX).
         var words = text.split(whereSeparator: { $0 == " " || $0 == "\t" }).map { w -> String in
-            w.hasPrefix("$") ? (getenv(String(w.dropFirst())).map { String(cString: $0) } ?? String(w)) : String(w)
+            w.hasPrefix("$") ? (environment(String(w.dropFirst())) ?? String(w)) : String(w)
         }
         guard !words.isEmpty else { return nil }
         var expectations: [(String, String)] = []
@@ -352,7 +352,7 @@ public final class ScenarioRunner {
                 if mode.contains("[never]") { missing = "transparent huge pages are disabled" }
             case "devdax":
                 // require devdax [ALIGN]: a device in $DAXMIRROR_DEVDAX, with that alignment.
-                if let dev = ProcessInfo_env("DAXMIRROR_DEVDAX"), let name = dev.split(separator: "/").last {
+                if let dev = environment("DAXMIRROR_DEVDAX"), let name = dev.split(separator: "/").last {
                     if args.count > 1 {
                         let want = try bytes(args[1], "ALIGN")
                         let have = readSysfsAttribute("/sys/bus/dax/devices/\(name)/align").flatMap { UInt64($0) }
@@ -389,7 +389,7 @@ public final class ScenarioRunner {
 
     // MARK: - argument helpers
 
-    private func ProcessInfo_env(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+    private func environment(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
 
     private func region(_ name: String) throws -> MappedMemory {
         guard let m = memory[deviceRegion[name] ?? name] else { throw Refusal(errno: .ENOENT, message: "no region named \(name) (map it first)") }
