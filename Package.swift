@@ -43,6 +43,8 @@ let package = Package(
                 dependencies: ["DaxCore", "PageTables", "FaultTracking", "CDaxShim", "CPmem"]),
         .target(name: "MirrorScenario",
                 dependencies: ["DaxCore", "PageTables", "FaultTracking", "Mirror", "CDaxShim", "CPmem"]),
+        .target(name: "ProcessInspection",
+                dependencies: ["DaxCore", "DaxDetection", "NVDIMMInventory", "PageTables"]),
         .target(name: "Capabilities",
                 dependencies: ["DaxCore", "DaxDetection", "PageTables", "Userfaultfd", "FaultTracking",
                                "NVDIMMInventory", "CDaxShim"]),
@@ -50,7 +52,7 @@ let package = Package(
             name: "daxmirror",
             dependencies: [
                 "DaxCore", "DaxDetection", "PageTables", "PersistentMemory",
-                "NVDIMMInventory", "Capabilities", "Mirror", "MirrorScenario", "FaultTracking",
+                "NVDIMMInventory", "Capabilities", "Mirror", "MirrorScenario", "FaultTracking", "ProcessInspection",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(

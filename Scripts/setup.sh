@@ -5,7 +5,7 @@
 #   Scripts/setup.sh --guest   also what the QEMU pmem guest needs (Scripts/guest.sh)
 set -euo pipefail
 
-packages=(libpmem-dev libndctl-dev libdaxctl-dev pkg-config strace)
+packages=(libpmem-dev libndctl-dev libdaxctl-dev pkg-config strace tmux)
 if [[ "${1:-}" == "--guest" ]]; then
     packages+=(qemu-system-x86 busybox-static e2fsprogs xfsprogs ndctl daxctl cpio xz-utils zstd kmod)
 fi

@@ -22,7 +22,7 @@ struct DaxMirror: ParsableCommand {
             9 invalid argument, 10 not DAX, 11 kernel lacks a feature, 12 process gone, \
             13 other system error, 14 timeout, 64 usage error.
             """,
-        subcommands: [CapsCommand.self, DevicesCommand.self, MapCommand.self, RunCommand.self,
+        subcommands: [CapsCommand.self, DevicesCommand.self, MapCommand.self, RunCommand.self, InspectCommand.self, WatchCommand.self,
                       PersistWriterCommand.self, PersistVerifyCommand.self, ProbeDaxWPCommand.self])
 
     static func main() {

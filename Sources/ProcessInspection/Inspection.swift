@@ -1,0 +1,244 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import DaxCore
+import DaxDetection
+import NVDIMMInventory
+import PageTables
+
+/// One VMA of another process, tied to its filesystem, DAX state, NVDIMM
+/// namespace and page-table truth (what `daxmirror inspect` prints).
+public struct InspectedVMA: Sendable {
+    public var vma: SmapsEntry
+    /// anonymous, shmem, file, devdax, or the kernel's name ([heap], [stack], ...)
+    public var backing: String
+    public var filesystem: String?
+    public var mountDAX: Bool?
+    public var fileDAX: Bool?
+    public var blockDevice: String?
+    public var namespace: String?
+    public var region: String?
+    public var presentPages: UInt64 = 0
+    /// Soft-dirty pages (written since the last --rearm); nil without PAGEMAP_SCAN.
+    public var writtenPages: UInt64?
+    public var pmdMappings = 0
+    public var pudMappings = 0
+    public var runs: [PageRun] = []
+
+    public var isDAX: Bool { fileDAX ?? mountDAX ?? (backing == "devdax") }
+}
+
+/// A run of pages with the same snapshot code and consecutive PFNs.
+public struct PageRun: Sendable, Equatable {
+    public var start: UInt64
+    public var end: UInt64
+    public var pfn: UInt64?
+    /// dmirror snapshot code: NONE 0, READ 1 (pagemap has no write bit: present = 1), PMD 4, ZERO 0x10
+    public var code: UInt8
+}
+
+public struct Inspection: Sendable {
+    public var pid: Int32
+    public var command: String
+    public var vmas: [InspectedVMA]
+    public var pagemapScan: Bool
+    /// The kernel tracks soft-dirty bits (CONFIG_MEM_SOFT_DIRTY): "written" means something.
+    public var softDirty: Bool
+
+    /// Reads /proc/PID/{smaps,mountinfo,pagemap} once each and ties them
+    /// together. `range` limits the VMAs; `pages` adds per-page runs;
+    /// `rearm` clears soft-dirty afterwards so the next `written` counts
+    /// only later writes.
+    public static func read(pid: Int32, range: ClosedRange<UInt64>? = nil, pages: Bool = false,
+                            rearm: Bool = false, inventory: Inventory? = nil) throws(Failure) -> Inspection {
+        let proc = "/proc/\(pid)"
+        let startTime: String
+        do { startTime = try readTextFile("\(proc)/stat") } catch { throw procFailure(error, pid, "stat-first") }
+        let command = (try? readTextFile("\(proc)/comm"))?.trimmingSpaces() ?? "?"
+        let smapsText = try readProc(pid, "smaps")
+        var all: [SmapsEntry]
+        do { all = try Smaps.parse(smapsText) } catch { throw Failure(.systemError, "cannot parse \(proc)/smaps: \(error)") }
+        if let range { all = all.filter { $0.end > range.lowerBound && $0.start <= range.upperBound } }
+        if range != nil && all.isEmpty {
+            throw Failure(.invalidArgument, "no mapping of process \(pid) overlaps the range; see `daxmirror inspect \(pid)` for its mappings")
+        }
+        let mounts = MountTable(parsing: (try? readTextFile("\(proc)/mountinfo")) ?? "")
+        let pagemap: Pagemap
+        do { pagemap = try Pagemap(pid: String(pid)) } catch { throw procFailure(error, pid, "pagemap") }
+        let scan = PagemapScanSupport.available
+        let softDirty = SoftDirty.available
+        var out: [InspectedVMA] = []
+        out.reserveCapacity(all.count)
+        var statusCache: [String: DaxStatus] = [:]
+        for v in all {
+            var r = InspectedVMA(vma: v, backing: backingName(v))
+            if r.backing == "shmem" {
+                r.filesystem = "tmpfs"
+                r.mountDAX = false
+            } else if v.inode != 0 {
+                let key = "\(v.device):\(v.inode)"
+                if statusCache[key] == nil {
+                    // The mapped file itself (root: map_files), else its path.
+                    let mapFile = "\(proc)/map_files/\(String(v.start, radix: 16))-\(String(v.end, radix: 16))"
+                    statusCache[key] = (try? DaxStatus.inspect(path: mapFile, mounts: mounts, inventory: inventory))
+                        ?? (try? DaxStatus.inspect(path: v.path, mounts: mounts, inventory: inventory))
+                }
+                if let st = statusCache[key] {
+                    r.filesystem = st.mount?.fsType
+                    r.mountDAX = st.mountMode.isDAX
+                    r.fileDAX = st.fileDAX
+                    r.blockDevice = st.blockDevice
+                    r.namespace = st.namespace?.dev
+                    r.region = inventory.flatMap { inv in
+                        inv.buses.flatMap(\.regions).first { $0.namespaces.contains { $0.dev == st.namespace?.dev } }?.dev
+                    }
+                }
+                if r.backing == "devdax", let inv = inventory {
+                    let name = String(v.path.split(separator: "/").last ?? "")
+                    for region in inv.buses.flatMap(\.regions) {
+                        if let ns = region.namespaces.first(where: { $0.chardev == name }) { r.namespace = ns.dev; r.region = region.dev }
+                    }
+                }
+            }
+            if v.kernelPageSize >= 1 << 30 { r.pudMappings = Int(v.size >> 30) }  // pagemap cannot see PUDs
+            out.append(r)
+        }
+        // Page-table truth: one PAGEMAP_SCAN walk over all the VMAs, or pagemap.
+        // (PAGEMAP_SCAN refuses ranges outside the user address space: [vsyscall].)
+        let userVMAs = out.filter { $0.vma.end <= 1 << 56 && !$0.vma.path.hasPrefix("[vsyscall]") }
+        if scan, let first = userVMAs.first?.vma.start, let last = userVMAs.last?.vma.end {
+            let regions: [PageRegion]
+            do {
+                regions = try pagemap.scanAll(start: first, end: last, anyOf: [.present, .swapped],
+                                              report: [.present, .huge, .softDirty, .pfnZero])
+            } catch { throw procFailure(error, pid, "pagemap") }
+            var vi = 0
+            for reg in regions {
+                var s = reg.start
+                while s < reg.end {
+                    while vi < out.count && out[vi].vma.end <= s { vi += 1 }
+                    guard vi < out.count else { break }
+                    let v = out[vi].vma
+                    if v.start >= reg.end { break }
+                    let lo = max(s, v.start), hi = min(reg.end, v.end)
+                    if lo < hi {
+                        let n = (hi - lo) / 4096
+                        if reg.categories.contains(.present) {
+                            out[vi].presentPages += n
+                            if reg.categories.contains(.huge) {
+                                // Count the 2 MiB spans this huge run covers.
+                                let spans = Set(stride(from: lo & ~0x1fffff, to: hi, by: 0x200000))
+                                out[vi].pmdMappings += spans.count
+                            }
+                        }
+                        if reg.categories.contains(.softDirty) { out[vi].writtenPages = (out[vi].writtenPages ?? 0) + n }
+                    }
+                    s = hi
+                }
+            }
+            for i in out.indices { out[i].writtenPages = softDirty ? (out[i].writtenPages ?? 0) : nil }
+        } else {
+            for i in out.indices {
+                let v = out[i].vma
+                do {
+                    let e = try pagemap.entries(at: v.start, count: Int(v.size / 4096))
+                    out[i].presentPages = UInt64(e.filter(\.present).count)
+                } catch { throw procFailure(error, pid, "pagemap") }
+                out[i].pmdMappings = Int((v.anonHugePages + v.filePmdMapped) >> 21)
+            }
+        }
+        if pages {
+            for i in out.indices {
+                let v = out[i].vma
+                let entries: [PagemapEntry]
+                do { entries = try pagemap.entries(at: v.start, count: Int(v.size / 4096)) } catch { throw procFailure(error, pid, "pagemap") }
+                out[i].runs = runs(entries, base: v.start)
+            }
+        }
+        // A process that exited (or whose PID was reused) mid-read is not a
+        // table to present as complete.
+        guard (try? processStartTime(pid)) == (try? processStartTime(text: startTime, pid)) else {
+            throw Failure(.processGone, "process \(pid) exited while it was being inspected")
+        }
+        if rearm {
+            let fd = open("\(proc)/clear_refs", O_WRONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw procFailure(SystemCallError("open", "\(proc)/clear_refs", errno: .current), pid, "clear_refs") }
+            defer { close(fd) }
+            guard write(fd, "4", 1) == 1 else { throw Failure(.systemError, "cannot clear soft-dirty bits of process \(pid): \(Errno.current.name)") }
+        }
+        return Inspection(pid: pid, command: command, vmas: out, pagemapScan: scan, softDirty: softDirty)
+    }
+
+    static func runs(_ entries: [PagemapEntry], base: UInt64) -> [PageRun] {
+        var out: [PageRun] = []
+        for (i, e) in entries.enumerated() {
+            let addr = base + UInt64(i) * 4096
+            let code: UInt8 = e.present ? 1 : 0
+            let pfn = e.pfn.flatMap { $0 == 0 ? nil : $0 }
+            if var last = out.last, last.end == addr, last.code == code,
+               (pfn == nil && last.pfn == nil) || (pfn != nil && last.pfn.map { $0 + (addr - last.start) / 4096 } == pfn) {
+                last.end += 4096
+                out[out.count - 1] = last
+            } else {
+                out.append(PageRun(start: addr, end: addr + 4096, pfn: pfn, code: code))
+            }
+        }
+        return out
+    }
+
+    static func backingName(_ v: SmapsEntry) -> String {
+        if v.inode == 0 { return v.path.isEmpty ? "anonymous" : v.path }
+        if v.path.hasPrefix("/dev/dax") { return "devdax" }
+        if v.path.hasPrefix("/memfd:") || v.path.hasPrefix("/dev/shm/") || v.path.hasPrefix("/SYSV")
+            || v.path == "/dev/zero (deleted)" { return "shmem" }
+        return "file"
+    }
+
+    /// Field 22 of /proc/PID/stat: tells a PID reuse from the same process.
+    static func processStartTime(_ pid: Int32) throws(Failure) -> String {
+        try processStartTime(text: try readProc(pid, "stat"), pid)
+    }
+
+    static func processStartTime(text: String, _ pid: Int32) throws(Failure) -> String {
+        guard let close = text.lastIndex(of: ")") else { throw Failure(.processGone, "process \(pid) has no stat") }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        guard fields.count > 19 else { throw Failure(.processGone, "process \(pid) exited") }
+        return String(fields[19])
+    }
+
+    static func readProc(_ pid: Int32, _ file: String) throws(Failure) -> String {
+        do { return try readTextFile("/proc/\(pid)/\(file)") } catch { throw procFailure(error, pid, file) }
+    }
+
+    static func procFailure(_ e: SystemCallError, _ pid: Int32, _ file: String) -> Failure {
+        switch e.errno {
+        case .ENOENT, .ESRCH:
+            // Gone before we read anything is "no such process"; gone after the
+            // first read (stat) is an exit during the inspection.
+            return file == "stat-first"
+                ? Failure(.notFound, "no process \(pid) (see `ps`)")
+                : Failure(.processGone, "process \(pid) exited while it was being inspected")
+        case .EACCES, .EPERM:
+            return Failure(.permissionDenied, "cannot read /proc/\(pid)/\(file): permission denied; inspecting another user's process needs ptrace read access (run as that user or as root)")
+        default:
+            return Failure.from(e, doing: "read /proc/\(pid)/\(file)")
+        }
+    }
+}
+
+/// Whether this kernel keeps soft-dirty bits (CONFIG_MEM_SOFT_DIRTY): a page
+/// this process writes after clearing its bits must show pagemap bit 55.
+public enum SoftDirty {
+    public static let available: Bool = {
+        let size = 4096
+        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else { return false }
+        defer { munmap(p, size) }
+        p.storeBytes(of: 1, as: UInt8.self)
+        let fd = open("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        _ = write(fd, "4", 1)
+        close(fd)
+        p.storeBytes(of: 2, as: UInt8.self)
+        return (try? Pagemap().entry(at: UInt64(UInt(bitPattern: p))))?.softDirty ?? false
+    }()
+}

@@ -1,0 +1,132 @@
+import ArgumentParser
+import DaxCore
+import NVDIMMInventory
+import ProcessInspection
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Set by SIGINT/SIGTERM; the loop notices within one interval.
+nonisolated(unsafe) private var stopRequested: sig_atomic_t = 0
+
+struct WatchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "watch",
+        abstract: "Watch a process's mappings live: pages present and written, PMD coverage, fault and write rates.",
+        discussion: """
+            Every --interval milliseconds, reads the process as `daxmirror inspect` does and shows, \
+            per mapping with pages present, a bar of present pages (#) and PMD-mapped ones (=) over \
+            its size, and the rates of new present pages (faults/s) and newly written pages \
+            (writes/s, from soft-dirty; "-" where the kernel has none). In a terminal the view is \
+            redrawn in place; on a pipe each interval prints plain lines; --json prints one object \
+            per interval (the inspect object plus "rates"). Ctrl-C ends it and leaves the terminal \
+            clean. Stops with exit code 12 when the process exits.
+
+            Examples:
+              daxmirror watch 1234
+              daxmirror watch 1234 --interval 200 --json | jq -c '.totals'
+              daxmirror watch 1234 --once --json          # one sample, same counts as inspect
+            """)
+
+    @Argument(help: "The process ID.") var pid: Int32
+    @Option(help: "Milliseconds between samples.") var interval: Int = 1000
+    @Flag(help: "Take one sample and exit.") var once = false
+    @Flag(help: "One JSON object per interval.") var json = false
+    @Option(help: "Stop after N samples (0: until Ctrl-C or the process exits).") var count: Int = 0
+
+    func validate() throws {
+        guard pid > 0 else { throw ValidationError("PID must be a positive number") }
+        guard interval >= 10 else { throw ValidationError("--interval must be at least 10 ms") }
+        guard count >= 0 else { throw ValidationError("--count must be >= 0") }
+    }
+
+    func run() throws {
+        let inventory = try? Inventory.read()
+        let tty = isatty(1) == 1 && !json
+        // A parent may hand us SIGINT blocked (threads of a test runner
+        // block signals, and the mask is inherited): unblock what ends us.
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGTERM)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+        signal(SIGINT) { _ in stopRequested = 1 }
+        signal(SIGTERM) { _ in stopRequested = 1 }
+        if tty { emitRaw("\u{1b}[?25l") }  // hide the cursor while redrawing
+        defer { if tty { emitRaw("\u{1b}[?25h\n") } }
+        var previous: (time: Double, present: [UInt64: UInt64], written: [UInt64: UInt64])?
+        var samples = 0
+        while stopRequested == 0 {
+            let r = try Inspection.read(pid: pid, inventory: inventory)
+            let now = monotonic()
+            var rates: [UInt64: (faults: Double, writes: Double?)] = [:]
+            if let p = previous {
+                let dt = max(now - p.time, 1e-3)
+                for v in r.vmas {
+                    let f = Double(v.presentPages) - Double(p.present[v.vma.start] ?? 0)
+                    let w = v.writtenPages.map { Double($0) - Double(p.written[v.vma.start] ?? 0) }
+                    rates[v.vma.start] = (max(f, 0) / dt, w.map { max($0, 0) / dt })
+                }
+            }
+            if json {
+                var obj = InspectCommand.json(r)
+                if case .object(var pairs) = obj {
+                    pairs.append(("time", .double(now)))
+                    pairs.append(("rates", .array(r.vmas.compactMap { v in
+                        rates[v.vma.start].map { rate in
+                            .object([("start", .string("0x" + String(v.vma.start, radix: 16))),
+                                     ("faults_per_s", .double((rate.faults * 10).rounded() / 10)),
+                                     ("writes_per_s", rate.writes.map { .double(($0 * 10).rounded() / 10) } ?? .null)])
+                        }
+                    })))
+                    obj = .object(pairs)
+                }
+                emit(obj.render(pretty: false))
+            } else {
+                let text = Self.view(r, rates: rates, interval: interval)
+                if tty { emitRaw("\u{1b}[H\u{1b}[2J" + text) } else { emit(text + "\n") }
+            }
+            previous = (now, Dictionary(r.vmas.map { ($0.vma.start, $0.presentPages) }, uniquingKeysWith: { a, _ in a }),
+                        Dictionary(r.vmas.map { ($0.vma.start, $0.writtenPages ?? 0) }, uniquingKeysWith: { a, _ in a }))
+            samples += 1
+            if once || (count > 0 && samples >= count) { break }
+            // Sleep in slices so Ctrl-C ends the wait at once.
+            var left = interval
+            while left > 0 && stopRequested == 0 { usleep(UInt32(min(left, 50)) * 1000); left -= 50 }
+        }
+    }
+
+    static func view(_ r: Inspection, rates: [UInt64: (faults: Double, writes: Double?)], interval: Int) -> String {
+        var lines = ["daxmirror watch \(r.pid) (\(r.command)) every \(interval) ms   # present  = PMD-mapped   Ctrl-C to stop"]
+        let width = 32
+        for v in r.vmas where v.presentPages > 0 {
+            let pages = max(v.vma.size / 4096, 1)
+            let filled = Int((v.presentPages * UInt64(width) + pages - 1) / pages)
+            let pmd = min(filled, Int((UInt64(v.pmdMappings) * 512 * UInt64(width)) / pages))
+            let bar = String(repeating: "=", count: pmd) + String(repeating: "#", count: max(filled - pmd, 0))
+                + String(repeating: ".", count: max(width - filled, 0))
+            let rate = rates[v.vma.start].map { r in
+                String(format1(r.faults)) + " faults/s " + (r.writes.map { format1($0) + " writes/s" } ?? "- writes/s")
+            } ?? ""
+            let name = v.vma.inode != 0 ? String(v.vma.path.split(separator: "/").last ?? "") : v.backing
+            lines.append(String(v.vma.start, radix: 16) + " [" + bar + "] " + String(v.presentPages) + "/" + String(pages)
+                         + (v.pmdMappings > 0 ? " pmd \(v.pmdMappings)" : "") + (v.isDAX ? " DAX" : "") + " " + name
+                         + (rate.isEmpty ? "" : "  " + rate))
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    static func format1(_ v: Double) -> String { String((v * 10).rounded() / 10) }
+
+    private func monotonic() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}
+
+/// Writes without a newline (terminal control sequences).
+func emitRaw(_ s: String) {
+    var s = s
+    s.withUTF8 { buf in _ = Glibc.write(1, buf.baseAddress, buf.count) }
+}

@@ -1,0 +1,208 @@
+import Foundation
+import Testing
+import DaxCore
+
+/// `daxmirror inspect` against a process it did not create: a small Python
+/// program maps anonymous memory and a shared file (on the DAX mount in the
+/// guest), touches a known set of pages, and waits.
+@Suite("inspect (another process)", .serialized)
+struct InspectTests {
+    static let program = #"""
+import ctypes, mmap, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+P, MB2 = 4096, 2 << 20
+def aligned(size):  # a 2 MiB-aligned window for a PMD-mappable file mapping
+    r = libc.mmap(None, size + MB2, 0, 0x22 | 0x4000, -1, 0)
+    return (r + MB2 - 1) & ~(MB2 - 1)
+anon = libc.mmap(None, 64 * P, 3, 0x22, -1, 0)               # PROT_READ|WRITE, MAP_PRIVATE|ANONYMOUS
+for i in range(0, 64, 4): ctypes.memset(anon + i * P, 1, 1)   # 16 pages written
+path = sys.argv[1]
+fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+os.ftruncate(fd, 8 * MB2)
+at = aligned(8 * MB2)
+f = libc.mmap(at, 8 * MB2, 3, 0x01 | 0x10, fd, 0)            # MAP_SHARED|MAP_FIXED
+for i in range(10): ctypes.memset(f + i * P, 2, 1)           # 10 pages in chunk 0
+ctypes.memset(f + 3 * MB2 + 5 * P, 3, 1)                     # and one in chunk 3
+print(os.getpid(), hex(anon), hex(f), flush=True)
+sys.stdin.read()
+"""#
+
+    final class Child {
+        let process = Process()
+        let input = Pipe()
+        let output = Pipe()
+        var pid: Int32 = 0
+        var anon: UInt64 = 0
+        var file: UInt64 = 0
+        init(path: String) throws {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+            process.arguments = ["-c", InspectTests.program, path]
+            process.standardInput = input
+            process.standardOutput = output
+            try process.run()
+            var data = Data()
+            while !data.contains(UInt8(ascii: "\n")) {
+                let more = output.fileHandleForReading.availableData
+                if more.isEmpty { break }
+                data.append(more)
+            }
+            let line = String(decoding: data, as: UTF8.self)
+            let f = line.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+            guard f.count == 3 else { throw POSIXError(.EIO) }
+            pid = Int32(f[0])!
+            anon = UInt64(f[1].dropFirst(2), radix: 16)!
+            file = UInt64(f[2].dropFirst(2), radix: 16)!
+        }
+        deinit {
+            try? input.fileHandleForWriting.close()
+            process.waitUntilExit()
+        }
+    }
+
+    static func smapsRss(pid: Int32, start: UInt64) throws -> UInt64 {
+        let text = try readTextFile("/proc/\(pid)/smaps")  // (Foundation reads /proc files as empty)
+        var inside = false
+        for line in text.split(separator: "\n") {
+            if let dash = line.firstIndex(of: "-"), let s = UInt64(line[..<dash], radix: 16), line.contains(" ") && !line.hasPrefix("Rss") {
+                inside = s == start
+            } else if inside && line.hasPrefix("Rss:") {
+                return UInt64(line.split(separator: " ")[1])! * 1024
+            }
+        }
+        throw POSIXError(.ENOENT)
+    }
+
+    @Test func reportsExactlyThePagesTheProgramTouched() throws {
+        let dir = try ScratchDirectory(base: DaxEnvironment.directory ?? NSTemporaryDirectory())
+        let child = try Child(path: dir.file("mapped.dat"))
+        let r = try CLI.daxmirror(["inspect", String(child.pid), "--json"])
+        try #require(r.status == 0, "\(r.stderr)")
+        let j = try CLI.json(r)
+        let vmas = try #require(j["vmas"] as? [[String: Any]])
+        let anon = try #require(vmas.first { $0["start"] as? String == "0x" + String(child.anon, radix: 16) })
+        let file = try #require(vmas.first { $0["start"] as? String == "0x" + String(child.file, radix: 16) })
+        #expect(anon["present_pages"] as? Int == 16)
+        #expect(anon["rss"] as? Int == Int(try Self.smapsRss(pid: child.pid, start: child.anon)))
+        #expect(file["rss"] as? Int == Int(try Self.smapsRss(pid: child.pid, start: child.file)))
+        if j["soft_dirty"] as? Bool == true {
+            #expect(anon["written_pages"] as? Int == 16)
+        }
+        if let dax = DaxEnvironment.directory {
+            _ = dax
+            #expect(file["dax"] as? Bool == true)
+            #expect(file["namespace"] as? String == "namespace0.0")
+            // ext4 on a fresh filesystem maps a written sparse 2 MiB chunk with one PMD.
+            if file["filesystem"] as? String == "ext4" {
+                #expect(file["pmd"] as? Int == 2, "\(file)")
+                #expect(file["present_pages"] as? Int == 1024, "\(file)")
+            }
+        } else {
+            #expect(file["dax"] as? Bool == false)
+            #expect(file["present_pages"] as? Int == 11)
+        }
+        // The human table has the same rows.
+        let t = try CLI.daxmirror(["inspect", String(child.pid)])
+        #expect(t.status == 0 && t.stdout.contains(String(child.file, radix: 16)) && t.stdout.contains("total ("))
+    }
+
+    @Test func badInputIsOneLineWithADistinctCode() throws {
+        let gone = try CLI.daxmirror(["inspect", "999999"])
+        #expect(gone.status == 3 && gone.stderrLines.count == 1, "\(gone.stderr)")
+        let garbage = try CLI.daxmirror(["inspect", "1", "--range", "nothex"])
+        #expect(garbage.status == 64 && garbage.stderrLines.count == 1)
+        let outside = try CLI.daxmirror(["inspect", String(getpid()), "--range", "10-20"])
+        #expect(outside.status == 9 && outside.stderrLines.count == 1, "\(outside.stderr)")
+        if getuid() == 0, which("setpriv") != nil {
+            let denied = try CLI.run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", CLI.binary, "inspect", "1"])
+            #expect(denied.status == 5 && denied.stderrLines.count == 1, "\(denied.status) \(denied.stderr)")
+            #expect(denied.stderr.contains("permission denied"))
+        }
+    }
+
+    /// A process that exits around the inspection: the answer is a complete
+    /// table (it was still there), "no process" (3) or "exited while being
+    /// inspected" (12) — never another code, never a traceback.
+    @Test func aProcessExitingDuringInspectionIsReportedNotHalfPrinted() throws {
+        var seen = Set<Int32>()
+        for _ in 0..<20 {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/bin/sleep")
+            p.arguments = ["0.02"]
+            try p.run()
+            let r = try CLI.daxmirror(["inspect", String(p.processIdentifier), "--json"])
+            seen.insert(r.status)
+            #expect([0, 3, 12].contains(r.status), "\(r.status): \(r.stderr)")
+            if r.status != 0 { #expect(r.stdout.isEmpty && r.stderrLines.count == 1) }
+            p.waitUntilExit()
+        }
+        print("inspect of exiting processes: exit codes seen \(seen.sorted())")
+    }
+}
+
+@Suite("watch (another process)", .serialized)
+struct WatchTests {
+    @Test func onceJSONHasTheSameCountsAsInspect() throws {
+        let dir = try ScratchDirectory(base: DaxEnvironment.directory ?? NSTemporaryDirectory())
+        let child = try InspectTests.Child(path: dir.file("watched.dat"))
+        let w = try CLI.daxmirror(["watch", String(child.pid), "--once", "--json"])
+        let i = try CLI.daxmirror(["inspect", String(child.pid), "--json"])
+        #expect(w.status == 0 && i.status == 0, "\(w.stderr) \(i.stderr)")
+        let wt = try #require(try CLI.json(w)["totals"] as? [String: Any])
+        let it = try #require(try CLI.json(i)["totals"] as? [String: Any])
+        for key in ["vmas", "present_pages", "pmd", "pud"] {
+            #expect(wt[key] as? Int == it[key] as? Int, "\(key): watch \(wt[key] ?? "-"), inspect \(it[key] ?? "-")")
+        }
+    }
+
+    @Test func onAPipeItPrintsLinesAndStopsOnSIGINT() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: CLI.binary)
+        p.arguments = ["watch", String(getpid()), "--interval", "100"]
+        // Output to a file: a pipe nobody reads would fill and block the writer.
+        let dir = try ScratchDirectory()
+        FileManager.default.createFile(atPath: dir.file("out"), contents: nil)
+        p.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.file("out")))
+        try p.run()
+        usleep(600_000)
+        kill(p.processIdentifier, SIGINT)
+        let deadline = Date().addingTimeInterval(5)
+        while p.isRunning && Date() < deadline { usleep(20_000) }
+        #expect(!p.isRunning, "watch did not stop on SIGINT")
+        if p.isRunning { p.terminate() }
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        let text = try readTextFile(dir.file("out"))
+        #expect(!text.contains("\u{1b}["), "no terminal control sequences on a pipe")
+        #expect(text.components(separatedBy: "daxmirror watch").count - 1 >= 3, "several samples printed")
+    }
+
+    /// In a terminal (tmux): the view is redrawn in place, not scrolled, and
+    /// Ctrl-C leaves the cursor visible and the shell usable.
+    @Test(.enabled(if: which("tmux") != nil, "tmux is not installed (Scripts/setup.sh installs it)"))
+    func inATerminalItRedrawsAndCtrlCLeavesItClean() throws {
+        let session = "dmwatch\(getpid())"
+        // Through sh, output to a file: the tmux server daemonizes from the
+        // client and must not hold the runner's descriptors.
+        func tmux(_ args: [String]) throws -> RunResult {
+            let quoted = args.map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
+            return try CLI.run("/bin/sh", ["-c", "tmux \(quoted) </dev/null 2>&1"])
+        }
+        _ = try tmux(["new-session", "-d", "-s", session, "-x", "160", "-y", "50",
+                      "\(CLI.binary) watch \(getpid()) --interval 100; echo WATCH-EXIT=$?; sleep 30"])
+        defer { _ = try? tmux(["kill-session", "-t", session]) }
+        usleep(1_500_000)
+        let screen1 = try tmux(["capture-pane", "-p", "-t", session]).stdout
+        usleep(500_000)
+        let history = try tmux(["display-message", "-p", "-t", session, "#{history_size}"]).stdout
+        #expect(screen1.components(separatedBy: "daxmirror watch").count - 1 == 1, "one view on screen:\n\(screen1)")
+        #expect(history.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "the view scrolled: history \(history)")
+        _ = try tmux(["send-keys", "-t", session, "C-c"])
+        usleep(800_000)
+        let screen2 = try tmux(["capture-pane", "-p", "-t", session]).stdout
+        #expect(screen2.contains("WATCH-EXIT=0"), "\(screen2)")
+        let cursor = try tmux(["display-message", "-p", "-t", session, "#{cursor_flag}"]).stdout
+        #expect(cursor.trimmingCharacters(in: .whitespacesAndNewlines) == "1", "cursor left hidden")
+    }
+}
