@@ -1,4 +1,5 @@
 import ArgumentParser
+import CDaxShim
 import DaxCore
 import NVDIMMInventory
 import ProcessInspection
@@ -52,8 +53,10 @@ struct WatchCommand: ParsableCommand {
         pthread_sigmask(SIG_UNBLOCK, &set, nil)
         signal(SIGINT) { _ in stopRequested = 1 }
         signal(SIGTERM) { _ in stopRequested = 1 }
-        if tty { emitRaw("\u{1b}[?25l") }  // hide the cursor while redrawing
-        defer { if tty { emitRaw("\u{1b}[?25h\n") } }
+        // The alternate screen (as top and less use it): redrawing never
+        // scrolls the user's history, and leaving it restores what was there.
+        if tty { emitRaw("\u{1b}[?1049h\u{1b}[?25l") }
+        defer { if tty { emitRaw("\u{1b}[?25h\u{1b}[?1049l") } }
         var previous: (time: Double, present: [UInt64: UInt64], written: [UInt64: UInt64])?
         var samples = 0
         while stopRequested == 0 {
@@ -83,8 +86,16 @@ struct WatchCommand: ParsableCommand {
                 }
                 emit(obj.render(pretty: false))
             } else {
-                let text = Self.view(r, rates: rates, interval: interval)
-                if tty { emitRaw("\u{1b}[H\u{1b}[2J" + text) } else { emit(text + "\n") }
+                if tty {
+                    // Home, each line cleared to its end, then the rest of the
+                    // screen: no full clear, so no flicker and nothing scrolls.
+                    var rows: UInt32 = 0, columns: UInt32 = 0
+                    if dm_terminal_size(1, &rows, &columns) != 0 || rows == 0 { rows = 24; columns = 80 }
+                    let lines = Self.view(r, rates: rates, interval: interval, fit: (Int(rows), Int(columns)))
+                    emitRaw("\u{1b}[H" + lines.map { $0 + "\u{1b}[K" }.joined(separator: "\r\n") + "\u{1b}[J")
+                } else {
+                    emit(Self.view(r, rates: rates, interval: interval, fit: nil).joined(separator: "\n") + "\n")
+                }
             }
             previous = (now, Dictionary(r.vmas.map { ($0.vma.start, $0.presentPages) }, uniquingKeysWith: { a, _ in a }),
                         Dictionary(r.vmas.map { ($0.vma.start, $0.writtenPages ?? 0) }, uniquingKeysWith: { a, _ in a }))
@@ -96,7 +107,10 @@ struct WatchCommand: ParsableCommand {
         }
     }
 
-    static func view(_ r: Inspection, rates: [UInt64: (faults: Double, writes: Double?)], interval: Int) -> String {
+    /// The view's lines; `fit` (rows, columns) cuts it to one terminal
+    /// screen, the last row saying how many mappings did not fit.
+    static func view(_ r: Inspection, rates: [UInt64: (faults: Double, writes: Double?)], interval: Int,
+                     fit: (rows: Int, columns: Int)?) -> [String] {
         var lines = ["daxmirror watch \(r.pid) (\(r.command)) every \(interval) ms   # present  = PMD-mapped   Ctrl-C to stop"]
         let width = 32
         for v in r.vmas where v.presentPages > 0 {
@@ -113,7 +127,12 @@ struct WatchCommand: ParsableCommand {
                          + (v.pmdMappings > 0 ? " pmd \(v.pmdMappings)" : "") + (v.isDAX ? " DAX" : "") + " " + name
                          + (rate.isEmpty ? "" : "  " + rate))
         }
-        return lines.joined(separator: "\n")
+        guard let fit else { return lines }
+        if lines.count > fit.rows {
+            let hidden = lines.count - (fit.rows - 1)
+            lines = Array(lines.prefix(fit.rows - 1)) + ["... \(hidden) more mappings with pages present (a taller terminal, or --json, shows all)"]
+        }
+        return lines.map { $0.count > fit.columns ? String($0.prefix(fit.columns)) : $0 }
     }
 
     static func format1(_ v: Double) -> String { String((v * 10).rounded() / 10) }

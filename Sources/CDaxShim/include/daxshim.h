@@ -336,4 +336,29 @@ static inline long dm_process_vm_write(int pid, const void *local, void *remote,
 #include <malloc.h>
 static inline size_t dm_heap_bytes_in_use(void) { return mallinfo2().uordblks; }
 
+// ---------------------------------------------------------------------------
+// ioctl(TIOCGWINSZ) (tty_ioctl(4)): the terminal's rows and columns, so
+// `watch` draws one screen that fits and never scrolls. 0 when fd is not a
+// terminal.
+// ---------------------------------------------------------------------------
+#include <sys/ioctl.h>
+static inline int dm_terminal_size(int fd, unsigned *rows, unsigned *columns) {
+    struct winsize w;
+    if (ioctl(fd, TIOCGWINSZ, &w) != 0) return -1;
+    *rows = w.ws_row;
+    *columns = w.ws_col;
+    return 0;
+}
+
+// ---------------------------------------------------------------------------
+// pidfd_open(2) (Linux 5.3): a descriptor for one process that polls readable
+// (POLLIN) once it exits. `inspect` holds one across its reads to tell "the
+// process exited mid-read" without re-reading /proc/PID/stat, and PID reuse
+// cannot fool it.
+// ---------------------------------------------------------------------------
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+static inline int dm_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0U); }
+
 #endif // DAXSHIM_H
