@@ -44,7 +44,7 @@ let package = Package(
         .target(name: "MirrorScenario",
                 dependencies: ["DaxCore", "PageTables", "FaultTracking", "Mirror", "CDaxShim", "CPmem"]),
         .target(name: "ProcessInspection",
-                dependencies: ["DaxCore", "DaxDetection", "NVDIMMInventory", "PageTables"]),
+                dependencies: ["CDaxShim", "DaxCore", "DaxDetection", "NVDIMMInventory", "PageTables"]),
         .target(name: "Capabilities",
                 dependencies: ["DaxCore", "DaxDetection", "PageTables", "Userfaultfd", "FaultTracking",
                                "NVDIMMInventory", "CDaxShim"]),

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CDaxShim
 import DaxCore
 import DaxDetection
 import NVDIMMInventory
@@ -22,8 +23,13 @@ public struct InspectedVMA: Sendable {
     /// Soft-dirty pages (written since the last --rearm); nil without PAGEMAP_SCAN.
     public var writtenPages: UInt64?
     public var pmdMappings = 0
+    /// False where the PMD count cannot be known: a DAX mapping on a kernel
+    /// without PAGEMAP_SCAN (smaps counts no DAX pages, pagemap has no size bit).
+    public var pmdKnown = true
     public var pudMappings = 0
     public var runs: [PageRun] = []
+    /// One snapshot code per page (with `pages`).
+    public var codes: [UInt8] = []
 
     public var isDAX: Bool { fileDAX ?? mountDAX ?? (backing == "devdax") }
 }
@@ -33,8 +39,10 @@ public struct PageRun: Sendable, Equatable {
     public var start: UInt64
     public var end: UInt64
     public var pfn: UInt64?
-    /// dmirror snapshot code: NONE 0, READ 1 (pagemap has no write bit: present = 1), PMD 4, ZERO 0x10
+    /// dmirror's SNAPSHOT code (lib/test_hmm_uapi.h): the flags below.
     public var code: UInt8
+
+    public static let read: UInt8 = 0x01, write: UInt8 = 0x02, pmd: UInt8 = 0x04, pud: UInt8 = 0x08, zero: UInt8 = 0x10
 }
 
 public struct Inspection: Sendable {
@@ -52,8 +60,18 @@ public struct Inspection: Sendable {
     public static func read(pid: Int32, range: ClosedRange<UInt64>? = nil, pages: Bool = false,
                             rearm: Bool = false, inventory: Inventory? = nil) throws(Failure) -> Inspection {
         let proc = "/proc/\(pid)"
-        let startTime: String
-        do { startTime = try readTextFile("\(proc)/stat") } catch { throw procFailure(error, pid, "stat-first") }
+        // Held across the reads: it polls readable if the process exits
+        // meanwhile. Kernels before 5.3 have no pidfd: compare the start time
+        // in /proc/PID/stat before and after instead.
+        let pidfd = dm_pidfd_open(pid)
+        var startTime: String?
+        if pidfd < 0 {
+            let e = Errno.current
+            if e == .ESRCH { throw Failure(.notFound, "no process \(pid) (see `ps`)") }
+            guard e == .ENOSYS else { throw Failure(.systemError, "pidfd_open(\(pid)) failed: \(e.name)") }
+            do { startTime = try readTextFile("\(proc)/stat") } catch { throw procFailure(error, pid, "stat-first") }
+        }
+        defer { if pidfd >= 0 { close(pidfd) } }
         let command = (try? readTextFile("\(proc)/comm"))?.trimmingSpaces() ?? "?"
         let smapsText = try readProc(pid, "smaps")
         var all: [SmapsEntry]
@@ -106,8 +124,9 @@ public struct Inspection: Sendable {
         // Page-table truth: one PAGEMAP_SCAN walk over all the VMAs, or pagemap.
         // (PAGEMAP_SCAN refuses ranges outside the user address space: [vsyscall].)
         let userVMAs = out.filter { $0.vma.end <= 1 << 56 && !$0.vma.path.hasPrefix("[vsyscall]") }
+        var regions: [PageRegion] = []
+        var entriesRead: [Int: [PagemapEntry]] = [:]
         if scan, let first = userVMAs.first?.vma.start, let last = userVMAs.last?.vma.end {
-            let regions: [PageRegion]
             do {
                 regions = try pagemap.scanAll(start: first, end: last, anyOf: [.present, .swapped],
                                               report: [.present, .huge, .softDirty, .pfnZero])
@@ -138,28 +157,41 @@ public struct Inspection: Sendable {
             }
             for i in out.indices { out[i].writtenPages = softDirty ? (out[i].writtenPages ?? 0) : nil }
         } else {
-            for i in out.indices {
+            // No PAGEMAP_SCAN (before 6.7): pagemap, a VMA at a time; PMDs from
+            // smaps, which sees anonymous and page-cache THPs but not DAX.
+            for i in out.indices where out[i].vma.end <= 1 << 56 {
                 let v = out[i].vma
-                do {
-                    let e = try pagemap.entries(at: v.start, count: Int(v.size / 4096))
-                    out[i].presentPages = UInt64(e.filter(\.present).count)
-                } catch { throw procFailure(error, pid, "pagemap") }
+                let e: [PagemapEntry]
+                do { e = try pagemap.entries(at: v.start, count: Int(v.size / 4096)) } catch { throw procFailure(error, pid, "pagemap") }
+                out[i].presentPages = UInt64(e.lazy.filter(\.present).count)
+                if softDirty { out[i].writtenPages = UInt64(e.lazy.filter { ($0.present || $0.swapped) && $0.softDirty }.count) }
                 out[i].pmdMappings = Int((v.anonHugePages + v.filePmdMapped) >> 21)
+                out[i].pmdKnown = !out[i].isDAX
+                if pages { entriesRead[i] = e }
             }
         }
         if pages {
             for i in out.indices {
                 let v = out[i].vma
                 let entries: [PagemapEntry]
-                do { entries = try pagemap.entries(at: v.start, count: Int(v.size / 4096)) } catch { throw procFailure(error, pid, "pagemap") }
-                out[i].runs = runs(entries, base: v.start)
+                if let e = entriesRead[i] { entries = e } else {
+                    do { entries = try pagemap.entries(at: v.start, count: Int(v.size / 4096)) } catch { throw procFailure(error, pid, "pagemap") }
+                }
+                let codes = pageCodes(out[i], entries, regions: regions, softDirty: softDirty)
+                out[i].runs = runs(codes, entries, base: v.start)
+                out[i].codes = codes
             }
         }
         // A process that exited (or whose PID was reused) mid-read is not a
         // table to present as complete.
-        guard (try? processStartTime(pid)) == (try? processStartTime(text: startTime, pid)) else {
-            throw Failure(.processGone, "process \(pid) exited while it was being inspected")
+        var exited: Bool
+        if pidfd >= 0 {
+            var p = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+            exited = poll(&p, 1, 0) != 0
+        } else {
+            exited = (try? processStartTime(pid)) != (try? processStartTime(text: startTime ?? "", pid))
         }
+        guard !exited else { throw Failure(.processGone, "process \(pid) exited while it was being inspected") }
         if rearm {
             let fd = open("\(proc)/clear_refs", O_WRONLY | O_CLOEXEC)
             guard fd >= 0 else { throw procFailure(SystemCallError("open", "\(proc)/clear_refs", errno: .current), pid, "clear_refs") }
@@ -169,11 +201,43 @@ public struct Inspection: Sendable {
         return Inspection(pid: pid, command: command, vmas: out, pagemapScan: scan, softDirty: softDirty)
     }
 
-    static func runs(_ entries: [PagemapEntry], base: UInt64) -> [PageRun] {
+    /// dmirror's SNAPSHOT codes for the CPU side of one VMA, from pagemap
+    /// and the PAGEMAP_SCAN regions: the picture language `daxmirror run`
+    /// uses for the mirror. WRITE means the CPU can write the page without a
+    /// fault: a private page must be anonymous and exclusive; a shared page
+    /// of shmem or device-dax always is; a shared file page once written
+    /// (soft-dirty; where the kernel keeps no soft-dirty bits it shows READ).
+    static func pageCodes(_ v: InspectedVMA, _ entries: [PagemapEntry], regions: [PageRegion], softDirty: Bool) -> [UInt8] {
+        var codes = [UInt8](repeating: 0, count: entries.count)
+        let base = v.vma.start
+        let pud = v.vma.kernelPageSize >= 1 << 30
+        for (i, e) in entries.enumerated() {
+            guard e.present || (pud && v.vma.readable) else { continue }
+            var writable = v.vma.writable
+            if !v.vma.isShared { writable = writable && e.exclusive && !e.fileOrShared }
+            else if v.backing == "file" { writable = writable && softDirty && e.softDirty }
+            codes[i] = (writable ? PageRun.write : PageRun.read) | (pud ? PageRun.pud : 0)
+        }
+        // HUGE and PFNZERO come from PAGEMAP_SCAN (regions are sorted).
+        var r = regions.firstIndex { $0.end > base } ?? regions.endIndex
+        while r < regions.count, regions[r].start < v.vma.end {
+            let reg = regions[r]
+            let lo = Int((max(reg.start, base) - base) / 4096), hi = Int((min(reg.end, v.vma.end) - base) / 4096)
+            for i in lo..<hi where codes[i] != 0 {
+                if reg.categories.contains(.pfnZero) { codes[i] = (codes[i] & ~PageRun.write) | PageRun.read | PageRun.zero }
+                if reg.categories.contains(.huge) && !pud { codes[i] |= PageRun.pmd }
+            }
+            r += 1
+        }
+        return codes
+    }
+
+    /// Runs of pages with one code and consecutive PFNs.
+    static func runs(_ codes: [UInt8], _ entries: [PagemapEntry], base: UInt64) -> [PageRun] {
         var out: [PageRun] = []
         for (i, e) in entries.enumerated() {
             let addr = base + UInt64(i) * 4096
-            let code: UInt8 = e.present ? 1 : 0
+            let code = codes[i]
             let pfn = e.pfn.flatMap { $0 == 0 ? nil : $0 }
             if var last = out.last, last.end == addr, last.code == code,
                (pfn == nil && last.pfn == nil) || (pfn != nil && last.pfn.map { $0 + (addr - last.start) / 4096 } == pfn) {

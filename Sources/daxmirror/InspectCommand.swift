@@ -2,6 +2,7 @@ import ArgumentParser
 import DaxCore
 import NVDIMMInventory
 import PageTables
+import Mirror
 import ProcessInspection
 #if canImport(Glibc)
 import Glibc
@@ -14,14 +15,23 @@ struct InspectCommand: ParsableCommand {
         discussion: """
             One row per mapping (VMA), in the style of `pmap -X`: address range, permissions, \
             size, Rss (smaps), pages present in the page table (pagemap), pages written since \
-            the last --rearm (soft-dirty, through PAGEMAP_SCAN; "-" on kernels without it), \
-            PMD and PUD entries (PAGEMAP_SCAN HUGE; smaps KernelPageSize for device-dax), \
+            the last --rearm (soft-dirty bits; "-" on kernels built without them), \
+            PMD and PUD entries (PAGEMAP_SCAN HUGE; smaps KernelPageSize for device-dax; on a \
+            kernel without PAGEMAP_SCAN, such as 6.1, smaps AnonHugePages/FilePmdMapped, and "?" \
+            for DAX mappings, whose huge entries nothing else reveals), \
             whether the mapping is DAX (the file's STATX_ATTR_DAX, else the mount's dax option), \
             the filesystem, block device and ndctl namespace, and userfaultfd registration \
             (VmFlags um/uw/ui). Totals at the end.
 
             smaps reports Rss 0 for DAX mappings even when pages are mapped: "present" is the \
             page table's own count and is the one to trust there.
+
+            --pages adds, per mapping, a picture of its pages in the language of the mirror's \
+            snapshots (`daxmirror run --text`): . none, r read, w write (the CPU can write \
+            without a fault), z zero page, R/W/Z the same in a 2 MiB PMD, u/U in a 1 GiB PUD; \
+            one character per 4 KiB up to 256 pages, else per 2 MiB ("+" where they differ); \
+            then the runs of pages with their code and PFN range. JSON gives the runs and \
+            "codes", the snapshot's run-length form ("15*512": code 0x15 for 512 pages).
 
             Needs the access the kernel asks for /proc/PID/pagemap: ptrace read (same user, or \
             root); PFNs (--pages) need CAP_SYS_ADMIN. A process that exits while being read \
@@ -83,7 +93,7 @@ struct InspectCommand: ParsableCommand {
             if let g = v.region { pairs.append(("region", .string(g))) }
             pairs += [("rss", .uint(v.vma.rss)), ("present_pages", .uint(v.presentPages)),
                       ("written_pages", v.writtenPages.map { .uint($0) } ?? .null),
-                      ("pmd", .int(Int64(v.pmdMappings))), ("pud", .int(Int64(v.pudMappings))),
+                      ("pmd", v.pmdKnown ? .int(Int64(v.pmdMappings)) : .null), ("pud", .int(Int64(v.pudMappings))),
                       ("file_pmd_mapped", .uint(v.vma.filePmdMapped)), ("anon_huge_pages", .uint(v.vma.anonHugePages)),
                       ("kernel_page_size", .uint(v.vma.kernelPageSize)),
                       ("uffd", .array(v.vma.userfaultfdFlags.map { .string($0) }))]
@@ -92,14 +102,15 @@ struct InspectCommand: ParsableCommand {
                     .object([("start", .string("0x" + hex(run.start))), ("end", .string("0x" + hex(run.end))),
                              ("pfn", run.pfn.map { .string("0x" + hex($0)) } ?? .null), ("code", .int(Int64(run.code)))])
                 })))
+                pairs.append(("codes", .string(v.codes.map(SnapshotCode.init(rawValue:)).runLengthHex)))
             }
             return .object(pairs)
         }
         return .object([("pid", .int(Int64(r.pid))), ("command", .string(r.command)),
                         ("pagemap_scan", .bool(r.pagemapScan)), ("soft_dirty", .bool(r.softDirty)), ("vmas", .array(vmas)),
                         ("totals", .object([("vmas", .int(Int64(r.vmas.count))), ("rss", .uint(trss)),
-                                            ("present_pages", .uint(tp)), ("written_pages", r.pagemapScan && r.softDirty ? .uint(tw) : .null),
-                                            ("pmd", .int(Int64(tpmd))), ("pud", .int(Int64(tpud)))]))])
+                                            ("present_pages", .uint(tp)), ("written_pages", r.softDirty ? .uint(tw) : .null),
+                                            ("pmd", r.vmas.allSatisfy(\.pmdKnown) ? .int(Int64(tpmd)) : .null), ("pud", .int(Int64(tpud)))]))])
     }
 
     static func table(_ r: Inspection) -> String {
@@ -124,16 +135,21 @@ struct InspectCommand: ParsableCommand {
             lines.append(pad(hex(v.vma.start) + "-" + hex(v.vma.end), 25) + " " + v.vma.perms + " "
                          + pad(ByteSize.human(v.vma.size), 9, right: true) + pad(ByteSize.human(v.vma.rss), 9, right: true)
                          + pad(String(v.presentPages), 9, right: true) + pad(v.writtenPages.map(String.init) ?? "-", 9, right: true)
-                         + pad(String(v.pmdMappings), 5, right: true) + pad(String(v.pudMappings), 4, right: true)
+                         + pad(v.pmdKnown ? String(v.pmdMappings) : "?", 5, right: true) + pad(String(v.pudMappings), 4, right: true)
                          + (v.isDAX ? "  yes  " : "  no   ") + where_)
+            if !v.codes.isEmpty {
+                lines += SnapshotPicture.rows(v.codes).map { "    " + $0 }
+            }
             for run in v.runs where run.code != 0 {
                 let pfn = run.pfn.map { "pfn " + hex($0) + "-" + hex($0 + (run.end - run.start) / 4096 - 1) } ?? "pfn hidden"
-                lines.append("    " + hex(run.start) + "-" + hex(run.end) + "  " + String((run.end - run.start) / 4096) + " pages  " + pfn)
+                lines.append("    " + hex(run.start) + "-" + hex(run.end) + "  " + String((run.end - run.start) / 4096) + " pages  "
+                             + String(SnapshotPicture.glyph(run.code)) + "  " + pfn)
             }
         }
+        if r.vmas.contains(where: { !$0.codes.isEmpty }) { lines.append("pages: " + SnapshotPicture.legend) }
         lines.append(pad("total (\(r.vmas.count) mappings)", 30) + pad(ByteSize.human(tsize), 9, right: true)
                      + pad(ByteSize.human(trss), 9, right: true) + pad(String(tp), 9, right: true)
-                     + pad(r.pagemapScan && r.softDirty ? String(tw) : "-", 9, right: true) + pad(String(tpmd), 5, right: true)
+                     + pad(r.softDirty ? String(tw) : "-", 9, right: true) + pad(String(tpmd), 5, right: true)
                      + pad(String(tpud), 4, right: true))
         return lines.joined(separator: "\n")
     }

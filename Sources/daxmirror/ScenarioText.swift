@@ -1,10 +1,7 @@
 import DaxCore
 
 /// `daxmirror run --text`: each answer as one readable line, and snapshots
-/// as a picture — one character per page (one per 2 MiB span when the range
-/// is larger than 256 pages; "+" for a span whose pages differ):
-///   .  NONE   r  READ   w  WRITE   z  ZERO (read)   !  ERROR
-///   R W Z  the same mapped by a PMD (2 MiB)   U u  by a PUD (1 GiB, write/read)
+/// as a picture (`SnapshotPicture`).
 enum ScenarioText {
     static func render(_ answer: JSON) -> String {
         guard case .object(let pairs) = answer else { return answer.render(pretty: false) }
@@ -44,16 +41,7 @@ enum ScenarioText {
 
     static func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
 
-    static func glyph(_ code: UInt8) -> Character {
-        if code == 0xff { return "!" }
-        if code == 0 { return "." }
-        let write = code & 0x02 != 0, zero = code & 0x10 != 0
-        if code & 0x08 != 0 { return write ? "U" : "u" }
-        if code & 0x04 != 0 { return zero ? "Z" : (write ? "W" : "R") }
-        return zero ? "z" : (write ? "w" : "r")
-    }
-
-    /// Expands "15*512,02*3" into glyphs, 64 per row (rows of 2 MiB when coarse).
+    /// Expands "15*512,02*3" into a picture.
     static func picture(_ rle: String, pages: Int) -> String {
         var codes: [UInt8] = []
         for run in rle.split(separator: ",") {
@@ -61,20 +49,6 @@ enum ScenarioText {
             guard parts.count == 2, let c = UInt8(parts[0], radix: 16), let n = Int(parts[1]) else { continue }
             codes.append(contentsOf: repeatElement(c, count: n))
         }
-        // Up to 256 pages one character each; beyond, one per 2 MiB span: its
-        // glyph when all its pages agree, "+" when they differ.
-        let step = codes.count > 256 ? 512 : 1
-        let glyphs: [Character] = stride(from: 0, to: codes.count, by: step).map { i in
-            let span = codes[i..<min(i + step, codes.count)]
-            return span.allSatisfy { $0 == codes[i] } ? glyph(codes[i]) : "+"
-        }
-        var rows: [String] = []
-        var i = 0
-        while i < glyphs.count {
-            rows.append(String(glyphs[i..<min(i + 64, glyphs.count)]))
-            i += 64
-        }
-        let unit = step == 1 ? "1 char = 4 KiB" : "1 char = 2 MiB"
-        return rows.joined(separator: "\n              ") + "   (\(unit))"
+        return SnapshotPicture.rows(codes).joined(separator: "\n              ")
     }
 }
