@@ -15,7 +15,7 @@ runs=5
 Scripts/setup.sh >/dev/null
 swift build -c release --product daxmirror-bench 2>&1 | tail -n 1
 cbench=$(mktemp)
-trap 'rm -f "$cbench"' EXIT
+trap 'rm -f "$cbench" "$cbench.trace"' EXIT
 gcc -O2 -Wall -o "$cbench" Benchmarks/baseline/bench.c -lpthread
 sbench=.build/release/daxmirror-bench
 cpu=0
@@ -39,3 +39,25 @@ read -r bpp bpe entries pages < <("$sbench" table 256)
 echo "device table, 256 MiB of 4 KiB pages: ${bpp} B per mirrored page (${entries} entries for ${pages} pages; goal <= 16)"
 read -r bpp bpe entries pages < <("$sbench" table 256 huge)
 echo "device table, 256 MiB of THP: ${entries} entries for ${pages} pages (one per PMD), ${bpe} B per entry (the table's own count)"
+
+# inspect of a process with 10,000 VMAs (goal: under 1 s of CPU, each /proc
+# file read once). The reference row is procps' `pmap -X` of the same process,
+# which reads smaps alone.
+swift build -c release --product daxmirror 2>&1 | tail -n 1
+vmas=10000
+coproc HOLDER { "$cbench" vmas $vmas; }
+read -r holder <&"${HOLDER[0]}"
+cpu_of() {  # user+system CPU seconds of a command, from the kernel's rusage
+    python3 -c 'import resource, subprocess, sys
+subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=True)
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print("%.3f" % (r.ru_utime + r.ru_stime))' "$@"
+}
+mapped=$(wc -l < "/proc/$holder/maps")
+d=$(for _ in $(seq "$runs"); do cpu_of .build/release/daxmirror inspect "$holder" --json; done | median)
+p=$(for _ in $(seq "$runs"); do cpu_of pmap -X "$holder"; done | median)
+strace -f -qq -e trace=openat -o "$cbench.trace" .build/release/daxmirror inspect "$holder" --json >/dev/null
+opens=$(grep -o "\"/proc/$holder/[a-z_/]*\"" "$cbench.trace" | sort | uniq -c | awk '{printf "%s%s x%s", sep, $2, $1; sep=", "}')
+echo "inspect of a process with $mapped VMAs: ${d} s CPU (goal < 1 s); pmap -X of it ${p} s; /proc files opened: ${opens}"
+exec {HOLDER[1]}>&-
+wait "$HOLDER_PID" 2>/dev/null || true

@@ -120,11 +120,29 @@ static int bench_rangefault(long mib) {
     return 0;
 }
 
+/* A process with `count` VMAs for the inspect benchmark: one reservation of
+ * `count` pages, every other page made writable and touched (so neighbours
+ * cannot merge), then it waits for its stdin to close. */
+static int hold_vmas(long count) {
+    char *m = mmap(NULL, count * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) { perror("mmap"); return 1; }
+    for (long i = 0; i < count; i += 2) {
+        if (mprotect(m + i * page, page, PROT_READ | PROT_WRITE)) { perror("mprotect"); return 1; }
+        m[i * page] = 1;
+    }
+    printf("%d\n", getpid());
+    fflush(stdout);
+    char c;
+    while (read(0, &c, 1) > 0) {}
+    return 0;
+}
+
 int main(int argc, char **argv) {
     page = sysconf(_SC_PAGESIZE);
     if (argc >= 3 && !strcmp(argv[1], "missing")) return bench_missing(atol(argv[2]));
     if (argc >= 4 && !strcmp(argv[1], "scan")) return bench_scan(atol(argv[2]), atol(argv[3]), argc > 4 ? atoi(argv[4]) : 20);
     if (argc >= 3 && !strcmp(argv[1], "rangefault")) return bench_rangefault(atol(argv[2]));
-    fprintf(stderr, "usage: bench missing PAGES | bench scan MIB PCT [ROUNDS] | bench rangefault MIB\n");
+    if (argc >= 3 && !strcmp(argv[1], "vmas")) return hold_vmas(atol(argv[2]));
+    fprintf(stderr, "usage: bench missing PAGES | bench scan MIB PCT [ROUNDS] | bench rangefault MIB | bench vmas COUNT\n");
     return 2;
 }
