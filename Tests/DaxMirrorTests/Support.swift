@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import DaxCore
 
 /// Runs the built `daxmirror` (or any program) with a hard timeout and
 /// collects its output. Tests drive the CLI as a user would.
@@ -23,46 +24,59 @@ enum CLI {
         try run(binary, args, env: env, timeout: timeout)
     }
 
+    /// Spawns with posix_spawn and reaps with waitpid itself: Foundation's
+    /// `Process` learns of an exit from SIGCHLD, which is lost while the test
+    /// runner's main thread sits in `dispatch_main`'s sigsuspend with SIGCHLD
+    /// ignored (seen with `tmux new-session -d`: the zombie was never
+    /// reaped). The child starts with no signals blocked and default
+    /// dispositions: a runner thread may hand it SIGINT blocked.
     static func run(_ program: String, _ args: [String], env: [String: String] = [:],
                     timeout: TimeInterval = 120, stdin: String? = nil) throws -> RunResult {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: program)
-        p.arguments = args
         var environment = ProcessInfo.processInfo.environment
         environment.removeValue(forKey: "PMEM_IS_PMEM_FORCE")
         for (k, v) in env { environment[k] = v }
-        p.environment = environment
         // Output goes to files, so a chatty child never blocks on a full pipe.
         let dir = try ScratchDirectory()
-        _ = FileManager.default.createFile(atPath: dir.file("out"), contents: nil)
-        _ = FileManager.default.createFile(atPath: dir.file("err"), contents: nil)
-        let out = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.file("out")))
-        let err = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.file("err")))
-        p.standardOutput = out
-        p.standardError = err
-        if let stdin {
-            try stdin.write(toFile: dir.file("in"), atomically: true, encoding: .utf8)
-            p.standardInput = FileHandle(forReadingAtPath: dir.file("in"))
-        } else {
-            p.standardInput = FileHandle.nullDevice
-        }
-        try p.run()
+        if let stdin { try stdin.write(toFile: dir.file("in"), atomically: true, encoding: .utf8) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, stdin == nil ? "/dev/null" : dir.file("in"), O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, dir.file("out"), O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_addopen(&actions, 2, dir.file("err"), O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var none = sigset_t(), all = sigset_t()
+        sigemptyset(&none)
+        sigfillset(&all)
+        posix_spawnattr_setsigmask(&attributes, &none)
+        posix_spawnattr_setsigdefault(&attributes, &all)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let argv = ([program] + args).map { strdup($0) } + [nil]
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { (argv + envp).forEach { free($0) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, program, &actions, &attributes, argv, envp)
+        guard rc == 0 else { throw POSIXError(POSIXErrorCode(rawValue: rc) ?? .EIO) }
         let deadline = Date().addingTimeInterval(timeout)
         var timedOut = false
-        while p.isRunning {
-            if Date() > deadline {
+        var status: Int32 = 0
+        while true {
+            let r = waitpid(pid, &status, WNOHANG)
+            if r == pid { break }
+            if r < 0 && errno != EINTR { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .ECHILD) }
+            if !timedOut && Date() > deadline {
                 timedOut = true
-                kill(p.processIdentifier, SIGKILL)
-                break
+                kill(pid, SIGKILL)
             }
             usleep(2000)
         }
-        p.waitUntilExit()
-        try out.close()
-        try err.close()
-        return RunResult(status: p.terminationStatus,
-                         stdout: try String(contentsOfFile: dir.file("out"), encoding: .utf8),
-                         stderr: try String(contentsOfFile: dir.file("err"), encoding: .utf8), timedOut: timedOut)
+        // WIFEXITED / WEXITSTATUS / WTERMSIG, spelled out (macros are not imported).
+        let signal = status & 0x7f
+        let code: Int32 = signal == 0 ? (status >> 8) & 0xff : 128 + signal
+        return RunResult(status: code, stdout: try readTextFile(dir.file("out")),
+                         stderr: try readTextFile(dir.file("err")), timedOut: timedOut)
     }
 
     /// Parses stdout as a JSON object, failing the test if it is not one.
