@@ -47,10 +47,11 @@ func benchScan(mib: Int, pct: Int, rounds: Int) throws {
     let step = 100 / pct
     var total = 0.0
     var found = 0
+    var runs: [TrackedRun] = []  // one array for every epoch, as a tracker re-armed often would keep
     for r in 0..<rounds {
         for i in stride(from: r % step, to: pages, by: step) { p.storeBytes(of: 1, toByteOffset: i * page, as: UInt8.self) }
         let t0 = now()
-        let runs = try tracker.rearm()
+        try tracker.rearm(into: &runs)
         total += now() - t0
         found += runs.reduce(0) { $0 + Int($1.end - $1.start) / page }
     }

@@ -83,9 +83,14 @@ static int bench_scan(long mib, long pct, int rounds) {
     long step = 100 / pct;
     double total = 0;
     long found = 0;
+    /* The written runs are collected, as the Swift tracker returns them, in
+     * one array kept across rounds (grown when needed). */
+    struct dm_page_region *runs = NULL;
+    size_t nruns = 0, cap = 0;
     for (int r = 0; r < rounds; r++) {
         for (long i = r % step; i < pages; i += step) m[i * page] = 1;
         double t0 = now();
+        nruns = 0;
         unsigned long at = (unsigned long)m, end = at + len;
         while (at < end) {
             struct dm_pm_scan_arg a = {.size = sizeof a, .flags = DM_PM_SCAN_WP_MATCHING | DM_PM_SCAN_CHECK_WPASYNC,
@@ -93,12 +98,20 @@ static int bench_scan(long mib, long pct, int rounds) {
                                        .category_mask = DM_PAGE_IS_WRITTEN, .return_mask = DM_PAGE_IS_WRITTEN | DM_PAGE_IS_PRESENT | DM_PAGE_IS_HUGE};
             long n = ioctl(pm, DM_PAGEMAP_SCAN, &a);
             if (n < 0) { perror("PAGEMAP_SCAN"); return 1; }
-            for (long k = 0; k < n; k++) found += (vec[k].end - vec[k].start) / page;
+            if (nruns + n > cap) {
+                cap = cap ? cap * 2 : 1024;
+                while (cap < nruns + n) cap *= 2;
+                runs = realloc(runs, cap * sizeof *runs);
+            }
+            memcpy(runs + nruns, vec, n * sizeof *vec);
+            nruns += n;
             if (a.walk_end <= at || a.walk_end >= end) break;
             at = a.walk_end;
         }
         total += now() - t0;
+        for (size_t k = 0; k < nruns; k++) found += (runs[k].end - runs[k].start) / page;
     }
+    free(runs);
     printf("%.1f %ld\n", total / rounds * 1e6, found / rounds);
     return 0;
 }

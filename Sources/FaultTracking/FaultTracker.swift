@@ -24,11 +24,8 @@ public enum MissingResolver: @unchecked Sendable {
 }
 
 /// A page range [start, end) with what the kernel says of it.
-public struct TrackedRun: Sendable, Equatable {
-    public var start: UInt64
-    public var end: UInt64
-    public var categories: PageCategories
-}
+/// A run of pages with the same categories: PAGEMAP_SCAN's own region.
+public typealias TrackedRun = PageRegion
 
 /// One tracker interface over every userfaultfd / pagemap mechanism: which
 /// pages of a region the CPU faulted in (or wrote), and the invalidating
@@ -253,18 +250,36 @@ public final class FaultTracker: @unchecked Sendable {
         guard mechanism == .asyncWriteProtect else {
             throw Failure(.unsupported, "rearm needs the async_wp mechanism (this tracker uses \(mechanism.rawValue))")
         }
-        return try scan(required: .written, report: [.written, .present, .huge],
-                        flags: Pagemap.scanWPMatching | Pagemap.scanCheckWPAsync)
+        var runs: [TrackedRun] = []
+        try rearm(into: &runs)
+        return runs
+    }
+
+    /// `rearm()` into a caller's array (emptied first, its storage kept): a
+    /// tracker re-armed every few milliseconds need not allocate each time.
+    public func rearm(into runs: inout [TrackedRun]) throws(Failure) {
+        guard mechanism == .asyncWriteProtect else {
+            throw Failure(.unsupported, "rearm needs the async_wp mechanism (this tracker uses \(mechanism.rawValue))")
+        }
+        runs.removeAll(keepingCapacity: true)
+        try scan(required: .written, report: [.written, .present, .huge],
+                 flags: Pagemap.scanWPMatching | Pagemap.scanCheckWPAsync, into: &runs)
     }
 
     private func scan(required: PageCategories, anyOf: PageCategories = [], report: PageCategories,
                       flags: UInt64) throws(Failure) -> [TrackedRun] {
+        var runs: [TrackedRun] = []
+        try scan(required: required, anyOf: anyOf, report: report, flags: flags, into: &runs)
+        return runs
+    }
+
+    private func scan(required: PageCategories, anyOf: PageCategories = [], report: PageCategories,
+                      flags: UInt64, into runs: inout [TrackedRun]) throws(Failure) {
         let s = UInt64(UInt(bitPattern: base))
         do {
             if pagemap == nil { pagemap = try Pagemap() }
-            return try pagemap!.scanAll(start: s, end: s + UInt64(length), required: required, anyOf: anyOf,
-                                         report: report, flags: flags)
-                .map { TrackedRun(start: $0.start, end: $0.end, categories: $0.categories) }
+            try pagemap!.scanAll(start: s, end: s + UInt64(length), required: required, anyOf: anyOf,
+                                 report: report, flags: flags, into: &runs)
         } catch {
             throw Failure.from(error, doing: "scan")
         }

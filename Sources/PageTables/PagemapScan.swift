@@ -32,6 +32,11 @@ public struct PageRegion: Sendable, Equatable {
     public var start: UInt64
     public var end: UInt64
     public var categories: PageCategories
+    public init(start: UInt64, end: UInt64, categories: PageCategories) {
+        self.start = start
+        self.end = end
+        self.categories = categories
+    }
 }
 
 extension Pagemap {
@@ -81,6 +86,13 @@ extension Pagemap {
     public func scanAll(start: UInt64, end: UInt64, required: PageCategories = [], anyOf: PageCategories = [],
                         report: PageCategories = .all, flags: UInt64 = 0) throws(SystemCallError) -> [PageRegion] {
         var out: [PageRegion] = []
+        try scanAll(start: start, end: end, required: required, anyOf: anyOf, report: report, flags: flags, into: &out)
+        return out
+    }
+
+    /// `scanAll`, appending to `out`.
+    public func scanAll(start: UInt64, end: UInt64, required: PageCategories = [], anyOf: PageCategories = [],
+                        report: PageCategories = .all, flags: UInt64 = 0, into out: inout [PageRegion]) throws(SystemCallError) {
         // One output vector for every call of the walk.
         var vec = [dm_page_region](repeating: dm_page_region(), count: 512)
         var arg = dm_pm_scan_arg()
@@ -98,14 +110,14 @@ extension Pagemap {
                 arg.vec_len = UInt64(buf.count)
                 return try Syscall.retrying("PAGEMAP_SCAN", "/proc/\(pid)/pagemap") { dm_pagemap_scan(fd.rawValue, &arg) }
             }
-            out.reserveCapacity(out.count + n)
+            // (No reserveCapacity(count + n) here: reserving exactly, call after
+            // call, reallocates and copies the whole array every time.)
             for i in 0..<n {
                 out.append(PageRegion(start: vec[i].start, end: vec[i].end, categories: PageCategories(rawValue: vec[i].categories)))
             }
             if arg.walk_end <= at || arg.walk_end >= end { break }
             at = arg.walk_end
         }
-        return out
     }
 
     public static let scanWPMatching: UInt64 = 1 << 0
