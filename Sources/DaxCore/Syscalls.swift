@@ -8,15 +8,17 @@ import CDaxShim
 public enum Syscall {
     /// Runs `body` until it stops failing with EINTR; throws on -1.
     @discardableResult
+    /// `subject` (a path, usually interpolated) is built only for an error:
+    /// hot loops such as the PAGEMAP_SCAN walk call this thousands of times.
     public static func retrying<T: BinaryInteger>(
-        _ call: String, _ subject: String? = nil, _ body: () -> T
+        _ call: String, _ subject: @autoclosure () -> String? = nil, _ body: () -> T
     ) throws(SystemCallError) -> T {
         while true {
             let rc = body()
             if rc != -1 { return rc }
             let e = Errno.current
             if e == .EINTR { continue }
-            throw SystemCallError(call, subject, errno: e)
+            throw SystemCallError(call, subject(), errno: e)
         }
     }
 

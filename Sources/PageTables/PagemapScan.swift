@@ -110,10 +110,13 @@ extension Pagemap {
                 arg.vec_len = UInt64(buf.count)
                 return try Syscall.retrying("PAGEMAP_SCAN", "/proc/\(pid)/pagemap") { dm_pagemap_scan(fd.rawValue, &arg) }
             }
-            // (No reserveCapacity(count + n) here: reserving exactly, call after
-            // call, reallocates and copies the whole array every time.)
-            for i in 0..<n {
-                out.append(PageRegion(start: vec[i].start, end: vec[i].end, categories: PageCategories(rawValue: vec[i].categories)))
+            // One bulk append per call: it grows the array geometrically and
+            // skips the per-element uniqueness check of append(_:) (an exact
+            // reserveCapacity(count + n) would instead reallocate every call).
+            vec.withUnsafeBufferPointer { buf in
+                out.append(contentsOf: buf[0..<n].lazy.map {
+                    PageRegion(start: $0.start, end: $0.end, categories: PageCategories(rawValue: $0.categories))
+                })
             }
             if arg.walk_end <= at || arg.walk_end >= end { break }
             at = arg.walk_end
