@@ -13,4 +13,26 @@ bundle=$here/.build/debug/daxmirrorPackageTests.xctest
 export DAXMIRROR_STRESS_OPS=${DAXMIRROR_STRESS_OPS:-1000}
 export DAXMIRROR_STRESS_KINDS=${DAXMIRROR_STRESS_KINDS:-file}
 echo "guest-tests.sh: kernel $(uname -r), DAX mount $(grep " $DAXMIRROR_DAX_DIR " /proc/mounts | cut -d' ' -f1,3,4)"
-exec "$bundle" --testing-library swift-testing "$@"
+# A watchdog short of guest.sh's own timeout: a suite that hangs is reported
+# with where every process of it waits (wchan, kernel stack), not just killed.
+limit=${DAXMIRROR_SUITE_TIMEOUT:-600}
+"$bundle" --testing-library swift-testing "$@" &
+suite=$!
+waited=0
+while kill -0 "$suite" 2>/dev/null && [ "$waited" -lt "$limit" ]; do sleep 1; waited=$((waited + 1)); done
+if kill -0 "$suite" 2>/dev/null; then
+    echo "guest-tests.sh: the suite still runs after ${limit}s; where its processes wait:"
+    for p in $(ls /proc | grep -E '^[0-9]+$'); do
+        [ "$p" = "$$" ] && continue
+        grep -qE "daxmirror|python3|tmux" "/proc/$p/cmdline" 2>/dev/null || continue
+        echo "--- pid $p: $(tr '\0' ' ' < "/proc/$p/cmdline" | cut -c1-160)"
+        for t in /proc/"$p"/task/*; do
+            echo "    task ${t##*/} ($(cat "$t/comm")) state $(cut -d' ' -f3 "$t/stat") wchan $(cat "$t/wchan")"
+            sed 's/^/        /' "$t/stack" 2>/dev/null | head -n 14
+        done
+    done
+    echo w > /proc/sysrq-trigger 2>/dev/null || true
+    kill -9 "$suite"
+    exit 124
+fi
+wait "$suite"

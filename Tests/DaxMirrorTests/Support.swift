@@ -70,6 +70,13 @@ enum CLI {
                 timedOut = true
                 kill(pid, SIGKILL)
             }
+            // A child stuck in the kernel survives SIGKILL: give up on it rather
+            // than hold this test (and a thread of the runner's pool) forever.
+            if timedOut && Date() > deadline.addingTimeInterval(30) {
+                let stuck = (try? readTextFile("/proc/\(pid)/wchan")) ?? "?"
+                return RunResult(status: -1, stdout: (try? readTextFile(dir.file("out"))) ?? "",
+                                 stderr: "(\(program) did not die of SIGKILL within 30 s: it waits in the kernel at \(stuck))", timedOut: true)
+            }
             usleep(2000)
         }
         // WIFEXITED / WEXITSTATUS / WTERMSIG, spelled out (macros are not imported).
