@@ -7,10 +7,10 @@
 # for fault tracking, >= 0.8 for the mirror's range fault) and the device
 # table's memory per mirrored page as malloc counts it (goal <= 16 B per 4 KiB
 # page, one entry per PMD).
-#   Scripts/bench.sh [--runs 5]
+#   Scripts/bench.sh [--runs 9]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=5
+runs=9
 [[ ${1:-} == --runs ]] && runs=$2
 Scripts/setup.sh >/dev/null
 swift build -c release --product daxmirror-bench 2>&1 | tail -n 1
@@ -21,15 +21,27 @@ sbench=.build/release/daxmirror-bench
 cpu=0
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-echo "placement: both pinned to CPU $cpu (taskset -c $cpu); $runs runs each, medians; kernel $(uname -r)"
+echo "placement: both pinned to CPU $cpu (taskset -c $cpu); $runs runs each, C and Swift alternating; medians; kernel $(uname -r)"
+# paired WORKLOAD...: runs C then Swift, $runs times, alternating (so drift on a
+# shared machine hits both); prints "C-median Swift-median pair-ratio-median"
+# where a pair's ratio is Swift/C for rates and C/Swift for times (set by $per).
+paired() {
+    local i c s
+    for i in $(seq "$runs"); do
+        c=$(taskset -c $cpu "$cbench" "$@" | cut -d' ' -f1)
+        s=$(taskset -c $cpu "$sbench" "$@" | cut -d' ' -f1)
+        echo "$c $s"
+    done | python3 -c 'import sys, statistics as st
+rows = [tuple(map(float, l.split())) for l in sys.stdin]
+r = [(s / c) if sys.argv[1] == "rate" else (c / s) for c, s in rows]
+print("%g %g %.2f (pairs %.2f-%.2f)" % (st.median(c for c, _ in rows), st.median(s for _, s in rows), st.median(r), min(r), max(r)))' "$per"
+}
 pages=65536
-c=$(for _ in $(seq "$runs"); do taskset -c $cpu "$cbench" missing $pages; done | median)
-s=$(for _ in $(seq "$runs"); do taskset -c $cpu "$sbench" missing $pages; done | median)
-echo "anon MISSING faults/s, one handler thread, $pages pages: C $c, Swift $s, ratio $(echo "scale=2; $s / $c" | bc)"
+read -r c s ratio rest < <(per=rate paired missing $pages)
+echo "anon MISSING faults/s, one handler thread, $pages pages: C $c, Swift $s, ratio $ratio $rest"
 
-c=$(for _ in $(seq "$runs"); do taskset -c $cpu "$cbench" scan 1024 10 | cut -d' ' -f1; done | median)
-s=$(for _ in $(seq "$runs"); do taskset -c $cpu "$sbench" scan 1024 10 | cut -d' ' -f1; done | median)
-echo "PAGEMAP_SCAN + re-arm of 1 GiB, 10% written (26214 pages): C ${c} us, Swift ${s} us, ratio (C/Swift time) $(echo "scale=2; $c / $s" | bc)"
+read -r c s ratio rest < <(per=time paired scan 1024 10)
+echo "PAGEMAP_SCAN + re-arm of 1 GiB, 10% written (26214 pages): C ${c} us, Swift ${s} us, ratio (C/Swift time) $ratio $rest"
 
 c=$(for _ in $(seq "$runs"); do taskset -c $cpu "$cbench" rangefault 256; done | median)
 s=$(for _ in $(seq "$runs"); do taskset -c $cpu "$sbench" rangefault 256; done | median)
