@@ -186,7 +186,7 @@ struct FaultTrackingTests {
         p.storeBytes(of: 3, as: UInt8.self)
         nonisolated(unsafe) var status: Int32 = 0
         let ok = finishes(within: 30, rescue: { tracker.stop() }) {
-            let pid = fork()
+            let pid = dm_raw_fork()  // not glibc fork(): see dm_raw_fork
             if pid == 0 {
                 // The child touches an untouched page: its uffd was closed by the tracker,
                 // so the fault is handled normally instead of hanging.

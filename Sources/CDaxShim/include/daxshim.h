@@ -285,12 +285,22 @@ static inline long dm_pagemap_scan(int pagemap_fd, struct dm_pm_scan_arg *arg) {
 // process only async-signal-safe code is allowed, so this cannot be Swift.
 // ---------------------------------------------------------------------------
 #include <sys/wait.h>
+#include <signal.h>
+/// fork(2) as the bare system call (clone with SIGCHLD), without glibc's
+/// fork(): that one runs the atfork handlers first and so holds the
+/// allocator's locks while the kernel makes the forking thread wait for
+/// every EVENT_FORK uffd's handler to read its FORK event. A handler that
+/// then allocates — or lazily binds a symbol, or instantiates Swift metadata
+/// on first use — deadlocks against the forker (seen: `fork-write` in a
+/// scenario hung once in a few hundred runs). The child may only run
+/// async-signal-safe code and must leave with exit_group.
+static inline pid_t dm_raw_fork(void) { return (pid_t)syscall(SYS_clone, (unsigned long)SIGCHLD, 0UL, 0UL, 0UL, 0UL); }
 /// fork(2); the child fills [addr, addr+len) with `byte` and exits 0; the
 /// parent waits for it. Returns the child's wait status, or -1 (errno).
 static inline int dm_fork_fill(void *addr, size_t len, int byte) {
-    pid_t pid = fork();
+    pid_t pid = dm_raw_fork();
     if (pid < 0) return -1;
-    if (pid == 0) { memset(addr, byte, len); _exit(0); }
+    if (pid == 0) { memset(addr, byte, len); syscall(SYS_exit_group, 0); }
     int status = 0;
     while (waitpid(pid, &status, 0) < 0) { if (errno != EINTR) return -1; }
     return status;
