@@ -22,7 +22,11 @@ struct MirrorTests {
             nonisolated(unsafe) let target = half
             let t = try JoinableThread {
                 usleep(UInt32.random(in: 0..<400))
-                munmap(target, size / 2)
+                // Unmapped by a fixed PROT_NONE mapping over it, which the kernel
+                // does as an munmap (the same notifier and UNMAP event) but which
+                // keeps the addresses ours: a bare munmap would free them for
+                // another test's mmap, which `mem`'s own munmap would then destroy.
+                _ = mmap(target, size / 2, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
             }
             do {
                 let (bytes, faults) = try mirror.read(mem.address, size)
