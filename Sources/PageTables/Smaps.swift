@@ -183,12 +183,13 @@ public enum Maps {
     /// Only the VMAs overlapping [start, end): the rest of the lines are
     /// skipped after their addresses are read (a process can have thousands).
     public static func read(pid: String = "self", overlapping start: UInt64, _ end: UInt64) throws(SystemCallError) -> [SmapsEntry] {
-        headers(try readTextFile("/proc/\(pid)/maps")) { s, e in e > start && s < end }
+        // maps is sorted by address: stop at the first VMA at or past `end`.
+        headers(try readTextFile("/proc/\(pid)/maps"), stopAt: end) { s, e in e > start && s < end }
     }
 
     /// The headers whose [start, end) `keep` accepts; lines are addressed
-    /// first and parsed whole only when kept.
-    private static func headers(_ text: String, keep: (UInt64, UInt64) -> Bool) -> [SmapsEntry] {
+    /// first and parsed whole only when kept; none at or past `stopAt`.
+    private static func headers(_ text: String, stopAt: UInt64 = .max, keep: (UInt64, UInt64) -> Bool) -> [SmapsEntry] {
         var text = text
         return text.withUTF8 { buf in
             var out: [SmapsEntry] = []
@@ -198,6 +199,7 @@ public enum Maps {
                 at = line.end + 1
                 let first = line.i
                 guard let s = line.hex(), line.i < line.end, buf[line.i] == 45 else { continue }
+                if s >= stopAt { break }
                 line.i += 1
                 guard let e = line.hex(), keep(s, e) else { continue }
                 line.i = first
