@@ -76,14 +76,6 @@ public enum Smaps {
         try readTextFile("/proc/\(pid)/smaps")
     }
 
-    /// "7f12-7f34 rw-s 00000000 fd:01 1234   /path with spaces"
-    static func parseHeader(_ line: Substring) -> SmapsEntry? {
-        var copy = String(line)
-        return copy.withUTF8 { buf in
-            var l = ProcLine(buf, from: 0)
-            return l.header()
-        }
-    }
 }
 
 /// One line of a /proc text file, read with a cursor over its bytes.

@@ -219,7 +219,11 @@ public struct Inspection: Sendable {
             codes[i] = (writable ? PageRun.write : PageRun.read) | (pud ? PageRun.pud : 0)
         }
         // HUGE and PFNZERO come from PAGEMAP_SCAN (regions are sorted).
-        var r = regions.firstIndex { $0.end > base } ?? regions.endIndex
+        // The first region ending past this VMA (binary search: --pages visits
+        // every VMA, and a process can have thousands of regions).
+        var lo = 0, hi = regions.count
+        while lo < hi { let mid = (lo + hi) / 2; if regions[mid].end > base { hi = mid } else { lo = mid + 1 } }
+        var r = lo
         while r < regions.count, regions[r].start < v.vma.end {
             let reg = regions[r]
             let lo = Int((max(reg.start, base) - base) / 4096), hi = Int((min(reg.end, v.vma.end) - base) / 4096)
