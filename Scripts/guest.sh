@@ -7,7 +7,8 @@
 #
 #   Scripts/guest.sh [options] -- COMMAND [ARG...]
 #
-#   --kernel stable|backports|newest  Debian's 6.1 / 6.12 (default) / newest packaged
+#   --kernel stable|backports|newest|hmm  Debian's 6.1 / 6.12 (default) / newest packaged /
+#                                     6.12 built here with the kernel's HMM test driver
 #   --fs ext4|xfs                     filesystem on the pmem (default ext4)
 #   --pmem-size SIZE                  NVDIMM size for qemu, e.g. 1G (default 1G)
 #   --mem SIZE                        guest RAM (default 2G)

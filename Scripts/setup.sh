@@ -3,11 +3,16 @@
 # second run installs nothing and makes no network request.
 #   Scripts/setup.sh           build + host tests
 #   Scripts/setup.sh --guest   also what the QEMU pmem guest needs (Scripts/guest.sh)
+#   Scripts/setup.sh --hmm     and what building the HMM test kernel needs
 set -euo pipefail
 
 packages=(libpmem-dev libndctl-dev libdaxctl-dev pkg-config strace tmux)
-if [[ "${1:-}" == "--guest" ]]; then
+if [[ "${1:-}" == "--guest" || "${1:-}" == "--hmm" ]]; then
     packages+=(qemu-system-x86 busybox-static e2fsprogs xfsprogs ndctl daxctl cpio xz-utils zstd kmod)
+fi
+# Building the guest kernel with the kernel's HMM test driver (Scripts/guest/build-hmm-kernel.sh).
+if [[ "${1:-}" == "--hmm" ]]; then
+    packages+=(make flex bison bc libelf-dev libssl-dev)
 fi
 
 missing=()

@@ -7,7 +7,13 @@
 #      Debian's kernels (6.1, 6.12, newest), where the DAX tests run for real;
 #   4. device-dax namespaces (1 GiB and 2 MiB alignment): the mirror's PUD and
 #      PMD entries against the device's base and pagemap;
-#   5. the power-cut crash test on real pmem (20 hard power-offs).
+#   5. the power-cut crash test on real pmem (20 hard power-offs);
+#   6. the kernel's own HMM test driver as the oracle: a 6.12 guest kernel built
+#      here with TEST_HMM (cached), the kernel's hmm-tests on ext4-DAX and
+#      xfs-DAX, the conformance table (every Scenarios/differential case on
+#      anonymous, shmem, ext4-DAX and xfs-DAX memory, daxmirror against the
+#      kernel's dmirror), and 10,000 random operations per memory type through
+#      both, compared after every operation.
 # Environment: DAXMIRROR_KERNELS="stable backports newest" and
 # DAXMIRROR_POWERCUTS=20 narrow or widen the run; DAXMIRROR_HOST_ONLY=1 skips
 # the guest (the DAX tests then report themselves skipped).
@@ -81,6 +87,26 @@ if [[ ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
     step "guest newest/devdax 1G: one PUD entry, device base + offset" devdax_scenario 1G devdax_pud.scn
     step "guest newest/devdax 2M: PMD entries matching pagemap" devdax_scenario 2M devdax_pmd.scn
     step "power cuts on real pmem (ext4-DAX)" python3 Scripts/powercut-test.py --rounds "${DAXMIRROR_POWERCUTS:-20}"
+
+    # The kernel's own dmirror as the oracle.
+    step "hmm: the guest kernel with the HMM test driver (built once, then cached)" Scripts/guest/build-hmm-kernel.sh
+    if hmm=$(Scripts/guest/build-hmm-kernel.sh 2>/dev/null); then
+        for fs in ext4 xfs; do
+            kinds=file; [[ $fs == ext4 ]] && kinds=anon,shmem,file
+            step "hmm/$fs: the kernel's own hmm-tests on $fs-DAX (the baseline)" \
+                Scripts/guest.sh --kernel hmm --fs $fs -- "$PWD/Scripts/hmm-tests-baseline.sh" "$hmm/hmm-tests"
+            step "hmm/$fs: conformance table, daxmirror against the kernel's dmirror ($kinds)" \
+                Scripts/guest.sh --kernel hmm --fs $fs -- "$PWD/Scripts/differential.sh" --kinds $kinds
+            step "hmm/$fs: ${DAXMIRROR_DIFF_OPS:-10000} random operations per memory type through both ($kinds)" \
+                env DAXMIRROR_GUEST_ENV="DAXMIRROR_STRESS_KINDS=$kinds DAXMIRROR_DIFF_OPS=${DAXMIRROR_DIFF_OPS:-10000} DAXMIRROR_SUITE_TIMEOUT=2880" \
+                Scripts/guest.sh --kernel hmm --fs $fs --timeout 3000 -- Scripts/guest-tests.sh --filter randomOperationsAgreeWithTheKernel
+        done
+        echo
+        echo "conformance: daxmirror against the kernel's dmirror (kernel $(cat "$hmm/release"), $(date -u +%F))"
+        echo "| case | memory | kernel's dmirror | daxmirror | agree |"
+        echo "|---|---|---|---|---|"
+        grep -h '^| ' $(ls -v "$logs"/*.log) | grep -v '^| case '
+    fi
 fi
 
 echo

@@ -5,6 +5,7 @@
 # stable    = bookworm's 6.1 (no WP_ASYNC, no PAGEMAP_SCAN: the old-kernel case)
 # backports = bookworm-backports' 6.12 (the default guest kernel)
 # newest    = trixie-backports' newest packaged kernel (7.x today)
+# hmm       = 6.12 built here with the kernel's HMM test driver (build-hmm-kernel.sh)
 # The newest version in each suite is picked at fetch time; the result is
 # cached under .cache/kernels/NAME and reused until --refresh.
 # Uses a private apt state (its own sources file, lists and archives under
@@ -16,6 +17,7 @@ here=$(cd "$(dirname "$0")/../.." && pwd)
 name=${1:?usage: fetch-kernel.sh stable|backports|newest [--refresh]}
 refresh=${2:-}
 case "$name" in
+    hmm) exec "$here/Scripts/guest/build-hmm-kernel.sh" ;;  # built here, not fetched
     stable) suite=bookworm ;;
     backports) suite=bookworm-backports ;;
     newest) suite=trixie-backports ;;
@@ -29,31 +31,9 @@ if [[ -f $out/ready && "$refresh" != "--refresh" ]]; then
 fi
 log() { echo "fetch-kernel[$name]: $*" >&2; }
 
-# The Debian mirror URI and keyring, read from the host's own sources.
-uri="" keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-for f in /etc/apt/sources.list.d/*.sources; do
-    [[ -f $f ]] || continue
-    u=$(awk '/^URIs:/{print $2; exit}' "$f")
-    if [[ -n $u && $u != *security* ]] && grep -q '^Suites:.*bookworm' "$f"; then
-        uri=$u
-        k=$(awk '/^Signed-By:/{print $2; exit}' "$f"); [[ -n $k ]] && keyring=$k
-        break
-    fi
-done
-if [[ -z $uri && -f /etc/apt/sources.list ]]; then
-    uri=$(awk '$1=="deb" && $0 !~ /security/ {for(i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' /etc/apt/sources.list)
-fi
-[[ -n $uri ]] || { echo "fetch-kernel: no Debian mirror found in /etc/apt/sources.list{,.d}" >&2; exit 1; }
-
-apt_dir=$cache/apt-$name
-mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial"
-cat > "$apt_dir/sources.list" <<SRC
-deb [signed-by=$keyring] $uri $suite main
-SRC
-apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
-          -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache::Archives=$apt_dir/archives"
-          -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache=" -o "APT::Default-Release="
-          -o "APT::Sandbox::User=root")
+# shellcheck source=debian-apt.sh
+source "$here/Scripts/guest/debian-apt.sh"
+private_apt "$suite" "$cache/apt-$name"
 log "updating the package list of $suite"
 apt-get "${apt_opts[@]}" -qq update >&2
 

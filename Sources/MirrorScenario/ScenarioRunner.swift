@@ -21,13 +21,18 @@ public final class ScenarioRunner {
     /// Where relative file paths in `map R file PATH` resolve.
     public let directory: String
     public let tracking: Bool
+    /// Differential mode: every device gets a twin in the kernel's own HMM
+    /// test driver, driven with the same commands and compared after each.
+    public let againstKernel: Bool
+    private var kernelDevices: [String: KernelDmirror] = [:]
     private let kernel: KernelFeatures
     private var truth: CPUTruth?
     private let pageSize = UInt64(Syscall.pageSize)
 
-    public init(directory: String = ".", tracking: Bool = true, kernel: KernelFeatures = .probe()) {
+    public init(directory: String = ".", tracking: Bool = true, againstKernel: Bool = false, kernel: KernelFeatures = .probe()) {
         self.directory = directory
         self.tracking = tracking
+        self.againstKernel = againstKernel
         self.kernel = kernel
     }
 
@@ -47,7 +52,7 @@ public final class ScenarioRunner {
         ("persist R OFF LEN", "pmem_persist (pmem) or msync"),
         ("fork-write R OFF LEN BYTE", "fork; the child stores BYTE and exits; the parent waits"),
         ("pwrite R OFF LEN BYTE / pread R OFF LEN", "through the file descriptor, not the mapping"),
-        ("check R [OFF LEN] [strict]", "compare the device table with pagemap; fails on any disagreement (strict: report stale entries instead of revalidating them first)"),
+        ("check R [OFF LEN] [strict] [kernel]", "compare the device table with pagemap; fails on any disagreement (strict: report stale entries instead of revalidating them first; kernel: also the snapshot against the kernel's own HMM_DMIRROR_SNAPSHOT)"),
         ("stats R", "table entries, mirrored pages, bytes, faults, stale entries dropped"),
         ("expect-fail CMD ...", "CMD must fail (its errno is reported)"),
         ("require pagemap-scan|thp|dax R|devdax [ALIGN]", "end the scenario here, reported as skipped, unless this holds"),
@@ -57,10 +62,12 @@ public final class ScenarioRunner {
     public func run(line: String) -> JSON? {
         var text = Substring(line)
         if let hash = text.firstIndex(of: "#") { text = text[..<hash] }
-        // $NAME words take the environment's value (e.g. $DAXMIRROR_DEVDAX).
-        var words = text.split(whereSeparator: { $0 == " " || $0 == "\t" }).map { w -> String in
+        // $NAME words take the environment's value (e.g. $DAXMIRROR_DEVDAX),
+        // before the line is split: a value may be several words ("file f.dat").
+        let expanded = text.split(separator: " ", omittingEmptySubsequences: false).map { w -> String in
             w.hasPrefix("$") ? (environment(String(w.dropFirst())) ?? String(w)) : String(w)
-        }
+        }.joined(separator: " ")
+        var words = expanded.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
         guard !words.isEmpty else { return nil }
         var expectations: [(String, String)] = []
         while let last = words.last, let eq = last.firstIndex(of: "="), words.count > 1 {
@@ -137,6 +144,9 @@ public final class ScenarioRunner {
             return failure(op, e.errno, e.message)
         } catch let e as Refusal {
             return failure(op, e.errno, e.message)
+        } catch let e as KernelDisagrees {
+            return .object([("op", .string(op)), ("ok", .bool(false)), ("errno", .string("EDOM")),
+                            ("error", .string("the kernel's dmirror disagrees: " + e.what))])
         } catch let e as CheckFailed {
             return .object([("op", .string(op)), ("ok", .bool(false)), ("disagreements", .int(Int64(e.disagreements))),
                             ("list", .array(e.list))])
@@ -198,6 +208,7 @@ public final class ScenarioRunner {
             let mirror = try Mirror(region: m.region, tracking: track, dax: m.mapSync, truth: truth, kernel: kernel)
             mirrors[device] = mirror
             deviceRegion[device] = args[0]
+            if againstKernel { kernelDevices[device] = try KernelDmirror() }
             return [("region", .string(args[0])), ("device", .string(device)),
                     ("events", .string(mirror.tracker.map { $0.mechanism.rawValue }
                                        ?? (other.map { "none (\($0) holds the registration)" } ?? "none"))),
@@ -219,16 +230,31 @@ public final class ScenarioRunner {
             try need(3, "R OFF LEN")
             let (m, off, len) = try range(args)
             let mirror = try mirrorOf(args[0])
-            let (data, faults) = try mirror.read(m.address + off, Int(len))
-            var out: [(String, JSON)] = [("faults", .int(Int64(faults)))]
+            let ours = Result { () throws(MirrorError) in try mirror.read(m.address + off, Int(len)) }
+            var out: [(String, JSON)] = []
+            if let twin = try kernelTwin(args[0]) {
+                let theirs = Result { () throws(MirrorError) in try twin.read(m.address + off, Int(len)) }
+                try agree(ours.map { [UInt8]($0.bytes) }, theirs.map(\.bytes), ours.map(\.faults), theirs.map(\.faults))
+                if case .success(let k) = theirs { out.append(("kernel_faults", .int(Int64(k.faults)))) }
+            }
+            let (data, faults) = try ours.get()
+            out.insert(("faults", .int(Int64(faults))), at: 0)
             data.withUnsafeBytes { out += summary($0) }
             return out
         case "dev-write":
             try need(4, "R OFF LEN BYTE")
             let (m, off, len) = try range(args)
             let mirror = try mirrorOf(args[0])
-            let faults = try mirror.write(m.address + off, [UInt8](repeating: try byte(args[3]), count: Int(len)))
-            return [("faults", .int(Int64(faults))), ("durable", .bool(m.backing.name == "file" || m.backing.name == "devdax")),
+            let data = [UInt8](repeating: try byte(args[3]), count: Int(len))
+            let ours = Result { () throws(MirrorError) in try mirror.write(m.address + off, data) }
+            var extra: [(String, JSON)] = []
+            if let twin = try kernelTwin(args[0]) {
+                let theirs = Result { () throws(MirrorError) in try twin.write(m.address + off, data) }
+                try agree(ours.map { _ in [] }, theirs.map { _ in [] }, ours, theirs)
+                if case .success(let k) = theirs { extra.append(("kernel_faults", .int(Int64(k)))) }
+            }
+            let faults = try ours.get()
+            return [("faults", .int(Int64(faults)))] + extra + [ ("durable", .bool(m.backing.name == "file" || m.backing.name == "devdax")),
                     ("device_path", .string(mirror.writePath))]
         case "snapshot":
             try need(1, "R [OFF LEN]")
@@ -237,8 +263,14 @@ public final class ScenarioRunner {
             let mirror = try mirrorOf(args[0])
             let cpu = try mirror.snapshot(m.address + off, len)
             let dev = try mirror.deviceSnapshot(m.address + off, len)
+            var kernelCodes: [(String, JSON)] = []
+            if let twin = try kernelTwin(args[0]) {
+                let theirs = try twin.snapshot(m.address + off, len)
+                try agree(snapshot: cpu, theirs)
+                kernelCodes = [("kernel_codes", .string(theirs.runLengthHex))]
+            }
             return [("pages", .int(Int64(cpu.count))), ("codes", .string(cpu.runLengthHex)),
-                    ("device", .string(dev.runLengthHex))]
+                    ("device", .string(dev.runLengthHex))] + kernelCodes
         case "protect":
             try need(4, "R OFF LEN none|read|rw")
             let (m, off, len) = try range(args)
@@ -318,10 +350,10 @@ public final class ScenarioRunner {
             if op == "pwrite" { return [("bytes", .int(Int64(n)))] }
             return [("bytes", .int(Int64(n)))] + buf.prefix(n).withUnsafeBytes { summary($0) }
         case "check":
-            try need(1, "R [OFF LEN] [strict]")
+            try need(1, "R [OFF LEN] [strict] [kernel]")
             let mirror = try mirrorOf(args[0])
             let strict = args.contains("strict")
-            let bounds = args.filter { $0 != "strict" }
+            let bounds = args.filter { $0 != "strict" && $0 != "kernel" }
             let m = try region(args[0])
             var at: UInt64?, count: UInt64?
             if bounds.count >= 3 {
@@ -338,7 +370,14 @@ public final class ScenarioRunner {
             if !found.isEmpty {
                 throw CheckFailed(disagreements: found.count, list: list)
             }
-            return [("disagreements", .int(0)), ("revalidated", .int(Int64(revalidated))),
+            // The kernel's SNAPSHOT as a second oracle for the CPU side.
+            var oracle: [(String, JSON)] = []
+            if args.contains("kernel") || againstKernel, let twin = try kernelTwin(args[0], open: args.contains("kernel")) {
+                let s = at ?? m.address, n = count ?? UInt64(m.length)
+                try agree(snapshot: try mirror.snapshot(s, n), try twin.snapshot(s, n))
+                oracle.append(("kernel_snapshot", .string("agrees")))
+            }
+            return oracle + [("disagreements", .int(0)), ("revalidated", .int(Int64(revalidated))),
                     ("entries", .int(Int64(mirror.table.entryCount))),
                     ("mirrored_pages", .uint(mirror.table.mirroredPages))]
         case "require":
@@ -380,6 +419,50 @@ public final class ScenarioRunner {
         default:
             throw Refusal(errno: .EINVAL, message: "unknown command \(op) (see `daxmirror run --help`)")
         }
+    }
+
+    // MARK: - the kernel's twin (differential mode)
+
+    struct KernelDisagrees: Error {
+        let what: String
+    }
+
+    /// The kernel twin of R's device: R's own in differential mode; for
+    /// `check … kernel` outside it, opened on first use.
+    private func kernelTwin(_ name: String, open: Bool = false) throws -> KernelDmirror? {
+        let device = mirrors[name] != nil ? name : (deviceRegion.first { $0.value == name }?.key ?? name)
+        if let k = kernelDevices[device] { return k }
+        guard open else { return nil }
+        let k = try KernelDmirror()
+        kernelDevices[device] = k
+        return k
+    }
+
+    /// Same outcome (errno), same bytes, same number of fault rounds.
+    private func agree(_ ours: Result<[UInt8], MirrorError>, _ theirs: Result<[UInt8], MirrorError>,
+                       _ ourFaults: Result<Int, MirrorError>, _ theirFaults: Result<Int, MirrorError>) throws {
+        switch (ours, theirs) {
+        case (.failure(let a), .failure(let b)):
+            if a.errno != b.errno { throw KernelDisagrees(what: "ours failed with \(a.errno.name), the kernel's with \(b.errno.name)") }
+        case (.failure(let a), .success):
+            throw KernelDisagrees(what: "ours failed with \(a.errno.name) (\(a.message)), the kernel's succeeded")
+        case (.success, .failure(let b)):
+            throw KernelDisagrees(what: "ours succeeded, the kernel's failed with \(b.errno.name)")
+        case (.success(let a), .success(let b)):
+            if a != b {
+                let i = (0..<min(a.count, b.count)).first { a[$0] != b[$0] } ?? min(a.count, b.count)
+                throw KernelDisagrees(what: "bytes differ first at offset \(i)")
+            }
+            if case .success(let f) = ourFaults, case .success(let g) = theirFaults, f != g {
+                throw KernelDisagrees(what: "ours faulted \(f) times, the kernel's \(g)")
+            }
+        }
+    }
+
+    private func agree(snapshot ours: [SnapshotCode], _ theirs: [SnapshotCode]) throws {
+        guard ours != theirs else { return }
+        let i = (0..<min(ours.count, theirs.count)).first { ours[$0] != theirs[$0] } ?? min(ours.count, theirs.count)
+        throw KernelDisagrees(what: "snapshot differs first at page \(i) (ours \(ours[i]), the kernel's \(theirs[i])): ours \(ours.runLengthHex), the kernel's \(theirs.runLengthHex)")
     }
 
     struct CheckFailed: Error {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import DaxCore
 import FaultTracking
+import Mirror
 import MirrorScenario
 #if canImport(Glibc)
 import Glibc
@@ -43,6 +44,10 @@ struct RunCommand: ParsableCommand {
     @Flag(help: "Do not register userfaultfd for invalidation events (revalidation only).")
     var untracked = false
 
+    @Flag(help: ArgumentHelp("Differential: give every device a twin in the kernel's own HMM test driver (/dev/hmm_dmirror0, CONFIG_TEST_HMM) and fail any command where the two disagree (bytes, errno, fault rounds, snapshot codes).",
+                             discussion: "Needs a kernel built with TEST_HMM: `Scripts/guest.sh --kernel hmm -- daxmirror run --against-kernel …`."))
+    var againstKernel = false
+
     @Flag(help: "Pretty-print each answer instead of one line per command.")
     var pretty = false
 
@@ -62,7 +67,10 @@ struct RunCommand: ParsableCommand {
         guard stat(dir, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
             throw Failure(.notFound, "--dir \(dir) is not a directory")
         }
-        let runner = ScenarioRunner(directory: dir, tracking: !untracked)
+        if againstKernel && access(KernelDmirror.defaultPath, F_OK) != 0 {
+            throw Failure(.unsupported, "--against-kernel needs \(KernelDmirror.defaultPath) (a kernel with CONFIG_TEST_HMM): run it in `Scripts/guest.sh --kernel hmm`")
+        }
+        let runner = ScenarioRunner(directory: dir, tracking: !untracked, againstKernel: againstKernel)
         let failed = runner.run(script: script) { answer in
             emit(text ? ScenarioText.render(answer) : answer.render(pretty: pretty))
         }

@@ -69,10 +69,7 @@ struct MirrorStressTests {
         let seed = UInt64(ProcessInfo.processInfo.environment["DAXMIRROR_STRESS_SEED"] ?? "")
             ?? UInt64.random(in: 1...UInt64(UInt32.max))
         let replay = "seed \(seed) (replay: DAXMIRROR_STRESS_SEED=\(seed)), kind \(kind), \(Self.ops) operations"
-        var rng = SplitMix64(seed: seed)
         let dir = try ScratchDirectory(base: DaxEnvironment.directory ?? NSTemporaryDirectory())
-        let pages = 64, page = 4096
-        var m = Model(pages: pages, shared: kind != "anon")
         // Strict checks right after a device access only where pages cannot
         // move on their own: compaction migrates anonymous, shmem and page
         // cache pages at any moment without any event (the kernel's notifier
@@ -80,10 +77,55 @@ struct MirrorStressTests {
         // report as stale. DAX pages never migrate. The revalidating `check`
         // after every step holds everywhere.
         let strictAfterUse = kind == "file" && DaxEnvironment.directory != nil
+        let (script, stats) = Self.script(kind: kind, seed: seed, ops: Self.ops, strictAfterUse: strictAfterUse)
+        let r = try CLI.run(CLI.binary, ["run", "--dir", dir.path, "-"], timeout: 1800, stdin: script.joined(separator: "\n") + "\n")
+        let lines = r.stdout.split(separator: "\n")
+        let bad = lines.filter(answerFailed).prefix(5)
+        #expect(r.status == 0 && bad.isEmpty, "\(replay):\n\(bad.joined(separator: "\n"))\n\(r.stderr)")
+        #expect(lines.count == script.count, "\(replay): \(lines.count) answers for \(script.count) commands")
+        print("stress \(kind): \(replay), ops \(stats.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")); \(lines.last ?? "")")
+    }
+
+    /// The same random workload driven through daxmirror and the kernel's own
+    /// HMM test driver at once (`run --against-kernel`): every device access
+    /// compared (bytes, errno, fault rounds), and after every operation a
+    /// `check`, which in that mode compares the whole range's snapshot with
+    /// the kernel's. Runs where /dev/hmm_dmirror0 exists (the hmm guest).
+    @Test(.enabled(if: access("/dev/hmm_dmirror0", F_OK) == 0, "no /dev/hmm_dmirror0: runs in `Scripts/guest.sh --kernel hmm`"),
+          arguments: ["anon", "shmem", "file"])
+    func randomOperationsAgreeWithTheKernel(_ kind: String) throws {
+        if let kinds = ProcessInfo.processInfo.environment["DAXMIRROR_STRESS_KINDS"], !kinds.split(separator: ",").contains(Substring(kind)) {
+            print("differential \(kind): not run here (DAXMIRROR_STRESS_KINDS=\(kinds))")
+            return
+        }
+        let seed = UInt64(ProcessInfo.processInfo.environment["DAXMIRROR_STRESS_SEED"] ?? "")
+            ?? UInt64.random(in: 1...UInt64(UInt32.max))
+        let ops = Int(ProcessInfo.processInfo.environment["DAXMIRROR_DIFF_OPS"] ?? "") ?? 10_000
+        let where_ = kind != "file" ? kind : (DaxEnvironment.directory == nil ? "a file" : "a file on \(DaxEnvironment.filesystem ?? "?")-DAX")
+        let replay = "seed \(seed) (replay: DAXMIRROR_STRESS_SEED=\(seed)), \(where_), \(ops) operations"
+        let dir = try ScratchDirectory(base: DaxEnvironment.directory ?? NSTemporaryDirectory())
+        let (script, stats) = Self.script(kind: kind, seed: seed, ops: ops, strictAfterUse: false)
+        let r = try CLI.run(CLI.binary, ["run", "--against-kernel", "--dir", dir.path, "-"], timeout: 3600,
+                            stdin: script.joined(separator: "\n") + "\n")
+        let lines = r.stdout.split(separator: "\n")
+        let bad = lines.filter(answerFailed).prefix(5)
+        let compared = lines.filter { line in line.contains("kernel_faults") || line.contains("kernel_snapshot") || line.contains("kernel_codes") }.count
+        #expect(r.status == 0 && bad.isEmpty, "\(replay):\n\(bad.joined(separator: "\n"))\n\(r.stderr)")
+        #expect(lines.count == script.count, "\(replay): \(lines.count) answers for \(script.count) commands")
+        #expect(compared >= ops, "\(replay): only \(compared) answers were compared with the kernel")
+        print("differential \(kind): \(replay): \(bad.isEmpty ? 0 : bad.count) disagreements in \(compared) comparisons with the kernel's dmirror; ops \(stats.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))")
+    }
+
+    /// The oracle's random scenario for one memory type: the commands with
+    /// every expected answer, and how many of each operation.
+    static func script(kind: String, seed: UInt64, ops: Int, strictAfterUse: Bool) -> ([String], [String: Int]) {
+        var rng = SplitMix64(seed: seed)
+        let pages = 64, page = 4096
+        var m = Model(pages: pages, shared: kind != "anon")
         var script = [kind == "file" ? "map A file stress.dat \(pages * page)" : "map A \(kind) \(pages * page)", "mirror A"]
         var stats = [String: Int]()
         var step = 0
-        while step < Self.ops {
+        while step < ops {
             let p = rng.below(pages)
             let n = 1 + rng.below(min(16, pages - p))
             let byte = UInt8(rng.below(256))
@@ -152,11 +194,6 @@ struct MirrorStressTests {
             script.append("check A")
         }
         script.append("stats A")
-        let r = try CLI.run(CLI.binary, ["run", "--dir", dir.path, "-"], timeout: 1800, stdin: script.joined(separator: "\n") + "\n")
-        let lines = r.stdout.split(separator: "\n")
-        let bad = lines.filter(answerFailed).prefix(5)
-        #expect(r.status == 0 && bad.isEmpty, "\(replay):\n\(bad.joined(separator: "\n"))\n\(r.stderr)")
-        #expect(lines.count == script.count, "\(replay): \(lines.count) answers for \(script.count) commands")
-        print("stress \(kind): \(replay), ops \(stats.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")); \(lines.last ?? "")")
+        return (script, stats)
     }
 }

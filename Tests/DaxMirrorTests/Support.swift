@@ -113,6 +113,15 @@ enum DaxEnvironment {
         guard let d = ProcessInfo.processInfo.environment["DAXMIRROR_DAX_DIR"], !d.isEmpty else { return nil }
         return d
     }
+    /// The DAX mount's filesystem type (ext4, xfs), from /proc/mounts.
+    static var filesystem: String? {
+        guard let d = directory, let text = try? readTextFile("/proc/mounts") else { return nil }
+        for line in text.split(separator: "\n") {
+            let f = line.split(separator: " ")
+            if f.count > 2 && String(f[1]) == d { return String(f[2]) }
+        }
+        return nil
+    }
     static let skipMessage = "no DAX mount here: run the DAX suite in the pmem guest with `Scripts/test.sh` (or `Scripts/guest.sh -- Scripts/guest-tests.sh`)"
 }
 

@@ -371,4 +371,30 @@ static inline int dm_terminal_size(int fd, unsigned *rows, unsigned *columns) {
 #endif
 static inline int dm_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0U); }
 
+// ---------------------------------------------------------------------------
+// The kernel's HMM test driver (lib/test_hmm.c, CONFIG_TEST_HMM): each open of
+// /dev/hmm_dmirrorN is a simulated device mirroring the caller's address
+// space through the kernel's own hmm_range_fault. Our oracle for the mirror.
+// The command and ioctl numbers are those of lib/test_hmm_uapi.h, which is
+// not installed with the kernel's headers, so they are declared here.
+// ---------------------------------------------------------------------------
+struct dm_hmm_dmirror_cmd {
+    uint64_t addr;    // page-aligned start in the caller's address space
+    uint64_t ptr;     // user buffer: data (READ/WRITE) or one code per page (SNAPSHOT)
+    uint64_t npages;
+    uint64_t cpages;  // out: pages done
+    uint64_t faults;  // out: hmm_range_fault rounds the device needed
+};
+#define DM_HMM_DMIRROR_READ      _IOWR('H', 0x00, struct dm_hmm_dmirror_cmd)
+#define DM_HMM_DMIRROR_WRITE     _IOWR('H', 0x01, struct dm_hmm_dmirror_cmd)
+#define DM_HMM_DMIRROR_SNAPSHOT  _IOWR('H', 0x04, struct dm_hmm_dmirror_cmd)
+/// HMM_DMIRROR_READ: the device reads npages at addr into ptr, faulting
+/// (read) what its table lacks. -1 with errno as the driver returns it.
+static inline int dm_hmm_read(int fd, struct dm_hmm_dmirror_cmd *cmd) { return ioctl(fd, DM_HMM_DMIRROR_READ, cmd); }
+/// HMM_DMIRROR_WRITE: the device writes ptr to addr, faulting for write.
+static inline int dm_hmm_write(int fd, struct dm_hmm_dmirror_cmd *cmd) { return ioctl(fd, DM_HMM_DMIRROR_WRITE, cmd); }
+/// HMM_DMIRROR_SNAPSHOT: the CPU page table as hmm_range_fault sees it
+/// without faulting, one HMM_DMIRROR_PROT_* code per page.
+static inline int dm_hmm_snapshot(int fd, struct dm_hmm_dmirror_cmd *cmd) { return ioctl(fd, DM_HMM_DMIRROR_SNAPSHOT, cmd); }
+
 #endif // DAXSHIM_H

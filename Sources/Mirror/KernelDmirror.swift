@@ -1,0 +1,68 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CDaxShim
+import DaxCore
+
+/// The kernel's own simulated device (lib/test_hmm.c, `/dev/hmm_dmirrorN`):
+/// it mirrors this process through the kernel's hmm_range_fault and mmu
+/// notifiers. The differential runner drives it beside a `Mirror` and
+/// compares answers; it exists only on kernels built with CONFIG_TEST_HMM
+/// (Scripts/guest/build-hmm-kernel.sh). One instance is one device table.
+public final class KernelDmirror {
+    public let path: String
+    private let fd: Int32
+    private let pageSize = UInt64(Syscall.pageSize)
+
+    public static let defaultPath = "/dev/hmm_dmirror0"
+
+    public init(path: String = KernelDmirror.defaultPath) throws(Failure) {
+        self.path = path
+        let fd = open(path, O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else {
+            let e = Errno.current
+            if e == .ENOENT {
+                throw Failure(.unsupported, "no \(path): this kernel has no HMM test driver (CONFIG_TEST_HMM); boot the guest with `Scripts/guest.sh --kernel hmm`")
+            }
+            throw Failure(e == .EACCES || e == .EPERM ? .permissionDenied : .systemError, "cannot open \(path): \(e.name)")
+        }
+        self.fd = fd
+    }
+
+    deinit { close(fd) }
+
+    /// HMM_DMIRROR_READ of `count` bytes (whole pages) at `address`.
+    public func read(_ address: UInt64, _ count: Int) throws(MirrorError) -> (bytes: [UInt8], faults: Int) {
+        var buffer = [UInt8](repeating: 0, count: count)
+        let r = buffer.withUnsafeMutableBytes { b in command(dm_hmm_read, "HMM_DMIRROR_READ", address, b.baseAddress!, count) }
+        return (buffer, try r.get().faults)
+    }
+
+    /// HMM_DMIRROR_WRITE of `bytes` (whole pages) at `address`.
+    public func write(_ address: UInt64, _ bytes: [UInt8]) throws(MirrorError) -> Int {
+        var copy = bytes
+        return try copy.withUnsafeMutableBytes { b in command(dm_hmm_write, "HMM_DMIRROR_WRITE", address, b.baseAddress!, bytes.count) }
+            .get().faults
+    }
+
+    /// HMM_DMIRROR_SNAPSHOT: the CPU table as the kernel's walk sees it.
+    public func snapshot(_ address: UInt64, _ length: UInt64) throws(MirrorError) -> [SnapshotCode] {
+        let pages = Int((length + pageSize - 1) / pageSize)
+        var codes = [UInt8](repeating: 0, count: pages)
+        _ = try codes.withUnsafeMutableBytes { b in
+            command(dm_hmm_snapshot, "HMM_DMIRROR_SNAPSHOT", address, b.baseAddress!, pages * Int(pageSize))
+        }.get()
+        return codes.map(SnapshotCode.init(rawValue:))
+    }
+
+    private func command(_ call: (Int32, UnsafeMutablePointer<dm_hmm_dmirror_cmd>?) -> Int32, _ name: String,
+                         _ address: UInt64, _ buffer: UnsafeMutableRawPointer, _ bytes: Int) -> Result<(pages: Int, faults: Int), MirrorError> {
+        var cmd = dm_hmm_dmirror_cmd(addr: address, ptr: UInt64(UInt(bitPattern: buffer)),
+                                     npages: (UInt64(bytes) + pageSize - 1) / pageSize, cpages: 0, faults: 0)
+        guard call(fd, &cmd) == 0 else {
+            let e = Errno.current
+            return .failure(MirrorError(e, "\(name) at 0x\(String(address, radix: 16)) failed in the kernel's dmirror"))
+        }
+        return .success((Int(cmd.cpages), Int(cmd.faults)))
+    }
+}
