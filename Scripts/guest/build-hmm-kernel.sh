@@ -4,14 +4,17 @@
 # Debian's linux-source-6.12 package (DESIGN.md §5). Everything the guest needs
 # is built in (no modules), so it boots with the same init as Debian's kernels.
 #   Scripts/guest/build-hmm-kernel.sh [--rebuild]   -> prints the kernel's directory
-# The result is cached under .cache/kernels/hmm-VERSION-KEY, KEY a hash of the
-# option lists below and this script: a machine that built it once reuses it;
-# a fresh one needs about 7 minutes on 2 cores. The options are set with the
+# The result is cached per machine, outside the work tree (a fresh clone on
+# the same machine reuses it), under ${DAXMIRROR_KERNEL_CACHE:-~/.cache/daxmirror}/
+# kernels/hmm-VERSION-KEY, KEY a hash of the option lists and the recipe
+# version below: a machine that built it once reuses it; a fresh one needs
+# about 7 minutes on 2 cores. The options are set with the
 # kernel's scripts/config on top of x86_64_defconfig, not from a .config blob.
 # Guest use: Scripts/guest.sh --kernel hmm ...
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
-cache=${DAXMIRROR_CACHE:-$here/.cache}
+cache=${DAXMIRROR_KERNEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/daxmirror}
+recipe=1  # bump when the build steps below change what is built
 log() { echo "build-hmm-kernel: $*" >&2; }
 
 # Built in (=y): console and 9p root, virtio, pmem and DAX (fsdax and
@@ -26,7 +29,7 @@ enable=(SERIAL_8250 SERIAL_8250_CONSOLE DEVTMPFS DEVTMPFS_MOUNT VIRTIO VIRTIO_PC
 # Off: what a 9p-rooted serial-console guest never uses (build time).
 disable=(MODULES DRM SOUND USB_SUPPORT WLAN WIRELESS NETFILTER SCSI ATA EFI HID INPUT_MOUSE
          INPUT_JOYSTICK MEDIA_SUPPORT WATCHDOG DEBUG_INFO DEBUG_INFO_BTF KVM_GUEST_DEBUG)
-key=$( (printf '%s\n' "${enable[@]}" -- "${disable[@]}"; cat "$0") | sha256sum | cut -c1-12)
+key=$(printf '%s\n' "${enable[@]}" -- "${disable[@]}" "recipe $recipe" | sha256sum | cut -c1-12)
 
 "$here/Scripts/setup.sh" --hmm >&2
 

@@ -26,7 +26,7 @@ public struct DeviceEntry: Sendable, Equatable, CustomStringConvertible {
     /// The dmirror snapshot code of any page of this entry.
     public var code: SnapshotCode {
         var c: SnapshotCode = writable ? .write : .read
-        if zero { c.insert(.zero) }
+        if zero && order == 0 { c.insert(.zero) }  // dmirror: is_zero_pfn(), the 4 KiB zero page only
         if order == 9 { c.insert(.pmd) } else if order == 18 { c.insert(.pud) }
         return c
     }

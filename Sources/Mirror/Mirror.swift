@@ -109,8 +109,16 @@ public final class Mirror: @unchecked Sendable {
 
     /// Removes [address, address+length) from the table: the notifier call for
     /// changes the mirror is told of (e.g. a truncate it performed).
+    ///
+    /// And the page at address+length too, as the kernel's dmirror does: its
+    /// dmirror_do_update erases with xa_for_each_range(…, start >> PAGE_SHIFT,
+    /// end >> PAGE_SHIFT), whose last index is inclusive, so the device's next
+    /// access to the page just past an invalidated range faults once more.
+    /// The differential run against /dev/hmm_dmirror0 showed it (an munmap or
+    /// mprotect of one half of a mirrored range costs the other half a fault
+    /// there); fault counts are part of the semantics we mirror.
     public func invalidate(_ address: UInt64, _ length: UInt64) {
-        let s = max(address, region.base), e = min(address &+ length, region.end)
+        let s = max(address, region.base), e = min(address &+ length &+ pageSize, region.end)
         guard s < e else { return }
         ownSequence += 1
         if !populatedPUDs.isEmpty {
@@ -249,7 +257,10 @@ public final class Mirror: @unchecked Sendable {
             case .present:
                 let dev = table.lookup(s + UInt64(i)).map { $0.entry.writable && $0.entry.pfn(at: $0.index) == p.pfn } ?? false
                 var c: SnapshotCode = cpuWritable(p, deviceWritable: dev) ? .write : .read
-                if p.zero { c.insert(.zero) }
+                // dmirror's ZERO is is_zero_pfn(): the 4 KiB zero page only. The
+                // huge zero page (a DAX hole, an anonymous THP read) is READ|PMD,
+                // as the kernel's own HMM_DMIRROR_SNAPSHOT reports it.
+                if p.zero && p.order == 0 { c.insert(.zero) }
                 if p.order == 9 { c.insert(.pmd) } else if p.order == 18 { c.insert(.pud) }
                 return c
             }

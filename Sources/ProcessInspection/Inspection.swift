@@ -228,7 +228,9 @@ public struct Inspection: Sendable {
             let reg = regions[r]
             let lo = Int((max(reg.start, base) - base) / 4096), hi = Int((min(reg.end, v.vma.end) - base) / 4096)
             for i in lo..<hi where codes[i] != 0 {
-                if reg.categories.contains(.pfnZero) { codes[i] = (codes[i] & ~PageRun.write) | PageRun.read | PageRun.zero }
+                if reg.categories.contains(.pfnZero) { codes[i] = (codes[i] & ~PageRun.write) | PageRun.read }
+                // dmirror's ZERO is the 4 KiB zero page only; the huge zero page is READ|PMD.
+                if reg.categories.contains(.pfnZero) && !reg.categories.contains(.huge) { codes[i] |= PageRun.zero }
                 if reg.categories.contains(.huge) && !pud { codes[i] |= PageRun.pmd }
             }
             r += 1

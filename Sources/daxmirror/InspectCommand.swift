@@ -31,7 +31,7 @@ struct InspectCommand: ParsableCommand {
             without a fault), z zero page, R/W/Z the same in a 2 MiB PMD, u/U in a 1 GiB PUD; \
             one character per 4 KiB up to 256 pages, else per 2 MiB ("+" where they differ); \
             then the runs of pages with their code and PFN range. JSON gives the runs and \
-            "codes", the snapshot's run-length form ("15*512": code 0x15 for 512 pages).
+            "codes", the snapshot's run-length form ("05*512": code 0x05, READ|PMD, for 512 pages).
 
             Needs the access the kernel asks for /proc/PID/pagemap: ptrace read (same user, or \
             root); PFNs (--pages) need CAP_SYS_ADMIN. A process that exits while being read \

@@ -6,7 +6,7 @@
 ///   R W Z  the same mapped by a PMD (2 MiB)   U u  by a PUD (1 GiB, write/read)
 /// Codes are dmirror's SNAPSHOT flags (READ 1, WRITE 2, PMD 4, PUD 8, ZERO 0x10, ERROR 0xff).
 enum SnapshotPicture {
-    static let legend = ". none  r read  w write  z zero  R/W/Z by a PMD  u/U by a PUD  ! error  + mixed"
+    static let legend = ". none  r read  w write  z zero page  R/W by a PMD (R also the huge zero page)  u/U by a PUD  ! error  + mixed"
 
     static func glyph(_ code: UInt8) -> Character {
         if code == 0xff { return "!" }
