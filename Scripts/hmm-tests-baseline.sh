@@ -13,7 +13,7 @@ dir=${DAXMIRROR_DAX_DIR:-/mnt}
 fs=$(awk -v d="$dir" '$2 == d {print $3 (($4 ~ /(^|,)dax/) ? "-DAX" : ""); exit}' /proc/mounts)
 # Cases that cannot pass on DAX, and why.
 declare -A not_on_dax=(
-    [migrate_file_private]="migration to device-private memory refuses DAX VMAs (EINVAL): DAX pages have no struct page to migrate from the page cache"
+    [migrate_file_private]="migrate_vma_setup() refuses DAX VMAs (EINVAL): there is no page cache to migrate a DAX page out of"
 )
 mkdir -p "$dir/hmm-tmp"
 mount --bind "$dir/hmm-tmp" /tmp
@@ -26,7 +26,7 @@ expected=()
 while read -r name; do
     [[ -z $name ]] && continue
     if [[ -n ${not_on_dax[$name]:-} ]]; then expected+=("$name"); else unexpected+=("$name"); fi
-done < <(grep -E '^not ok [0-9]+ ' <<<"$out" | sed -E 's/^not ok [0-9]+ ([^ ]+\.)?([A-Za-z0-9_]+).*/\2/')
+done <<<"$(grep -E '^not ok [0-9]+ ' <<<"$out" | sed -E 's/^not ok [0-9]+ ([^ ]+\.)?([A-Za-z0-9_]+).*/\2/')"
 echo "hmm-tests on $fs, kernel $(uname -r): $passed ok ($skipped of them skipped), $(( ${#expected[@]} + ${#unexpected[@]} )) failed"
 for n in "${expected[@]}"; do echo "  expected on DAX: $n — ${not_on_dax[$n]}"; done
 for n in "${unexpected[@]}"; do echo "  UNEXPECTED failure: $n"; done
