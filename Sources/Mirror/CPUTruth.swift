@@ -26,6 +26,10 @@ public struct CPUPage: Sendable, Equatable {
     public var exclusive = false
     /// pagemap PM_FILE: page cache / shmem / DAX rather than anonymous.
     public var fileOrShared = false
+    /// pagemap bit 55: written since the last clear (or the VMA is new).
+    public var softDirty = false
+    /// pagemap bit 57: write-protected by userfaultfd.
+    public var uffdWriteProtected = false
     public var vmaWritable = false
     public var vmaShared = false
 }
@@ -95,6 +99,8 @@ public final class CPUTruth: @unchecked Sendable {
             out[i].pfn = e.pfn ?? 0
             out[i].exclusive = e.exclusive
             out[i].fileOrShared = e.fileOrShared
+            out[i].softDirty = e.softDirty
+            out[i].uffdWriteProtected = e.uffdWriteProtected
             if let z = zeroPFN, e.pfn == z { out[i].zero = true }
         }
         guard scanAvailable else { return out }

@@ -55,6 +55,21 @@ public final class Mirror: @unchecked Sendable {
     private var ownSequence = 0
     private var trackerSeen = 0
     private var lastLayout: [VMASlice] = []
+    /// SoftDirty.epoch when the table last dropped everything for a clear.
+    private var softDirtySeen = 0
+
+    /// Where the mirror learns the CPU's write bit from (HMM's WRITE code).
+    public enum WriteBitSource: String, Sendable {
+        /// Soft-dirty bits the mirror clears (at start, after a fork, after
+        /// its VMAs change): exact, except after the writeback of a DAX file,
+        /// which write-protects pages and tells nobody in user space.
+        case softDirty = "soft-dirty"
+        /// No soft-dirty in this kernel (or device-dax): private pages from
+        /// pagemap's exclusive bit, shared file pages WRITE only where the
+        /// device faulted them for writing, shmem and device-dax always.
+        case model = "pagemap model"
+    }
+    public let writeBit: WriteBitSource
 
     /// Starts mirroring `region`. With `tracking`, a FaultTracker delivers the
     /// kernel's invalidation events; without it (or where the kernel has no
@@ -93,7 +108,15 @@ public final class Mirror: @unchecked Sendable {
         } else {
             tracker = nil
         }
+        // Device-dax keeps the model: its 1 GiB entries are invisible to pagemap.
+        writeBit = devdaxOrder == nil && SoftDirty.available ? .softDirty : .model
         lastLayout = layout((try? Maps.read()) ?? [])
+        if writeBit == .softDirty {
+            try Failure.wrapping("clear soft-dirty bits (/proc/self/clear_refs)") { () throws(SystemCallError) in
+                try SoftDirty.clear()
+            }
+        }
+        softDirtySeen = SoftDirty.epoch
     }
 
     deinit {
@@ -103,7 +126,7 @@ public final class Mirror: @unchecked Sendable {
 
     /// Grows with every invalidation the mirror learns of; a range fault that
     /// sees it change while it walked retries (HMM's sequence rule).
-    public var sequence: Int { ownSequence + (tracker?.invalidationSequence ?? 0) }
+    public var sequence: Int { ownSequence + (tracker?.invalidationSequence ?? 0) + SoftDirty.epoch }
 
     // MARK: - invalidation
 
@@ -142,6 +165,7 @@ public final class Mirror: @unchecked Sendable {
     @discardableResult
     public func synchronize() throws(MirrorError) -> [SmapsEntry] {
         var replaced: [(UInt64, UInt64)] = []
+        var forked = false
         if let tracker {
             let (events, overflowed) = tracker.invalidations(since: trackerSeen)
             trackerSeen = tracker.invalidationSequence
@@ -160,6 +184,7 @@ public final class Mirror: @unchecked Sendable {
                     replaced.append((to, to + len))
                 case .fork:
                     if region.backing.sharedFD == nil { invalidate(region.base, region.length) }
+                    forked = true
                 }
             }
         }
@@ -174,6 +199,18 @@ public final class Mirror: @unchecked Sendable {
                 replaced.append((s, e))
             }
             lastLayout = now
+        }
+        // Fork write-protected private pages without clearing their soft-dirty
+        // bits, and a new VMA counts as all soft-dirty: clear again, so that
+        // soft-dirty means writable once more (an invalidation of everything).
+        if writeBit == .softDirty && (forked || !replaced.isEmpty) {
+            do { try SoftDirty.clear() } catch { throw MirrorError(error.errno, "clearing soft-dirty bits: \(error)") }
+        }
+        if SoftDirty.epoch != softDirtySeen {
+            // Some clear of this process's soft-dirty bits (ours or another
+            // mirror's): the kernel invalidated the whole address space.
+            softDirtySeen = SoftDirty.epoch
+            invalidate(region.base, region.length)
         }
         if let tracker {
             // Register the new VMAs, one by one (a range spanning a hole is refused).
@@ -231,13 +268,23 @@ public final class Mirror: @unchecked Sendable {
 
     // MARK: - the CPU's view
 
-    /// Whether the CPU's PTE for `p` lets it write, as far as pagemap tells:
-    /// a private page only when it is anonymous and exclusive (otherwise a
-    /// write would copy it); a shared file page only when the device faulted
-    /// it for writing (its PTE starts write-protected for dirty tracking, and
-    /// pagemap has no write bit); shmem has no dirty tracking.
+    /// Whether the CPU's PTE for `p` lets it write (HMM's WRITE bit).
+    ///
+    /// With soft-dirty (`writeBit == .softDirty`, see SoftDirty): writable is
+    /// soft-dirty since the mirror's last clear, not write-protected by
+    /// userfaultfd, and for a private page anonymous and exclusive.
+    ///
+    /// Without it, as far as pagemap tells: a private page only when it is
+    /// anonymous and exclusive (otherwise a write would copy it); a shared
+    /// file page only when the device faulted it for writing (its PTE starts
+    /// write-protected for dirty tracking, and pagemap has no write bit);
+    /// shmem has no dirty tracking.
     func cpuWritable(_ p: CPUPage, deviceWritable: Bool) -> Bool {
         guard p.state == .present, p.vmaWritable, !p.zero else { return false }
+        if writeBit == .softDirty {
+            guard p.softDirty, !p.uffdWriteProtected else { return false }
+            return p.vmaShared || (p.exclusive && !p.fileOrShared)
+        }
         if !p.vmaShared { return p.exclusive && !p.fileOrShared }
         if case .shmem = region.backing { return true }
         if case .devdax = region.backing { return true }  // no page cache, no dirty tracking
@@ -469,7 +516,9 @@ public final class Mirror: @unchecked Sendable {
                         runEnd += 1
                     }
                     staleDropped += 1
-                    table.remove(vpn, runEnd)
+                    // The change that made it stale went through the kernel's
+                    // notifier, which drops the page past the range too.
+                    invalidate(vpn * pageSize, (runEnd - vpn) * pageSize)
                     vpn = runEnd
                 } else {
                     vpn += 1

@@ -212,7 +212,7 @@ public final class ScenarioRunner {
             return [("region", .string(args[0])), ("device", .string(device)),
                     ("events", .string(mirror.tracker.map { $0.mechanism.rawValue }
                                        ?? (other.map { "none (\($0) holds the registration)" } ?? "none"))),
-                    ("huge_visible", .bool(mirror.truth.scanAvailable))]
+                    ("huge_visible", .bool(mirror.truth.scanAvailable)), ("write_bit", .string(mirror.writeBit.rawValue))]
         case "cpu-read":
             try need(3, "R OFF LEN")
             let (m, off, len) = try range(args)
@@ -332,8 +332,14 @@ public final class ScenarioRunner {
             let (m, off, len) = try range(args)
             let b = try byte(args[3])
             try cpuAccessible(m, off, len, write: true)
+            let trackers = mirrors.values.compactMap { $0.tracker.map { ($0, $0.invalidationSequence) } }
             let status = dm_fork_fill(m.base + Int(off), Int(len), Int32(b))
             guard status >= 0 else { throw MirrorError(Errno.current, "fork") }
+            // The kernel lets fork return once the FORK event is read, which
+            // can be before the handler thread logged it: wait (briefly) for
+            // the log, so the next command sees the fork as the kernel did.
+            var waited = 0
+            while trackers.contains(where: { $0.0.invalidationSequence == $0.1 }) && waited < 5000 { usleep(200); waited += 1 }
             guard status & 0x7f == 0, (status >> 8) & 0xff == 0 else {
                 throw Refusal(errno: .EIO, message: "the child did not exit cleanly (wait status \(status))")
             }

@@ -295,20 +295,3 @@ public struct Inspection: Sendable {
         }
     }
 }
-
-/// Whether this kernel keeps soft-dirty bits (CONFIG_MEM_SOFT_DIRTY): a page
-/// this process writes after clearing its bits must show pagemap bit 55.
-public enum SoftDirty {
-    public static let available: Bool = {
-        let size = 4096
-        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else { return false }
-        defer { munmap(p, size) }
-        p.storeBytes(of: 1, as: UInt8.self)
-        let fd = open("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC)
-        guard fd >= 0 else { return false }
-        _ = write(fd, "4", 1)
-        close(fd)
-        p.storeBytes(of: 2, as: UInt8.self)
-        return (try? Pagemap().entry(at: UInt64(UInt(bitPattern: p))))?.softDirty ?? false
-    }()
-}
