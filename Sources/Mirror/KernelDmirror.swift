@@ -33,13 +33,22 @@ public final class KernelDmirror {
 
     /// HMM_DMIRROR_READ of `count` bytes (whole pages) at `address`.
     public func read(_ address: UInt64, _ count: Int) throws(MirrorError) -> (bytes: [UInt8], faults: Int) {
-        var buffer = [UInt8](repeating: 0, count: count)
-        let r = buffer.withUnsafeMutableBytes { b in command(dm_hmm_read, "HMM_DMIRROR_READ", address, b.baseAddress!, count) }
-        return (buffer, try r.get().faults)
+        // The driver reads whole pages from a page-aligned address and copies
+        // npages × PAGE_SIZE bytes out: read the page hull, return the slice.
+        let start = address / pageSize * pageSize
+        let hull = Int((address + UInt64(count) + pageSize - 1) / pageSize * pageSize - start)
+        var buffer = [UInt8](repeating: 0, count: hull)
+        let r = buffer.withUnsafeMutableBytes { b in command(dm_hmm_read, "HMM_DMIRROR_READ", start, b.baseAddress!, hull) }
+        let skip = Int(address - start)
+        return (Array(buffer[skip..<(skip + count)]), try r.get().faults)
     }
 
     /// HMM_DMIRROR_WRITE of `bytes` (whole pages) at `address`.
     public func write(_ address: UInt64, _ bytes: [UInt8]) throws(MirrorError) -> Int {
+        // It writes whole pages: a partial page would be clobbered past the data.
+        guard address % pageSize == 0, UInt64(bytes.count) % pageSize == 0 else {
+            throw MirrorError(.EINVAL, "the kernel's dmirror writes whole pages only (0x\(String(address, radix: 16))+\(bytes.count))")
+        }
         var copy = bytes
         return try copy.withUnsafeMutableBytes { b in command(dm_hmm_write, "HMM_DMIRROR_WRITE", address, b.baseAddress!, bytes.count) }
             .get().faults

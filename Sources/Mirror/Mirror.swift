@@ -165,6 +165,7 @@ public final class Mirror: @unchecked Sendable {
     @discardableResult
     public func synchronize() throws(MirrorError) -> [SmapsEntry] {
         var replaced: [(UInt64, UInt64)] = []
+        var mappedAnew = false
         var forked = false
         if let tracker {
             let (events, overflowed) = tracker.invalidations(since: trackerSeen)
@@ -197,15 +198,23 @@ public final class Mirror: @unchecked Sendable {
             for (s, e) in changedRanges(lastLayout, now) {
                 invalidate(s, e - s)
                 replaced.append((s, e))
+                // Mapped anew (not only unmapped or reprotected): the new VMA
+                // counts as soft-dirty all over (VM_SOFTDIRTY).
+                mappedAnew = mappedAnew || now.contains { v in v.start < e && v.end > s && !lastLayout.contains {
+                    $0.start <= v.start && $0.end >= v.end && $0.device == v.device && $0.inode == v.inode
+                        && ($0.inode == 0 || $0.offset + (v.start - $0.start) == v.offset) } }
             }
             lastLayout = now
         }
-        // Fork write-protected private pages without clearing their soft-dirty
-        // bits, and a new VMA counts as all soft-dirty: clear again, so that
+        // A fork write-protects private pages without clearing their
+        // soft-dirty bits (the kernel invalidated them anyway, copy-on-write),
+        // and a new VMA counts as soft-dirty all over: clear again, so that
         // soft-dirty means writable once more (an invalidation of everything).
-        if writeBit == .softDirty && (forked || !replaced.isEmpty) {
+        let privateRegion = region.backing.sharedFD == nil
+        if writeBit == .softDirty && ((forked && privateRegion) || mappedAnew) {
             do { try SoftDirty.clear() } catch { throw MirrorError(error.errno, "clearing soft-dirty bits: \(error)") }
         }
+        if forked && !privateRegion { forkedNeighbours() }
         if SoftDirty.epoch != softDirtySeen {
             // Some clear of this process's soft-dirty bits (ours or another
             // mirror's): the kernel invalidated the whole address space.
@@ -221,6 +230,19 @@ public final class Mirror: @unchecked Sendable {
             }
         }
         return vmas
+    }
+
+    /// A fork invalidates every copy-on-write VMA that has anonymous pages
+    /// (copy_page_range write-protects them), and the kernel's dmirror drops
+    /// the page past each such range too (see `invalidate`): a shared region
+    /// right above such a VMA loses its first page, and a private piece inside
+    /// a shared region loses itself. smaps' Anonymous stands for the kernel's
+    /// anon_vma (it misses a VMA whose anonymous pages were all discarded).
+    private func forkedNeighbours() {
+        guard let all = try? Smaps.parse(Smaps.read()) else { return }
+        for v in all where !v.isShared && v.end >= region.base && v.start < region.end && (v.fields["Anonymous"] ?? 0) > 0 {
+            invalidate(v.start, v.end - v.start)
+        }
     }
 
     /// A VMA clipped to the region, with what the kernel's notifier cares about.
@@ -582,7 +604,10 @@ public final class Mirror: @unchecked Sendable {
                 }
                 let ker = "pfn 0x\(String(p.pfn, radix: 16)) order \(p.order)\(p.zero ? " zero" : "")"
                 if p.pfn != want { note(vpn, "PFN differs", dev, ker) }
-                else if truth.scanAvailable && p.order != entry.order { note(vpn, "map order differs", dev, ker) }
+                // A device may map part of a huge page with smaller entries (an
+                // invalidation split its entry); a larger entry than the CPU's
+                // would reach pages the CPU no longer maps as one.
+                else if truth.scanAvailable && entry.order > p.order { note(vpn, "map order differs", dev, ker) }
                 else if p.zero != entry.zero { note(vpn, "zero page differs", dev, ker) }
                 else if entry.writable && !(p.vmaWritable && (p.vmaShared || (p.exclusive && !p.fileOrShared))) {
                     note(vpn, "the device may write where the CPU may not", dev,
