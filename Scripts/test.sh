@@ -13,7 +13,8 @@
 #      xfs-DAX, the conformance table (every Scenarios/differential case on
 #      anonymous, shmem, ext4-DAX and xfs-DAX memory, daxmirror against the
 #      kernel's dmirror), and 10,000 random operations per memory type through
-#      both, compared after every operation.
+#      both: every device access compared as it happens (bytes, errno, faults),
+#      the whole range's snapshot every 10 operations.
 # Environment: DAXMIRROR_KERNELS="stable backports newest" and
 # DAXMIRROR_POWERCUTS=20 narrow or widen the run; DAXMIRROR_HOST_ONLY=1 skips
 # the guest (the DAX tests then report themselves skipped).

@@ -165,7 +165,6 @@ public final class Mirror: @unchecked Sendable {
     @discardableResult
     public func synchronize() throws(MirrorError) -> [SmapsEntry] {
         var replaced: [(UInt64, UInt64)] = []
-        var mappedAnew = false
         var forked = false
         if let tracker {
             let (events, overflowed) = tracker.invalidations(since: trackerSeen)
@@ -194,11 +193,14 @@ public final class Mirror: @unchecked Sendable {
         do { vmas = try Maps.read(overlapping: (region.base & ~0x1fffff) &- 0x200000, (region.end | 0x1fffff) &+ 0x200001) }
         catch { throw MirrorError(error.errno, "reading /proc/self/maps") }
         let now = layout(vmas)
+        // An unmapped (or moved-over) range with a VMA in it now was mapped
+        // anew, even where the layout reads the same (MAP_FIXED over itself).
+        var mappedAnew = replaced.contains { r in now.contains { $0.start < r.1 && $0.end > r.0 } }
         if now != lastLayout {
             for (s, e) in changedRanges(lastLayout, now) {
                 invalidate(s, e - s)
                 replaced.append((s, e))
-                // Mapped anew (not only unmapped or reprotected): the new VMA
+                // Mapped anew (not only unmapped or reprotected): a new VMA
                 // counts as soft-dirty all over (VM_SOFTDIRTY).
                 mappedAnew = mappedAnew || now.contains { v in v.start < e && v.end > s && !lastLayout.contains {
                     $0.start <= v.start && $0.end >= v.end && $0.device == v.device && $0.inode == v.inode

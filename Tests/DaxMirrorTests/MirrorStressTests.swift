@@ -121,6 +121,19 @@ struct MirrorStressTests {
         print("differential \(kind): \(replay): \(bad.isEmpty ? 0 : bad.count) disagreements; compared with the kernel's dmirror: \(accesses) device accesses, \(snapshots) full-range snapshots (one every 10 operations); ops \(stats.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))")
     }
 
+    /// A printed seed is a replay: the same seed gives the same commands (and
+    /// so the same run, kernel twin included), another seed other commands.
+    @Test func aSeedReplaysTheSameOperations() {
+        for kind in ["anon", "shmem", "file"] {
+            let a = Self.script(kind: kind, seed: 2_002_740_467, ops: 2_000, strictAfterUse: false, checkEvery: 10).0
+            let b = Self.script(kind: kind, seed: 2_002_740_467, ops: 2_000, strictAfterUse: false, checkEvery: 10).0
+            let c = Self.script(kind: kind, seed: 2_002_740_468, ops: 2_000, strictAfterUse: false, checkEvery: 10).0
+            #expect(a == b, "\(kind): one seed, two different scripts")
+            #expect(a != c, "\(kind): two seeds, one script")
+            #expect(a.filter { $0 == "check A" }.count == 2_000 / 10 + 1, "\(kind): a full-range check every 10 operations and at the end")
+        }
+    }
+
     /// The oracle's random scenario for one memory type: the commands with
     /// every expected answer, and how many of each operation.
     static func script(kind: String, seed: UInt64, ops: Int, strictAfterUse: Bool, checkEvery: Int = 1) -> ([String], [String: Int]) {

@@ -41,6 +41,24 @@ struct ScenarioTests {
         }
     }
 
+    /// `check R kernel`: the kernel's own HMM_DMIRROR_SNAPSHOT as the oracle
+    /// of the CPU side. Where /dev/hmm_dmirror0 exists (the hmm guest) the two
+    /// must agree on a region with every kind of page; elsewhere the command
+    /// must fail saying what is missing and where to get it.
+    @Test func checkUsesTheKernelsSnapshotWhereTheDriverExists() throws {
+        let dir = try ScratchDirectory()
+        let script = "map A anon 64K\nmirror A\ncpu-write A 0 16K 0x5a\ncpu-read A 16K 16K\nprotect A 48K 16K none\n"
+            + "dev-read A 0 32K\ncheck A kernel\n"
+        let r = try CLI.run(CLI.binary, ["run", "--dir", dir.path, "-"], timeout: 120, stdin: script)
+        let last = r.stdout.split(separator: "\n").last.map(String.init) ?? ""
+        if access(KernelDmirror.defaultPath, F_OK) == 0 {
+            #expect(r.status == 0 && last.contains("\"kernel_snapshot\":\"agrees\""), "\(r.stdout)\n\(r.stderr)")
+        } else {
+            #expect(r.status == 1)
+            #expect(last.contains("\"ok\":false") && last.contains("CONFIG_TEST_HMM") && last.contains("--kernel hmm"), "\(last)")
+        }
+    }
+
     /// The CLI as a user runs it: one JSON object per line, exit 1 on a failed
     /// command, and the failing command's errno.
     @Test func cliReportsEachCommandAndFailsOnAnUnmetExpectation() throws {
