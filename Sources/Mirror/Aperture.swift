@@ -9,8 +9,15 @@ import DaxCore
 /// one exists: for a shared file or shmem, its own MAP_SHARED mapping of the
 /// same file, addressed by file offset (so a stale device entry would be
 /// visible as stale data, which is what the tests look for). A device write
-/// to a file is durable when it returns: pmem_memcpy_persist where libpmem
-/// says the aperture is persistent memory, memcpy + msync otherwise.
+/// to a file is durable when it returns: on a DAX file it is a pwrite, the
+/// kernel's DAX write path (a flush-cache copy into blocks the device's write
+/// fault allocated and synced), as the kernel's dmirror writes through the
+/// kernel's own mapping. Not a store through the aperture: the aperture is
+/// MAP_SYNC, so its write fault fsyncs the page, and that writeback
+/// write-protects the CPU's mapping of it and invalidates every device's
+/// entries (dax_entry_mkclean) — side effects no device write has.
+/// Device-dax has no write(2): pmem_memcpy_persist there; memcpy + msync
+/// where the file is not persistent memory.
 ///
 /// Anonymous and private-file memory have no file to map; there the device
 /// uses process_vm_readv/writev on this process, after the mirror has
@@ -69,7 +76,15 @@ final class Aperture: @unchecked Sendable {
 
     func write(fileOffset: UInt64, from src: UnsafeRawPointer, count: Int) throws(MirrorError) {
         let p = try window(fileOffset, count)
-        if isPmem {
+        if isPmem, knownSize == nil, let fd {
+            var done = 0
+            while done < count {
+                let n = pwrite(fd, src + done, count - done, off_t(fileOffset) + off_t(done))
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { throw MirrorError(n < 0 ? Errno.current : .EIO, "pwrite of the device write") }
+                done += n
+            }
+        } else if isPmem {
             pmem_memcpy_persist(p, src, count)
         } else {
             memcpy(p, src, count)

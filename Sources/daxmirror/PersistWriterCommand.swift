@@ -31,7 +31,7 @@ struct PersistWriterCommand: ParsableCommand {
     @Option(help: "Bytes per record.") var recordSize: Int = 4096
     @Flag(help: "Reuse an existing file (its contents are lost).") var overwrite = false
     @Flag(help: "After the last record, wait to be killed instead of exiting.") var hold = false
-    @Flag(help: "Write each record as the simulated device (Mirror.write through its own aperture: pmem_memcpy_persist), not through the CPU's mapping.")
+    @Flag(help: "Write each record as the simulated device (Mirror.write: on a DAX file the kernel's DAX write path, pwrite, into blocks its fault allocated), not through the CPU's mapping.")
     var throughMirror = false
 
     func validate() throws {

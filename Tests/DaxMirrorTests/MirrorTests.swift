@@ -64,7 +64,7 @@ struct MirrorTests {
 
     /// A device write to a file reaches the file by the device's own mapping
     /// (not the CPU's address): pread sees it, and on DAX it goes through
-    /// pmem_memcpy_persist.
+    /// the kernel's DAX write path (pwrite).
     @Test func deviceWriteReachesTheFileThroughTheAperture() throws {
         let dir = try ScratchDirectory(base: DaxEnvironment.directory ?? NSTemporaryDirectory())
         let mem = try MappedMemory(name: "F", kind: .file, path: dir.file("w.dat"), size: 1 << 20, options: .init())
@@ -73,7 +73,7 @@ struct MirrorTests {
         var buf = [UInt8](repeating: 0, count: 8192)
         #expect(pread(try #require(mem.fileDescriptor), &buf, 8192, 4096) == 8192)
         #expect(buf.allSatisfy { $0 == 0x5a })
-        #expect(mirror.writePath == (DaxEnvironment.directory != nil ? "pmem_memcpy_persist" : "memcpy+msync"))
+        #expect(mirror.writePath == (DaxEnvironment.directory != nil ? "pwrite (DAX)" : "memcpy+msync"))
     }
 
     /// The device's entries carry the kernel's PFNs (pagemap), page for page.
