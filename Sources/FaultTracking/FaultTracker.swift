@@ -150,8 +150,11 @@ public final class FaultTracker: @unchecked Sendable {
                     }
                 } catch {
                     // EEXIST: another thread's fault on the same page won the race and
-                    // the page is there. EAGAIN: the range is changing. Either way,
-                    // and on real errors too, never leave the faulter asleep.
+                    // the page is there. EAGAIN: the range is changing (an event such
+                    // as a fork anywhere in the process is pending): the woken faulter
+                    // faults again and is counted then, not twice. Either way, and on
+                    // real errors too, never leave the faulter asleep.
+                    if error.errno == .EAGAIN { log.retractFault() }
                     if error.errno != .EEXIST && error.errno != .EAGAIN { log.recordError(error.errno.rawValue) }
                     try? uffd.wake(dst, length: Int(pageSize))
                 }

@@ -39,6 +39,13 @@ final class HandlerLog: @unchecked Sendable {
         dm_atomic_add_u64(counters, 1)
     }
 
+    /// A fault recorded but not resolved because the range was changing
+    /// (EAGAIN): the kernel delivers it again once the faulter retries, and
+    /// it is counted then.
+    func retractFault() {
+        dm_atomic_add_u64(counters, UInt64.max)  // -1, modulo 2^64
+    }
+
     func recordError(_ errno: Int32) {
         dm_atomic_store_u64(counters + 3, UInt64(UInt32(bitPattern: errno)))
         dm_atomic_add_u64(counters + 1, 1)
