@@ -170,6 +170,7 @@ public final class Mirror: @unchecked Sendable {
     public func synchronize() throws(MirrorError) -> [SmapsEntry] {
         var replaced: [(UInt64, UInt64)] = []
         var forked = false
+        let privateRegion = region.backing.sharedFD == nil
         if let tracker {
             let (events, overflowed) = tracker.invalidations(since: trackerSeen)
             trackerSeen = tracker.invalidationSequence
@@ -187,7 +188,7 @@ public final class Mirror: @unchecked Sendable {
                     replaced.append((from, from + len))
                     replaced.append((to, to + len))
                 case .fork:
-                    if region.backing.sharedFD == nil { invalidate(region.base, region.length) }
+                    if privateRegion { invalidate(region.base, region.length) }
                     forked = true
                 }
             }
@@ -201,14 +202,12 @@ public final class Mirror: @unchecked Sendable {
         // anew, even where the layout reads the same (MAP_FIXED over itself).
         var mappedAnew = replaced.contains { r in now.contains { $0.start < r.1 && $0.end > r.0 } }
         if now != lastLayout {
-            for (s, e) in changedRanges(lastLayout, now) {
-                invalidate(s, e - s)
-                replaced.append((s, e))
-                // Mapped anew (not only unmapped or reprotected): a new VMA
-                // counts as soft-dirty all over (VM_SOFTDIRTY).
-                mappedAnew = mappedAnew || now.contains { v in v.start < e && v.end > s && !lastLayout.contains {
-                    $0.start <= v.start && $0.end >= v.end && $0.device == v.device && $0.inode == v.inode
-                        && ($0.inode == 0 || $0.offset + (v.start - $0.start) == v.offset) } }
+            for change in changedRanges(lastLayout, now) {
+                invalidate(change.start, change.end - change.start)
+                replaced.append((change.start, change.end))
+                // A new VMA (not one only unmapped or reprotected) counts as
+                // soft-dirty all over (VM_SOFTDIRTY).
+                mappedAnew = mappedAnew || change.mappedAnew
             }
             lastLayout = now
         }
@@ -216,7 +215,6 @@ public final class Mirror: @unchecked Sendable {
         // soft-dirty bits (the kernel invalidated them anyway, copy-on-write),
         // and a new VMA counts as soft-dirty all over: clear again, so that
         // soft-dirty means writable once more (an invalidation of everything).
-        let privateRegion = region.backing.sharedFD == nil
         if writeBit == .softDirty && ((forked && privateRegion) || mappedAnew) {
             do { try SoftDirty.clear() } catch { throw MirrorError(error.errno, "clearing soft-dirty bits: \(error)") }
         }
@@ -257,24 +255,31 @@ public final class Mirror: @unchecked Sendable {
         }
     }
 
+    /// A range the two layouts map differently; `mappedAnew` if a VMA there
+    /// now maps other memory than before (not only other permissions).
+    struct LayoutChange { var start: UInt64, end: UInt64, mappedAnew: Bool }
+
     /// Ranges where the two layouts map the region differently.
-    private func changedRanges(_ a: [VMASlice], _ b: [VMASlice]) -> [(UInt64, UInt64)] {
+    private func changedRanges(_ a: [VMASlice], _ b: [VMASlice]) -> [LayoutChange] {
         var cuts = Set<UInt64>([region.base, region.end])
         for v in a + b { cuts.insert(v.start); cuts.insert(v.end) }
         let points = cuts.sorted()
         func at(_ list: [VMASlice], _ x: UInt64) -> VMASlice? { list.first { $0.start <= x && x < $0.end } }
-        var out: [(UInt64, UInt64)] = []
+        var out: [LayoutChange] = []
         for (s, e) in zip(points, points.dropFirst()) where s < e {
             let va = at(a, s), vb = at(b, s)
-            let same: Bool
+            var sameBacking = va == nil && vb == nil
             if let va, let vb {
-                same = va.perms == vb.perms && va.device == vb.device && va.inode == vb.inode
+                sameBacking = va.device == vb.device && va.inode == vb.inode
                     && (va.inode == 0 || va.offset + (s - va.start) == vb.offset + (s - vb.start))
-            } else {
-                same = va == nil && vb == nil
             }
-            if !same {
-                if let last = out.last, last.1 == s { out[out.count - 1].1 = e } else { out.append((s, e)) }
+            guard !sameBacking || va?.perms != vb?.perms else { continue }
+            let anew = vb != nil && !sameBacking
+            if let last = out.last, last.end == s {
+                out[out.count - 1].end = e
+                out[out.count - 1].mappedAnew = last.mappedAnew || anew
+            } else {
+                out.append(LayoutChange(start: s, end: e, mappedAnew: anew))
             }
         }
         return out

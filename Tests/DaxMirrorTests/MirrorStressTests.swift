@@ -62,12 +62,8 @@ struct MirrorStressTests {
     /// in a process of its own (no other test's fork can reach its memory).
     @Test(arguments: ["anon", "shmem", "file"])
     func randomOperationsAgreeWithTheOracle(_ kind: String) throws {
-        if let kinds = ProcessInfo.processInfo.environment["DAXMIRROR_STRESS_KINDS"], !kinds.split(separator: ",").contains(Substring(kind)) {
-            print("stress \(kind): not run here (DAXMIRROR_STRESS_KINDS=\(kinds))")
-            return
-        }
-        let seed = UInt64(ProcessInfo.processInfo.environment["DAXMIRROR_STRESS_SEED"] ?? "")
-            ?? UInt64.random(in: 1...UInt64(UInt32.max))
+        guard Self.runsHere(kind, "stress") else { return }
+        let seed = Self.seed()
         let replay = "seed \(seed) (replay: DAXMIRROR_STRESS_SEED=\(seed)), kind \(kind), \(Self.ops) operations"
         let dir = try ScratchDirectory(base: DaxEnvironment.directory ?? NSTemporaryDirectory())
         // Strict checks right after a device access only where pages cannot
@@ -94,12 +90,8 @@ struct MirrorStressTests {
     @Test(.enabled(if: access("/dev/hmm_dmirror0", F_OK) == 0, "no /dev/hmm_dmirror0: runs in `Scripts/guest.sh --kernel hmm`"),
           arguments: ["anon", "shmem", "file"])
     func randomOperationsAgreeWithTheKernel(_ kind: String) throws {
-        if let kinds = ProcessInfo.processInfo.environment["DAXMIRROR_STRESS_KINDS"], !kinds.split(separator: ",").contains(Substring(kind)) {
-            print("differential \(kind): not run here (DAXMIRROR_STRESS_KINDS=\(kinds))")
-            return
-        }
-        let seed = UInt64(ProcessInfo.processInfo.environment["DAXMIRROR_STRESS_SEED"] ?? "")
-            ?? UInt64.random(in: 1...UInt64(UInt32.max))
+        guard Self.runsHere(kind, "differential") else { return }
+        let seed = Self.seed()
         let ops = Int(ProcessInfo.processInfo.environment["DAXMIRROR_DIFF_OPS"] ?? "") ?? 10_000
         let where_ = kind != "file" ? kind : (DaxEnvironment.directory == nil ? "a file" : "a file on \(DaxEnvironment.filesystem ?? "?")-DAX")
         let replay = "seed \(seed) (replay: DAXMIRROR_STRESS_SEED=\(seed)), \(where_), \(ops) operations"
@@ -132,6 +124,19 @@ struct MirrorStressTests {
             #expect(a != c, "\(kind): two seeds, one script")
             #expect(a.filter { $0 == "check A" }.count == 2_000 / 10 + 1, "\(kind): a full-range check every 10 operations and at the end")
         }
+    }
+
+    /// Whether `kind` is among DAXMIRROR_STRESS_KINDS (all when unset); says so if not.
+    static func runsHere(_ kind: String, _ label: String) -> Bool {
+        guard let kinds = ProcessInfo.processInfo.environment["DAXMIRROR_STRESS_KINDS"],
+              !kinds.split(separator: ",").contains(Substring(kind)) else { return true }
+        print("\(label) \(kind): not run here (DAXMIRROR_STRESS_KINDS=\(kinds))")
+        return false
+    }
+
+    /// DAXMIRROR_STRESS_SEED (a replay), else a fresh one.
+    static func seed() -> UInt64 {
+        UInt64(ProcessInfo.processInfo.environment["DAXMIRROR_STRESS_SEED"] ?? "") ?? UInt64.random(in: 1...UInt64(UInt32.max))
     }
 
     /// The oracle's random scenario for one memory type: the commands with
