@@ -1,27 +1,32 @@
 #!/usr/bin/env bash
 # The test command: everything, from a fresh clone.
 #   1. installs what it needs (Scripts/setup.sh --guest), builds, runs the host suite;
-#   2. the pmem guest harness checks: exit status in and out, the timeout, DAX
-#      mounts on every guest kernel and filesystem;
-#   3. the suite again inside the guest on ext4-DAX and xfs-DAX, on each of
-#      Debian's kernels (6.1, 6.12, newest), where the DAX tests run for real;
+#   2. the pmem guest harness checks: a failing command's exit status comes out,
+#      a hung guest is killed at its timeout;
+#   3. one boot per Debian kernel (6.1, 6.12, newest) x filesystem (ext4, xfs):
+#      /proc/mounts shows the DAX mount, the whole suite runs inside on real DAX,
+#      and last (it can wedge the guest's kernel) the DAX write-protect bug probe;
 #   4. device-dax namespaces (1 GiB and 2 MiB alignment): the mirror's PUD and
 #      PMD entries against the device's base and pagemap;
-#   5. the power-cut crash test on real pmem (20 hard power-offs);
+#   5. the power-cut crash test on real pmem (hard power-offs of the guest);
 #   6. the kernel's own HMM test driver as the oracle: a 6.12 guest kernel built
-#      here with TEST_HMM (cached), the kernel's hmm-tests on ext4-DAX and
-#      xfs-DAX, the conformance table (every Scenarios/differential case on
-#      anonymous, shmem, ext4-DAX and xfs-DAX memory, daxmirror against the
-#      kernel's dmirror), and 10,000 random operations per memory type through
-#      both: every device access compared as it happens (bytes, errno, faults),
-#      the whole range's snapshot every 10 operations.
-# Environment: DAXMIRROR_KERNELS="stable backports newest" and
-# DAXMIRROR_POWERCUTS=20 narrow or widen the run; DAXMIRROR_HOST_ONLY=1 skips
-# the guest (the DAX tests then report themselves skipped).
+#      here with TEST_HMM (cached), and per filesystem one boot with the
+#      kernel's hmm-tests on DAX, the conformance table (every
+#      Scenarios/differential case on anonymous, shmem, ext4-DAX and xfs-DAX
+#      memory, daxmirror against the kernel's dmirror), and the random
+#      differential: DAXMIRROR_DIFF_OPS (10,000) random operations per memory
+#      type through both, every device access compared as it happens (bytes,
+#      errno, faults), the whole range's snapshot every 10 operations.
+# It ends with every step's time, the total, and the summary line.
+# Environment: DAXMIRROR_KERNELS="stable backports newest" narrows the kernels;
+# DAXMIRROR_POWERCUTS (default 6; 20 for the long run), DAXMIRROR_DIFF_OPS
+# (default 10000) size the repetition; DAXMIRROR_HOST_ONLY=1 skips the guest
+# (the DAX tests then report themselves skipped).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-passed=0 failed=0 failures=()
+passed=0 failed=0 failures=() rows=()
 logs=.cache/test-logs
+run_start=$SECONDS
 rm -rf "$logs"; mkdir -p "$logs"
 step() {  # step NAME COMMAND... : runs, records the outcome (output also kept in $logs)
     local name=$1; shift
@@ -29,33 +34,45 @@ step() {  # step NAME COMMAND... : runs, records the outcome (output also kept i
     echo "=== $name"
     local t0=$SECONDS
     if "$@" 2>&1 | tee "$log"; (( PIPESTATUS[0] == 0 )); then
-        passed=$((passed + 1)); echo "=== ok: $name ($((SECONDS - t0))s)"
+        passed=$((passed + 1)); rows+=("ok|$((SECONDS - t0))|$name"); echo "=== ok: $name ($((SECONDS - t0))s)"
     else
-        failed=$((failed + 1)); failures+=("$name|$log"); echo "=== FAILED: $name ($((SECONDS - t0))s)"
+        failed=$((failed + 1)); failures+=("$name|$log"); rows+=("FAILED|$((SECONDS - t0))|$name")
+        echo "=== FAILED: $name ($((SECONDS - t0))s)"
     fi
+}
+guest_steps() {  # guest_steps TITLE GUEST_ARGS... -- 'NAME=>COMMAND'...: several steps in one boot
+    # Each step's line from Scripts/guest/steps.sh counts as a step of its own
+    # (its time is the guest's); a step without a line (the boot died or timed
+    # out first) is a failure; the boot's own overhead is one more row.
+    local title=$1; shift
+    local gargs=() specs=() spec name
+    while (($#)) && [[ $1 != -- ]]; do gargs+=("$1"); shift; done
+    shift; specs=("$@")
+    local log="$logs/$((passed + failed + 1)).log" t0=$SECONDS
+    echo "=== $title: one boot, ${#specs[@]} steps"
+    Scripts/guest.sh "${gargs[@]}" -- Scripts/guest/steps.sh "${specs[@]}" 2>&1 | tee "$log"
+    local rc=${PIPESTATUS[0]} inside=0 line secs
+    for spec in "${specs[@]}"; do
+        name=${spec%%=>*}
+        line=$(grep -aF -e "guest-step: ok $name (" -e "guest-step: FAILED $name (" "$log" | tail -n 1)
+        secs=$(sed -nE 's/.*\(([0-9]+)s.*/\1/p' <<<"$line"); secs=${secs:-0}
+        inside=$((inside + secs))
+        if [[ $line == "guest-step: ok "* ]]; then
+            passed=$((passed + 1)); rows+=("ok|$secs|$title: $name")
+        else
+            failed=$((failed + 1)); failures+=("$title: $name|$log")
+            [[ -n $line ]] || name+=" (no result: the boot ended first, guest.sh exit $rc)"
+            rows+=("FAILED|$secs|$title: $name")
+        fi
+    done
+    rows+=("-|$((SECONDS - t0 - inside))|$title: boot, setup and shutdown")
+    echo "=== $title: done ($((SECONDS - t0))s, guest.sh exit $rc)"
 }
 expect_exit() {  # expect_exit CODE COMMAND...
     local want=$1; shift
     "$@"; local got=$?
     [[ $got == "$want" ]] || { echo "expected exit $want, got $got"; return 1; }
 }
-mounts_dax() {  # the guest's /proc/mounts has the pmem device mounted dax
-    local out
-    out=$(Scripts/guest.sh "$@" -- cat /proc/mounts) || return 1
-    echo "$out" | grep -E '^/dev/pmem0 /mnt (ext4|xfs) .*dax' || { echo "$out"; return 1; }
-}
-
-guest_suite() {  # guest_suite GUEST_ARGS...: the suite in the guest; once more if it hung
-    # A hang (the suite's watchdog, exit 124) is reported with where every
-    # process waited, then the suite runs once more: under software emulation
-    # a guest has been seen to stall once in many runs (README, Tests).
-    Scripts/guest.sh "$@" -- Scripts/guest-tests.sh
-    local rc=$?
-    ((rc == 124)) || return $rc
-    echo "=== the suite hung (diagnostics above); running it once more"
-    Scripts/guest.sh "$@" -- Scripts/guest-tests.sh
-}
-
 devdax_scenario() {  # devdax_scenario ALIGN SCENARIO: runs it on /dev/dax0.0; a skip is a failure
     local size=1G mem=2G out
     [[ $1 == 1G ]] && { size=3G; mem=4G; }
@@ -72,35 +89,32 @@ step "host suite (swift test)" swift test --skip-build
 
 if [[ ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
     kernels=${DAXMIRROR_KERNELS:-stable backports newest}
-    step "guest: '-- true' exits 0" expect_exit 0 Scripts/guest.sh -- true
+    # Exit 0 is what every other guest step shows; these two can only be seen alone.
     step "guest: '-- false' exits non-zero (1)" expect_exit 1 Scripts/guest.sh -- false
-    step "guest: a hung guest is killed at --timeout (124)" expect_exit 124 Scripts/guest.sh --timeout 30 -- sleep 600
+    step "guest: a hung guest is killed at --timeout (124)" expect_exit 124 Scripts/guest.sh --timeout 20 -- sleep 600
     for k in $kernels; do
         for fs in ext4 xfs; do
-            step "guest $k/$fs: /proc/mounts shows /dev/pmem0 mounted dax" mounts_dax --kernel "$k" --fs "$fs"
-            step "guest $k/$fs: test suite on $fs-DAX" guest_suite --kernel "$k" --fs "$fs"
-            # The DAX write-protect bug probe gets a boot of its own: a hung probe can leave the kernel busy.
-            step "guest $k/$fs: DAX write-protect bug, as measured" env DAXMIRROR_GUEST_ENV=DAXMIRROR_WP_PROBE=1 \
-                Scripts/guest.sh --kernel "$k" --fs "$fs" --timeout 300 -- Scripts/guest-tests.sh --filter writeProtectOnDaxStillMisbehaves
+            guest_steps "guest $k/$fs" --kernel "$k" --fs "$fs" --timeout 1500 -- \
+                "/proc/mounts shows /dev/pmem0 mounted $fs with dax=>grep -E '^/dev/pmem0 /mnt $fs [^ ]*dax' /proc/mounts || { cat /proc/mounts; false; }" \
+                "test suite on $fs-DAX=>Scripts/guest-tests.sh" \
+                "DAX write-protect bug, as measured (last: it can wedge the kernel)=>DAXMIRROR_WP_PROBE=1 Scripts/guest-tests.sh --filter writeProtectOnDaxStillMisbehaves"
         done
     done
     # Device-dax (no filesystem): 1 GiB alignment gives PUD entries, 2 MiB PMDs.
     step "guest newest/devdax 1G: one PUD entry, device base + offset" devdax_scenario 1G devdax_pud.scn
     step "guest newest/devdax 2M: PMD entries matching pagemap" devdax_scenario 2M devdax_pmd.scn
-    step "power cuts on real pmem (ext4-DAX)" python3 Scripts/powercut-test.py --rounds "${DAXMIRROR_POWERCUTS:-20}"
+    step "power cuts on real pmem (ext4-DAX)" python3 Scripts/powercut-test.py --rounds "${DAXMIRROR_POWERCUTS:-6}"
 
     # The kernel's own dmirror as the oracle.
     step "hmm: the guest kernel with the HMM test driver (built once, then cached)" Scripts/guest/build-hmm-kernel.sh
     if hmm=$(Scripts/guest/build-hmm-kernel.sh 2>/dev/null); then
+        ops=${DAXMIRROR_DIFF_OPS:-10000}
         for fs in ext4 xfs; do
             kinds=file; [[ $fs == ext4 ]] && kinds=anon,shmem,file
-            step "hmm/$fs: the kernel's own hmm-tests on $fs-DAX (the baseline)" \
-                Scripts/guest.sh --kernel hmm --fs $fs -- "$PWD/Scripts/hmm-tests-baseline.sh" "$hmm/hmm-tests"
-            step "hmm/$fs: conformance table, daxmirror against the kernel's dmirror ($kinds)" \
-                Scripts/guest.sh --kernel hmm --fs $fs -- "$PWD/Scripts/differential.sh" --kinds $kinds
-            step "hmm/$fs: ${DAXMIRROR_DIFF_OPS:-10000} random operations per memory type through both ($kinds)" \
-                env DAXMIRROR_GUEST_ENV="DAXMIRROR_STRESS_KINDS=$kinds DAXMIRROR_DIFF_OPS=${DAXMIRROR_DIFF_OPS:-10000} DAXMIRROR_SUITE_TIMEOUT=2880" \
-                Scripts/guest.sh --kernel hmm --fs $fs --timeout 3000 -- Scripts/guest-tests.sh --filter randomOperationsAgreeWithTheKernel
+            DAXMIRROR_GUEST_ENV="DAXMIRROR_STEP_TIMEOUT=3000" guest_steps "hmm/$fs" --kernel hmm --fs $fs --timeout 4500 -- \
+                "the kernel's own hmm-tests on $fs-DAX (the baseline)=>Scripts/hmm-tests-baseline.sh $hmm/hmm-tests" \
+                "conformance table, daxmirror against the kernel's dmirror ($kinds)=>Scripts/differential.sh --kinds $kinds" \
+                "$ops random operations per memory type through both ($kinds)=>DAXMIRROR_STRESS_KINDS=$kinds DAXMIRROR_DIFF_OPS=$ops DAXMIRROR_SUITE_TIMEOUT=2880 Scripts/guest-tests.sh --filter randomOperationsAgreeWithTheKernel"
         done
         echo
         echo "conformance: daxmirror against the kernel's dmirror (kernel $(cat "$hmm/release"), $(date -u +%F))"
@@ -117,6 +131,13 @@ for f in "${failures[@]}"; do
     echo "--- failed: ${f%%|*} (last lines of its output)"
     grep -v '^[◇↳]\|passed after\|started\.$' "${f#*|}" | tail -n 40
 done
+echo "time per step (s):"
+for r in "${rows[@]}"; do IFS='|' read -r outcome secs name <<<"$r"; printf '%6d  %-6s  %s\n' "$secs" "$outcome" "$name"; done
+total=$((SECONDS - run_start))
+printf '%6d  total (%d min %d s)\n' "$total" $((total / 60)) $((total % 60))
+if ((total > 3600)); then
+    echo "!!! WARNING: the test command took $((total / 60)) minutes, over its 60-minute budget (CI stops at 90): make room before adding steps !!!"
+fi
 for f in "${failures[@]}"; do echo "failed: ${f%%|*}"; done
 echo "summary: $passed passed, $failed failed"
 ((failed == 0))
