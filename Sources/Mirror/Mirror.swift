@@ -32,6 +32,9 @@ public final class Mirror: @unchecked Sendable {
     public let region: Region
     public let table = DeviceTable()
     public let truth: CPUTruth
+    /// Where the region's VMAs come from: PROCMAP_QUERY for the region only
+    /// (6.11+), else the maps text (`vmaQuery.method`).
+    public let vmaQuery: VMAQuery
     public let tracker: FaultTracker?
     let aperture: Aperture
     let pageSize = UInt64(Syscall.pageSize)
@@ -81,6 +84,7 @@ public final class Mirror: @unchecked Sendable {
         self.region = region
         if case .file = region.backing { fileDAX = dax } else { fileDAX = false }
         if let truth { self.truth = truth } else { self.truth = try CPUTruth(scanAvailable: kernel.pagemapScan) }
+        vmaQuery = try Failure.wrapping("open /proc/self/maps") { () throws(SystemCallError) in try VMAQuery() }
         if case .devdax(_, _, _, let size, _) = region.backing {
             aperture = Aperture(fd: region.backing.sharedFD, knownSize: size)
             // The kernel's word on the entry size: smaps KernelPageSize.
@@ -113,7 +117,7 @@ public final class Mirror: @unchecked Sendable {
         }
         // Device-dax keeps the model: its 1 GiB entries are invisible to pagemap.
         writeBit = devdaxOrder == nil && SoftDirty.available ? .softDirty : .model
-        lastLayout = layout((try? Maps.read()) ?? [])
+        lastLayout = layout((try? vmaQuery.vmas(overlapping: region.base, region.end)) ?? [])
         if writeBit == .softDirty {
             try Failure.wrapping("clear soft-dirty bits (/proc/self/clear_refs)") { () throws(SystemCallError) in
                 try SoftDirty.clear()
@@ -195,8 +199,8 @@ public final class Mirror: @unchecked Sendable {
         }
         let vmas: [SmapsEntry]
         // The VMAs around the region (2 MiB either side, for huge-entry hulls).
-        do { vmas = try Maps.read(overlapping: (region.base & ~0x1fffff) &- 0x200000, (region.end | 0x1fffff) &+ 0x200001) }
-        catch { throw MirrorError(error.errno, "reading /proc/self/maps") }
+        do { vmas = try vmaQuery.vmas(overlapping: (region.base & ~0x1fffff) &- 0x200000, (region.end | 0x1fffff) &+ 0x200001) }
+        catch { throw MirrorError(error.errno, "reading the region's VMAs (\(vmaQuery.method.rawValue))") }
         let now = layout(vmas)
         // An unmapped (or moved-over) range with a VMA in it now was mapped
         // anew, even where the layout reads the same (MAP_FIXED over itself).

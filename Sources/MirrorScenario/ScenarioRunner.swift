@@ -212,7 +212,8 @@ public final class ScenarioRunner {
             return [("region", .string(args[0])), ("device", .string(device)),
                     ("events", .string(mirror.tracker.map { $0.mechanism.rawValue }
                                        ?? (other.map { "none (\($0) holds the registration)" } ?? "none"))),
-                    ("huge_visible", .bool(mirror.truth.scanAvailable)), ("write_bit", .string(mirror.writeBit.rawValue))]
+                    ("huge_visible", .bool(mirror.truth.scanAvailable)), ("write_bit", .string(mirror.writeBit.rawValue)),
+                    ("layout", .string(mirror.vmaQuery.method == .procmapQuery ? "procmap_query" : "maps"))]
         case "cpu-read":
             try need(3, "R OFF LEN")
             let (m, off, len) = try range(args)

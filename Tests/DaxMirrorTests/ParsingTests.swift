@@ -145,3 +145,49 @@ struct ValueTests {
         #expect(back?["b"] as? String == "q\"\\\n\u{1}")
     }
 }
+
+@Suite("PROCMAP_QUERY")
+struct VMAQueryTests {
+    /// The ioctl's answer for a range is exactly the maps text's VMAs there
+    /// (start, end, perms, offset, device, inode), over mappings of every
+    /// kind — anonymous, shared, read-only, PROT_NONE, a file — with holes
+    /// between them, and ranges that start and end inside VMAs and holes.
+    @Test(.enabled(if: VMAQuery.available, "this kernel has no PROCMAP_QUERY (before 6.11): the maps text serves"))
+    func answersAsTheMapsTextDoes() throws {
+        let query = try VMAQuery()
+        try #require(query.method == .procmapQuery)
+        let page = Syscall.pageSize
+        // 40 pages reserved, then mapped in pieces of different kinds with holes.
+        let base = try #require(mmap(nil, 40 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+        try #require(base != MAP_FAILED)
+        defer { munmap(base, 40 * page) }
+        let fd = open("/proc/self/exe", O_RDONLY)
+        try #require(fd >= 0)
+        defer { close(fd) }
+        let pieces: [(Int, Int, Int32, Int32, Int32)] = [  // (page, count, prot, flags, fd)
+            (0, 3, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1),
+            (4, 2, PROT_READ, MAP_SHARED | MAP_ANONYMOUS, -1),
+            (6, 5, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1),
+            (13, 4, PROT_READ, MAP_PRIVATE, fd),
+            (20, 2, PROT_READ | PROT_EXEC, MAP_PRIVATE, fd),
+        ]
+        munmap(base + 3 * page, page)  // holes at 3, 11-12 (PROT_NONE stays), 17-19 unmapped
+        munmap(base + 17 * page, 3 * page)
+        for (p, n, prot, flags, f) in pieces {
+            let r = mmap(base + p * page, n * page, prot, flags | MAP_FIXED, f, f < 0 ? 0 : off_t(p * page))
+            try #require(r != MAP_FAILED, "mmap piece at page \(p)")
+        }
+        let b = UInt64(UInt(bitPattern: base)), pg = UInt64(page)
+        var rng = SystemRandomNumberGenerator()
+        for i in 0..<300 {
+            let s = i == 0 ? b : b + UInt64.random(in: 0..<40, using: &rng) * pg + UInt64.random(in: 0..<pg, using: &rng)
+            let e = i == 0 ? b + 40 * pg : s + UInt64.random(in: 1...(42 * pg), using: &rng)
+            let fromIoctl = try query.vmas(overlapping: s, e)
+            let fromText = try Maps.read(overlapping: s, e)
+            let key = { (v: SmapsEntry) in "\(String(v.start, radix: 16))-\(String(v.end, radix: 16)) \(v.perms) \(v.offset) \(v.device) \(v.inode)" }
+            #expect(fromIoctl.map(key) == fromText.map(key), "range 0x\(String(s, radix: 16))-0x\(String(e, radix: 16))")
+        }
+        // The whole reservation: every piece, hole and PROT_NONE remainder is there.
+        #expect(try query.vmas(overlapping: b, b + 40 * pg).count >= 7)
+    }
+}

@@ -280,6 +280,40 @@ static inline long dm_pagemap_scan(int pagemap_fd, struct dm_pm_scan_arg *arg) {
 }
 
 // ---------------------------------------------------------------------------
+// PROCMAP_QUERY (include/uapi/linux/fs.h, Linux 6.11+): one VMA of a process
+// by address, in O(log n), from an open /proc/PID/maps — instead of reading
+// the maps text from its first line. Debian 12's headers predate it; the
+// layout below is the upstream ABI (the kernel takes any size it knows).
+// ---------------------------------------------------------------------------
+struct dm_procmap_query {
+    uint64_t size;               // sizeof(struct dm_procmap_query)
+    uint64_t query_flags;        // DM_PROCMAP_QUERY_*
+    uint64_t query_addr;
+    uint64_t vma_start, vma_end; // out
+    uint64_t vma_flags;          // out: DM_PROCMAP_QUERY_VMA_* bits
+    uint64_t vma_page_size;      // out
+    uint64_t vma_offset;         // out: file offset of vma_start
+    uint64_t inode;              // out
+    uint32_t dev_major, dev_minor; // out
+    uint32_t vma_name_size;      // in/out: 0 = no name wanted
+    uint32_t build_id_size;      // in/out: 0 = no build id wanted
+    uint64_t vma_name_addr, build_id_addr;
+};
+#define DM_PROCMAP_QUERY _IOWR('f', 17, struct dm_procmap_query)
+static const uint64_t DM_PROCMAP_QUERY_VMA_READABLE = 0x01;
+static const uint64_t DM_PROCMAP_QUERY_VMA_WRITABLE = 0x02;
+static const uint64_t DM_PROCMAP_QUERY_VMA_EXECUTABLE = 0x04;
+static const uint64_t DM_PROCMAP_QUERY_VMA_SHARED = 0x08;
+/// The VMA covering query_addr or, if none does, the first one after it.
+static const uint64_t DM_PROCMAP_QUERY_COVERING_OR_NEXT_VMA = 0x10;
+
+/// PROCMAP_QUERY on an open /proc/PID/maps fd. 0, or -1 with errno: ENOENT
+/// when no VMA covers (or follows) the address, ENOTTY before Linux 6.11.
+static inline int dm_procmap_query(int maps_fd, struct dm_procmap_query *q) {
+    return ioctl(maps_fd, DM_PROCMAP_QUERY, q);
+}
+
+// ---------------------------------------------------------------------------
 // fork with a child that only stores bytes (the mirror's COW-after-fork case).
 // The child runs nothing but memset and _exit: after fork() in a threaded
 // process only async-signal-safe code is allowed, so this cannot be Swift.
