@@ -2,7 +2,7 @@
 # Benchmarks: daxmirror's Swift fault tracking against a C baseline that makes
 # the same system calls, both built and run here, in the same invocation, with
 # the same CPU placement (both pinned to one CPU: the faulting thread and the
-# handler then share it, the fast case; DESIGN.md §4 explains why placement
+# handler then share it, the fast case; docs/kernel-facts.md §3 explains why placement
 # matters more than the language). Prints each ratio Swift/C (>= 0.9 is the goal
 # for fault tracking, >= 0.8 for the mirror's range fault) and the device
 # table's memory per mirrored page as malloc counts it (goal <= 16 B per 4 KiB

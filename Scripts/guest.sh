@@ -178,7 +178,7 @@ boot() {
     return $rc
 }
 # Multi-threaded TCG occasionally crashes a guest kernel in early boot (an
-# int3 oops while the kernel patches its own text, DESIGN.md §5). A guest that
+# int3 oops while the kernel patches its own text, docs/kernel-facts.md §5). A guest that
 # died before it came up ran nothing, so booting it again is safe: up to twice.
 for attempt in 1 2 3; do
     rc=0

@@ -2,7 +2,7 @@
 # The baseline row: the kernel's own HMM selftest (tools/testing/selftests/mm/
 # hmm-tests, built with the HMM kernel by Scripts/guest/build-hmm-kernel.sh)
 # on the guest's DAX filesystem. hmm-tests makes its files in /tmp, so a
-# directory of the DAX mount is bound over /tmp first (DESIGN.md §5).
+# directory of the DAX mount is bound over /tmp first (docs/kernel-facts.md §6).
 #   Scripts/guest.sh --kernel hmm --fs ext4 -- Scripts/hmm-tests-baseline.sh HMM_TESTS_BINARY
 # Exit 0 when every case passes except those known not to apply to DAX, which
 # are named; 1 otherwise.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the guest kernel that carries the kernel's own HMM test driver
 # (lib/test_hmm.c: /dev/hmm_dmirror0 and 1) and its selftest (hmm-tests), from
-# Debian's linux-source-6.12 package (DESIGN.md §5). Everything the guest needs
+# Debian's linux-source-6.12 package (docs/kernel-facts.md §6). Everything the guest needs
 # is built in (no modules), so it boots with the same init as Debian's kernels.
 #   Scripts/guest/build-hmm-kernel.sh [--rebuild]   -> prints the kernel's directory
 # The result is cached per machine, outside the work tree (a fresh clone on
@@ -28,6 +28,10 @@ enable=(
     # What busybox, bash, Swift's runtime, Dispatch, Foundation and the tests call.
     MULTIUSER FUTEX EPOLL SIGNALFD TIMERFD EVENTFD SHMEM AIO ADVISE_SYSCALLS MEMBARRIER RSEQ
     POSIX_TIMERS SYSVIPC FILE_LOCKING INOTIFY_USER FHANDLE UNIX98_PTYS
+    # process_vm_readv/writev: the device's path to anonymous memory.
+    CROSS_MEMORY_ATTACH
+    # The wall clock (file times, logs) from the emulated CMOS clock.
+    RTC_CLASS RTC_DRV_CMOS
     PROC_FS PROC_SYSCTL SYSFS TMPFS TMPFS_POSIX_ACL DEVTMPFS DEVTMPFS_MOUNT
     # isa-debug-exit: the guest writes its exit status to port 0xf4 through /dev/port.
     DEVMEM DEVPORT
@@ -47,6 +51,9 @@ enable=(
     # soft-dirty (needs CHECKPOINT_RESTORE), pagemap, hugetlbfs.
     TRANSPARENT_HUGEPAGE USERFAULTFD PTE_MARKER_UFFD_WP CHECKPOINT_RESTORE MEM_SOFT_DIRTY
     PROC_PAGE_MONITOR HUGETLBFS
+    # Pages migrate behind the mirror's back as on Debian's kernels (the
+    # revalidation path must meet that).
+    COMPACTION MIGRATION
     # The kernel's HMM test driver and what hmm-tests uses beside it (gup_test in debugfs).
     HMM_MIRROR DEVICE_PRIVATE RUNTIME_TESTING_MENU TEST_HMM DEBUG_FS GUP_TEST
 )

@@ -78,7 +78,7 @@ public struct TrackerChoice: Sendable, Equatable {
 
 extension TrackingMechanism {
     /// Picks the mechanism for `backing` from what the kernel offers. The rules
-    /// follow what the kernel allows per memory type (DESIGN.md §2).
+    /// follow what the kernel allows per memory type (docs/kernel-facts.md §1).
     public static func choose(for backing: MemoryBacking, kernel: KernelFeatures) -> TrackerChoice {
         guard let f = kernel.userfaultfd else {
             return TrackerChoice(mechanism: .pagemapPolling, reason: "no userfaultfd on this kernel or for this user")

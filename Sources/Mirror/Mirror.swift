@@ -75,6 +75,16 @@ public final class Mirror: @unchecked Sendable {
     public let writeBit: WriteBitSource
     /// The region maps a file on a DAX filesystem (MAP_SYNC worked).
     let fileDAX: Bool
+    /// A shared mapping whose backing has no page_mkwrite (shmem, memfd,
+    /// tmpfs files): when mprotect gives write permission back, the kernel
+    /// upgrades none of its PTEs (mprotect_fixup asks vma_wants_writenotify
+    /// with the old, read-only vm_page_prot), so every page stays
+    /// write-protected until it is written again, while its soft-dirty bit
+    /// still says "written". DAX and disk files have page_mkwrite: their
+    /// dirty, soft-dirty PTEs become writable again, as the rule expects.
+    let writeRestoreProtectsAll: Bool
+    /// Soft-dirty must be cleared before the write bit means anything again.
+    private var softDirtyStale = false
 
     /// Starts mirroring `region`. With `tracking`, a FaultTracker delivers the
     /// kernel's invalidation events; without it (or where the kernel has no
@@ -83,6 +93,11 @@ public final class Mirror: @unchecked Sendable {
                 truth: CPUTruth? = nil, kernel: KernelFeatures = .probe()) throws(Failure) {
         self.region = region
         if case .file = region.backing { fileDAX = dax } else { fileDAX = false }
+        switch region.backing {
+        case .shmem: writeRestoreProtectsAll = true
+        case .file(_, let fd, true): writeRestoreProtectsAll = Mirror.onTmpfs(fd)
+        default: writeRestoreProtectsAll = false
+        }
         if let truth { self.truth = truth } else { self.truth = try CPUTruth(scanAvailable: kernel.pagemapScan) }
         vmaQuery = try Failure.wrapping("open /proc/self/maps") { () throws(SystemCallError) in try VMAQuery() }
         if case .devdax(_, _, _, let size, _) = region.backing {
@@ -168,6 +183,20 @@ public final class Mirror: @unchecked Sendable {
         invalidate(from, region.end - from)
     }
 
+    /// The process changed the protection of [address, address+length) (an
+    /// mprotect the mirror is told of, as a truncate is): the kernel's
+    /// notifier drops the range from every device whatever the change, even
+    /// one undone before the device looks again, which no VMA layout shows.
+    public func protectionChanged(_ address: UInt64, _ length: UInt64, writable: Bool) {
+        invalidate(address, length)
+        if writable && writeRestoreProtectsAll { softDirtyStale = true }
+    }
+
+    /// Whether `fd` is a file on tmpfs (shmem: no page_mkwrite).
+    static func onTmpfs(_ fd: Int32) -> Bool {
+        dm_fs_magic(fd) == DM_TMPFS_MAGIC
+    }
+
     /// Applies what changed since the last operation: tracker events and VMA
     /// layout changes. Returns the current VMAs.
     @discardableResult
@@ -212,6 +241,7 @@ public final class Mirror: @unchecked Sendable {
                 // A new VMA (not one only unmapped or reprotected) counts as
                 // soft-dirty all over (VM_SOFTDIRTY).
                 mappedAnew = mappedAnew || change.mappedAnew
+                if change.writeRestored && writeRestoreProtectsAll { softDirtyStale = true }
             }
             lastLayout = now
         }
@@ -219,9 +249,12 @@ public final class Mirror: @unchecked Sendable {
         // soft-dirty bits (the kernel invalidated them anyway, copy-on-write),
         // and a new VMA counts as soft-dirty all over: clear again, so that
         // soft-dirty means writable once more (an invalidation of everything).
-        if writeBit == .softDirty && ((forked && privateRegion) || mappedAnew) {
+        // And a shmem range given write permission back has read-only PTEs
+        // with their old soft-dirty bits (writeRestoreProtectsAll).
+        if writeBit == .softDirty && ((forked && privateRegion) || mappedAnew || softDirtyStale) {
             do { try SoftDirty.clear() } catch { throw MirrorError(error.errno, "clearing soft-dirty bits: \(error)") }
         }
+        softDirtyStale = false
         if SoftDirty.epoch != softDirtySeen {
             // Some clear of this process's soft-dirty bits (ours or another
             // mirror's): the kernel invalidated the whole address space.
@@ -260,8 +293,9 @@ public final class Mirror: @unchecked Sendable {
     }
 
     /// A range the two layouts map differently; `mappedAnew` if a VMA there
-    /// now maps other memory than before (not only other permissions).
-    struct LayoutChange { var start: UInt64, end: UInt64, mappedAnew: Bool }
+    /// now maps other memory than before (not only other permissions);
+    /// `writeRestored` if the same memory is writable now and was not.
+    struct LayoutChange { var start: UInt64, end: UInt64, mappedAnew: Bool, writeRestored: Bool }
 
     /// Ranges where the two layouts map the region differently.
     private func changedRanges(_ a: [VMASlice], _ b: [VMASlice]) -> [LayoutChange] {
@@ -279,11 +313,13 @@ public final class Mirror: @unchecked Sendable {
             }
             guard !sameBacking || va?.perms != vb?.perms else { continue }
             let anew = vb != nil && !sameBacking
+            let restored = sameBacking && va?.perms.dropFirst().first != "w" && vb?.perms.dropFirst().first == "w"
             if let last = out.last, last.end == s {
                 out[out.count - 1].end = e
                 out[out.count - 1].mappedAnew = last.mappedAnew || anew
+                out[out.count - 1].writeRestored = last.writeRestored || restored
             } else {
-                out.append(LayoutChange(start: s, end: e, mappedAnew: anew))
+                out.append(LayoutChange(start: s, end: e, mappedAnew: anew, writeRestored: restored))
             }
         }
         return out

@@ -286,6 +286,13 @@ public final class ScenarioRunner {
             default: throw Refusal(errno: .EINVAL, message: "protection must be none, read or rw")
             }
             try sys("mprotect") { mprotect(m.base + Int(off), Int(len), prot) }
+            // The kernel's notifier hears of every mprotect; tell the mirrors
+            // of this region (a change undone before the next device access
+            // leaves no trace in the VMAs).
+            let addr = UInt64(UInt(bitPattern: m.base)) + off
+            for (d, r) in deviceRegion where r == args[0] {
+                mirrors[d]?.protectionChanged(addr, len, writable: prot & PROT_WRITE != 0)
+            }
             return []
         case "unmap":
             try need(3, "R OFF LEN")

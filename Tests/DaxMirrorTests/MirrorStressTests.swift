@@ -108,9 +108,21 @@ struct MirrorStressTests {
         let accesses = lines.filter { $0.contains("\"kernel_faults\"") }.count
         let snapshots = lines.filter { $0.contains("\"kernel_snapshot\":\"agrees\"") }.count
         #expect(r.status == 0 && bad.isEmpty, "\(replay):\n\(bad.joined(separator: "\n"))\n\(r.stderr)")
+        if let first = bad.first { print(Self.context(of: first, in: script, answers: lines)) }
         #expect(lines.count == script.count, "\(replay): \(lines.count) answers for \(script.count) commands")
         #expect(snapshots >= ops / 10, "\(replay): only \(snapshots) full-range snapshots were compared with the kernel's")
         print("differential \(kind): \(replay): \(bad.isEmpty ? 0 : bad.count) disagreements; compared with the kernel's dmirror: \(accesses) device accesses, \(snapshots) full-range snapshots (one every 10 operations); ops \(stats.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))")
+    }
+
+    /// The 30 commands before a failed answer, with their answers: what the
+    /// CPU and the device did to get there (a log alone then tells the story).
+    static func context(of failed: Substring, in script: [String], answers: [Substring]) -> String {
+        guard let r = failed.range(of: "\"line\":"),
+              let n = Int(failed[r.upperBound...].prefix { $0.isNumber }), n >= 1 else { return "" }
+        let lo = max(1, n - 30)
+        return (["the commands before line \(n):"] + (lo...min(n, script.count)).map { i in
+            "  \(i): \(script[i - 1])  ->  \(i <= answers.count ? String(answers[i - 1].prefix(300)) : "(no answer)")"
+        }).joined(separator: "\n")
     }
 
     /// A printed seed is a replay: the same seed gives the same commands (and

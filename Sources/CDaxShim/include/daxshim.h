@@ -280,6 +280,18 @@ static inline long dm_pagemap_scan(int pagemap_fd, struct dm_pm_scan_arg *arg) {
 }
 
 // ---------------------------------------------------------------------------
+// The filesystem a descriptor's file lives on (fstatfs f_type, linux/magic.h):
+// Swift's Glibc module does not carry <sys/vfs.h>.
+// ---------------------------------------------------------------------------
+#include <sys/vfs.h>
+static const long DM_TMPFS_MAGIC = 0x01021994;
+/// fstatfs(2)'s f_type for `fd`, or -1 (errno).
+static inline long dm_fs_magic(int fd) {
+    struct statfs st;
+    return fstatfs(fd, &st) == 0 ? (long)st.f_type : -1;
+}
+
+// ---------------------------------------------------------------------------
 // PROCMAP_QUERY (include/uapi/linux/fs.h, Linux 6.11+): one VMA of a process
 // by address, in O(log n), from an open /proc/PID/maps — instead of reading
 // the maps text from its first line. Debian 12's headers predate it; the
