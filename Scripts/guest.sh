@@ -158,7 +158,7 @@ boot() {
     set +e
     "${qemu_base[@]}" "${accel_args[@]}" -append "$cmdline" \
         -chardev "stdio,id=console,signal=off,logfile=$run/console.log" -serial chardev:console \
-        </dev/null 2>"$run/qemu.err" > >(tr -d '\r') &
+        </dev/null 2>"$run/qemu.err" > >(stdbuf -oL tr -d '\r') &
     qpid=$!
     # The watchdog must not hold our stdout open, and must take its sleep with it.
     (

@@ -96,8 +96,8 @@ if [[ ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
         for fs in ext4 xfs; do
             guest_steps "guest $k/$fs" --kernel "$k" --fs "$fs" --timeout 1500 -- \
                 "/proc/mounts shows /dev/pmem0 mounted $fs with dax=>grep -E '^/dev/pmem0 /mnt $fs [^ ]*dax' /proc/mounts || { cat /proc/mounts; false; }" \
-                "test suite on $fs-DAX=>Scripts/guest-tests.sh" \
-                "DAX write-protect bug, as measured (last: it can wedge the kernel)=>DAXMIRROR_WP_PROBE=1 Scripts/guest-tests.sh --filter writeProtectOnDaxStillMisbehaves"
+                "test suite on $fs-DAX=>$PWD/Scripts/guest-tests.sh" \
+                "DAX write-protect bug, as measured (last: it can wedge the kernel)=>DAXMIRROR_WP_PROBE=1 $PWD/Scripts/guest-tests.sh --filter writeProtectOnDaxStillMisbehaves"
         done
     done
     # Device-dax (no filesystem): 1 GiB alignment gives PUD entries, 2 MiB PMDs.
@@ -112,9 +112,9 @@ if [[ ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
         for fs in ext4 xfs; do
             kinds=file; [[ $fs == ext4 ]] && kinds=anon,shmem,file
             DAXMIRROR_GUEST_ENV="DAXMIRROR_STEP_TIMEOUT=3000" guest_steps "hmm/$fs" --kernel hmm --fs $fs --timeout 4500 -- \
-                "the kernel's own hmm-tests on $fs-DAX (the baseline)=>Scripts/hmm-tests-baseline.sh $hmm/hmm-tests" \
-                "conformance table, daxmirror against the kernel's dmirror ($kinds)=>Scripts/differential.sh --kinds $kinds" \
-                "$ops random operations per memory type through both ($kinds)=>DAXMIRROR_STRESS_KINDS=$kinds DAXMIRROR_DIFF_OPS=$ops DAXMIRROR_SUITE_TIMEOUT=2880 Scripts/guest-tests.sh --filter randomOperationsAgreeWithTheKernel"
+                "the kernel's own hmm-tests on $fs-DAX (the baseline)=>$PWD/Scripts/hmm-tests-baseline.sh $hmm/hmm-tests" \
+                "conformance table, daxmirror against the kernel's dmirror ($kinds)=>$PWD/Scripts/differential.sh --kinds $kinds" \
+                "$ops random operations per memory type through both ($kinds)=>DAXMIRROR_STRESS_KINDS=$kinds DAXMIRROR_DIFF_OPS=$ops DAXMIRROR_SUITE_TIMEOUT=2880 $PWD/Scripts/guest-tests.sh --filter randomOperationsAgreeWithTheKernel"
         done
         echo
         echo "conformance: daxmirror against the kernel's dmirror (kernel $(cat "$hmm/release"), $(date -u +%F))"

@@ -40,6 +40,8 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
     public var registrations: [(MemoryKind, [(TrialMode, ProbeResult)])]
     public var fileProbeDirectory: String
     public var pagemapScan: ProbeResult
+    /// PROCMAP_QUERY (6.11+): the mirror asks for its region's VMAs only.
+    public var procmapQuery: ProbeResult
     public var pagemapShowsPFNs: ProbeResult
     public var populateRead: ProbeResult
     public var populateWrite: ProbeResult
@@ -64,7 +66,7 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
             userfaultfdDevice: probeDevice(),
             unprivilegedUserfaultfd: readSysfsAttribute("/proc/sys/vm/unprivileged_userfaultfd"),
             registrations: [], fileProbeDirectory: directory,
-            pagemapScan: probePagemapScan(), pagemapShowsPFNs: probePFNs(),
+            pagemapScan: probePagemapScan(), procmapQuery: probeProcmapQuery(), pagemapShowsPFNs: probePFNs(),
             populateRead: probeMadvise(DM_MADV_POPULATE_READ),
             populateWrite: probeMadvise(DM_MADV_POPULATE_WRITE),
             thpEnabled: readSysfsAttribute("/sys/kernel/mm/transparent_hugepage/enabled").flatMap(bracketed),
@@ -157,6 +159,20 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
         }
     }
 
+    static func probeProcmapQuery() -> ProbeResult {
+        do {
+            let q = try VMAQuery()
+            guard q.method == .procmapQuery else { return .failed(.ENOTTY) }
+            // The answer must be right, not only accepted: this stack's VMA.
+            var probe: UInt8 = 0
+            let here = withUnsafeMutablePointer(to: &probe) { UInt64(UInt(bitPattern: $0)) }
+            let vmas = try q.vmas(overlapping: here, here + 1)
+            return vmas.count == 1 && vmas[0].contains(here) ? .ok("one VMA per ioctl") : .failed(.EIO)
+        } catch {
+            return .failed(error.errno)
+        }
+    }
+
     static func probePFNs() -> ProbeResult {
         do {
             let region = try ScratchMapping.anonymous(length: Syscall.pageSize)
@@ -206,6 +222,7 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
                 (kind.rawValue, JSON.object(modes.map { ($0.0.rawValue, $0.1.json) }))
             }),
             "pagemap_scan": pagemapScan.json,
+            "procmap_query": procmapQuery.json,
             "pagemap_pfns": pagemapShowsPFNs.json,
             "madv_populate_read": populateRead.json,
             "madv_populate_write": populateWrite.json,

@@ -183,13 +183,28 @@ public final class Mirror: @unchecked Sendable {
         invalidate(from, region.end - from)
     }
 
-    /// The process changed the protection of [address, address+length) (an
-    /// mprotect the mirror is told of, as a truncate is): the kernel's
-    /// notifier drops the range from every device whatever the change, even
-    /// one undone before the device looks again, which no VMA layout shows.
-    public func protectionChanged(_ address: UInt64, _ length: UInt64, writable: Bool) {
-        invalidate(address, length)
-        if writable && writeRestoreProtectsAll { softDirtyStale = true }
+    /// The process is about to mprotect [address, address+length): the VMAs
+    /// there now, for `protectionChanged` afterwards (PROCMAP_QUERY: cheap).
+    public func vmasBeforeProtect(_ address: UInt64, _ length: UInt64) -> [SmapsEntry] {
+        (try? vmaQuery.vmas(overlapping: address, address &+ length)) ?? []
+    }
+
+    /// The process changed the protection of [address, address+length) to
+    /// `readable`/`writable` (an mprotect the mirror is told of, as a
+    /// truncate is), `before` being the VMAs there just before. As the
+    /// kernel's mprotect_fixup, every VMA part whose permissions changed is
+    /// invalidated for every device — even a change undone before the device
+    /// looks again, which no VMA layout shows — and one that kept them is not.
+    public func protectionChanged(_ address: UInt64, _ length: UInt64, readable: Bool, writable: Bool,
+                                  executable: Bool = false, before: [SmapsEntry]) {
+        let end = address &+ length
+        for v in before where v.end > address && v.start < end {
+            let wasExec = v.perms.utf8.dropFirst(2).first == UInt8(ascii: "x")
+            guard v.readable != readable || v.writable != writable || wasExec != executable else { continue }
+            let s = max(v.start, address), e = min(v.end, end)
+            invalidate(s, e - s)
+            if writable && !v.writable && writeRestoreProtectsAll { softDirtyStale = true }
+        }
     }
 
     /// Whether `fd` is a file on tmpfs (shmem: no page_mkwrite).

@@ -285,13 +285,16 @@ public final class ScenarioRunner {
             case "rw": prot = PROT_READ | PROT_WRITE
             default: throw Refusal(errno: .EINVAL, message: "protection must be none, read or rw")
             }
-            try sys("mprotect") { mprotect(m.base + Int(off), Int(len), prot) }
-            // The kernel's notifier hears of every mprotect; tell the mirrors
-            // of this region (a change undone before the next device access
-            // leaves no trace in the VMAs).
+            // The kernel's notifier hears of every mprotect that changes a
+            // VMA's permissions; tell the mirrors of this region (a change
+            // undone before the next device access leaves no trace in the VMAs).
             let addr = UInt64(UInt(bitPattern: m.base)) + off
-            for (d, r) in deviceRegion where r == args[0] {
-                mirrors[d]?.protectionChanged(addr, len, writable: prot & PROT_WRITE != 0)
+            let watching = deviceRegion.filter { $0.value == args[0] }.compactMap { mirrors[$0.key] }
+            let before = watching.first?.vmasBeforeProtect(addr, len) ?? []
+            try sys("mprotect") { mprotect(m.base + Int(off), Int(len), prot) }
+            for mirror in watching {
+                mirror.protectionChanged(addr, len, readable: prot & PROT_READ != 0, writable: prot & PROT_WRITE != 0,
+                                         before: before)
             }
             return []
         case "unmap":

@@ -78,6 +78,7 @@ struct CapsCommand: ParsableCommand {
         }
         t.section("page-table truth")
         t.row("PAGEMAP_SCAN", report.pagemapScan.text)
+        t.row("PROCMAP_QUERY", report.procmapQuery.text + (report.procmapQuery.isOK ? "" : " (the mirror reads the maps text)"))
         t.row("pagemap PFNs", report.pagemapShowsPFNs.text)
         t.row("MADV_POPULATE_READ", report.populateRead.text)
         t.row("MADV_POPULATE_WRITE", report.populateWrite.text)

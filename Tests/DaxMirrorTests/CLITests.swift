@@ -1,5 +1,6 @@
 import CDaxShim
 import DaxDetection
+import PageTables
 import Foundation
 import Testing
 
@@ -19,6 +20,9 @@ struct CLITests {
         defer { close(fd) }
         var api = uffdio_api(api: DM_UFFD_API, features: 0, ioctls: 0)
         #expect(dm_uffdio_api(fd, &api) == 0)
+        // PROCMAP_QUERY as the kernel answers it (6.11+), not as the version says.
+        let pq = try #require(caps["procmap_query"] as? [String: Any])
+        #expect((pq["result"] as? String == "ok") == VMAQuery.available, "\(pq)")
         let uffd = try #require(caps["userfaultfd"] as? [String: Any])
         #expect((uffd["features"] as? NSNumber)?.uint64Value == api.features)
         let names = try #require(uffd["feature_names"] as? [String])
