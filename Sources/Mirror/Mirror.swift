@@ -185,8 +185,9 @@ public final class Mirror: @unchecked Sendable {
 
     /// The process is about to mprotect [address, address+length): the VMAs
     /// there now, for `protectionChanged` afterwards (PROCMAP_QUERY: cheap).
-    public func vmasBeforeProtect(_ address: UInt64, _ length: UInt64) -> [SmapsEntry] {
-        (try? vmaQuery.vmas(overlapping: address, address &+ length)) ?? []
+    public func vmasBeforeProtect(_ address: UInt64, _ length: UInt64) throws(MirrorError) -> [SmapsEntry] {
+        do { return try vmaQuery.vmas(overlapping: address, address &+ length) }
+        catch { throw MirrorError(error.errno, "reading the VMAs before mprotect (\(vmaQuery.method.rawValue))") }
     }
 
     /// The process changed the protection of [address, address+length) to

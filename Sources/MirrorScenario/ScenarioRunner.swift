@@ -290,7 +290,7 @@ public final class ScenarioRunner {
             // undone before the next device access leaves no trace in the VMAs).
             let addr = UInt64(UInt(bitPattern: m.base)) + off
             let watching = deviceRegion.filter { $0.value == args[0] }.compactMap { mirrors[$0.key] }
-            let before = watching.first?.vmasBeforeProtect(addr, len) ?? []
+            let before = try watching.first?.vmasBeforeProtect(addr, len) ?? []
             try sys("mprotect") { mprotect(m.base + Int(off), Int(len), prot) }
             for mirror in watching {
                 mirror.protectionChanged(addr, len, readable: prot & PROT_READ != 0, writable: prot & PROT_WRITE != 0,
