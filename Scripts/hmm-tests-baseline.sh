@@ -9,6 +9,7 @@
 set -euo pipefail
 tests=${1:?usage: hmm-tests-baseline.sh HMM_TESTS_BINARY}
 dir=${DAXMIRROR_DAX_DIR:-/mnt}
+[[ -x $tests ]] || { echo "hmm-tests: $tests is not there (in the guest, a host path under /tmp is hidden by the guest's own /tmp)" >&2; exit 2; }
 [[ -e /dev/hmm_dmirror0 ]] || { echo "hmm-tests: no /dev/hmm_dmirror0 (boot Scripts/guest.sh --kernel hmm)" >&2; exit 2; }
 fs=$(awk -v d="$dir" '$2 == d {print $3 (($4 ~ /(^|,)dax/) ? "-DAX" : ""); exit}' /proc/mounts)
 # Cases that cannot pass on DAX, and why.

@@ -109,10 +109,12 @@ if [[ ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
     step "hmm: the guest kernel with the HMM test driver (built once, then cached)" Scripts/guest/build-hmm-kernel.sh
     if hmm=$(Scripts/guest/build-hmm-kernel.sh 2>/dev/null); then
         ops=${DAXMIRROR_DIFF_OPS:-10000}
+        # The guest sees the work tree, not every host path (its /tmp is its own).
+        cp "$hmm/hmm-tests" .cache/hmm-tests
         for fs in ext4 xfs; do
             kinds=file; [[ $fs == ext4 ]] && kinds=anon,shmem,file
             DAXMIRROR_GUEST_ENV="DAXMIRROR_STEP_TIMEOUT=3000" guest_steps "hmm/$fs" --kernel hmm --fs $fs --timeout 4500 -- \
-                "the kernel's own hmm-tests on $fs-DAX (the baseline)=>$PWD/Scripts/hmm-tests-baseline.sh $hmm/hmm-tests" \
+                "the kernel's own hmm-tests on $fs-DAX (the baseline)=>$PWD/Scripts/hmm-tests-baseline.sh $PWD/.cache/hmm-tests" \
                 "conformance table, daxmirror against the kernel's dmirror ($kinds)=>$PWD/Scripts/differential.sh --kinds $kinds" \
                 "$ops random operations per memory type through both ($kinds)=>DAXMIRROR_STRESS_KINDS=$kinds DAXMIRROR_DIFF_OPS=$ops DAXMIRROR_SUITE_TIMEOUT=2880 $PWD/Scripts/guest-tests.sh --filter randomOperationsAgreeWithTheKernel"
         done
