@@ -17,9 +17,11 @@ declare -A not_on_dax=(
     [migrate_file_private]="migrate_vma_setup() refuses DAX VMAs (EINVAL): there is no page cache to migrate a DAX page out of"
 )
 mkdir -p "$dir/hmm-tmp"
+# The binary goes along: the bind hides whatever lived under /tmp (a work tree there too).
+cp "$tests" "$dir/hmm-tmp/hmm-tests"
 mount --bind "$dir/hmm-tmp" /tmp
 trap 'umount /tmp 2>/dev/null || true' EXIT
-out=$(cd /tmp && timeout 600 "$tests" 2>&1) || true
+out=$(cd /tmp && timeout 600 /tmp/hmm-tests 2>&1) || true
 passed=$(grep -cE '^ok [0-9]+ ' <<<"$out" || true)
 skipped=$(grep -cE '^ok [0-9]+ .*# SKIP' <<<"$out" || true)
 unexpected=()
