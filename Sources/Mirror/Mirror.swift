@@ -200,8 +200,7 @@ public final class Mirror: @unchecked Sendable {
                                   executable: Bool = false, before: [SmapsEntry]) {
         let end = address &+ length
         for v in before where v.end > address && v.start < end {
-            let wasExec = v.perms.utf8.dropFirst(2).first == UInt8(ascii: "x")
-            guard v.readable != readable || v.writable != writable || wasExec != executable else { continue }
+            guard v.readable != readable || v.writable != writable || v.executable != executable else { continue }
             let s = max(v.start, address), e = min(v.end, end)
             invalidate(s, e - s)
             if writable && !v.writable && writeRestoreProtectsAll { softDirtyStale = true }
@@ -295,6 +294,7 @@ public final class Mirror: @unchecked Sendable {
         /// File offset of `start` (0 for anonymous).
         var offset: UInt64
         var device: String, inode: UInt64
+        var writable: Bool { perms.utf8.dropFirst().first == UInt8(ascii: "w") }
     }
 
     private func layout(_ vmas: [SmapsEntry]) -> [VMASlice] {
@@ -329,7 +329,7 @@ public final class Mirror: @unchecked Sendable {
             }
             guard !sameBacking || va?.perms != vb?.perms else { continue }
             let anew = vb != nil && !sameBacking
-            let restored = sameBacking && va?.perms.dropFirst().first != "w" && vb?.perms.dropFirst().first == "w"
+            let restored = sameBacking && va?.writable != true && vb?.writable == true
             if let last = out.last, last.end == s {
                 out[out.count - 1].end = e
                 out[out.count - 1].mappedAnew = last.mappedAnew || anew

@@ -205,4 +205,5 @@ public enum Maps {
 extension SmapsEntry {
     public var readable: Bool { perms.utf8.first == UInt8(ascii: "r") }
     public var writable: Bool { perms.utf8.dropFirst().first == UInt8(ascii: "w") }
+    public var executable: Bool { perms.utf8.dropFirst(2).first == UInt8(ascii: "x") }
 }

@@ -18,22 +18,17 @@ public final class VMAQuery: @unchecked Sendable {
     public let pid: String
     private let maps: OwnedFD
 
-    /// Opens /proc/PID/maps and probes PROCMAP_QUERY on it; `forceText`
-    /// takes the text path even where the ioctl exists (tests, comparison).
-    public init(pid: String = "self", forceText: Bool = false) throws(SystemCallError) {
+    /// Opens /proc/PID/maps and probes PROCMAP_QUERY on it.
+    public init(pid: String = "self") throws(SystemCallError) {
         self.pid = pid
         maps = try OwnedFD.open("/proc/\(pid)/maps", O_RDONLY)
-        if forceText {
-            method = .mapsText
-        } else {
-            var q = dm_procmap_query()
-            q.size = UInt64(MemoryLayout<dm_procmap_query>.size)
-            q.query_flags = DM_PROCMAP_QUERY_COVERING_OR_NEXT_VMA
-            q.query_addr = 0
-            // Any answer but ENOTTY/EINVAL means the kernel knows the ioctl.
-            let known = dm_procmap_query(maps.rawValue, &q) == 0 || (errno != ENOTTY && errno != EINVAL)
-            method = known ? .procmapQuery : .mapsText
-        }
+        var q = dm_procmap_query()
+        q.size = UInt64(MemoryLayout<dm_procmap_query>.size)
+        q.query_flags = DM_PROCMAP_QUERY_COVERING_OR_NEXT_VMA
+        q.query_addr = 0
+        // Any answer but ENOTTY/EINVAL means the kernel knows the ioctl.
+        let known = dm_procmap_query(maps.rawValue, &q) == 0 || (errno != ENOTTY && errno != EINVAL)
+        method = known ? .procmapQuery : .mapsText
     }
 
     /// Whether this kernel has PROCMAP_QUERY (what `caps` reports).
