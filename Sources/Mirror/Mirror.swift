@@ -236,7 +236,7 @@ public final class Mirror: @unchecked Sendable {
                     replaced.append((from, from + len))
                     replaced.append((to, to + len))
                 case .fork:
-                    if privateRegion { invalidate(region.base, region.length) }
+                    if privateRegion || fileDAX { invalidate(region.base, region.length) }
                     forked = true
                 }
             }
@@ -266,7 +266,12 @@ public final class Mirror: @unchecked Sendable {
         // soft-dirty means writable once more (an invalidation of everything).
         // And a shmem range given write permission back has read-only PTEs
         // with their old soft-dirty bits (writeRestoreProtectsAll).
-        if writeBit == .softDirty && ((forked && privateRegion) || mappedAnew || softDirtyStale) {
+        // And a forked child's writes to a MAP_SYNC DAX file can leave the
+        // parent's PTE of a page read-only with its soft-dirty bit still set
+        // (seen on ext4- and xfs-DAX; a write fault's fsync write-protects
+        // the page in every mapping, dax_entry_mkclean): which pages, user
+        // space cannot see, so after a fork soft-dirty is cleared again.
+        if writeBit == .softDirty && ((forked && (privateRegion || fileDAX)) || mappedAnew || softDirtyStale) {
             do { try SoftDirty.clear() } catch { throw MirrorError(error.errno, "clearing soft-dirty bits: \(error)") }
         }
         softDirtyStale = false

@@ -9,7 +9,8 @@ import MirrorScenario
 /// oracle (and, sampled, the CPU) holds, and every failure must be the one
 /// dmirror would give. DAXMIRROR_STRESS_OPS (default 10000) and
 /// DAXMIRROR_STRESS_SEED replay a run; the seed is printed on failure;
-/// DAXMIRROR_STRESS_KINDS=file narrows the memory types (the guest's DAX run).
+/// DAXMIRROR_STRESS_KINDS=file narrows the memory types (the guest's DAX run);
+/// DAXMIRROR_DIFF_SCRIPT=1 prints the differential's script.
 @Suite("mirror stress (oracle)", .serialized)
 struct MirrorStressTests {
     enum Prot { case none, read, rw }
@@ -91,14 +92,38 @@ struct MirrorStressTests {
           arguments: ["anon", "shmem", "file"])
     func randomOperationsAgreeWithTheKernel(_ kind: String) throws {
         guard Self.runsHere(kind, "differential") else { return }
-        let seed = Self.seed()
         let ops = Int(ProcessInfo.processInfo.environment["DAXMIRROR_DIFF_OPS"] ?? "") ?? 10_000
+        try Self.differential(kind: kind, seed: Self.seed(), ops: ops)
+    }
+
+    /// Seeds that once disagreed with the kernel, each replayed at the length
+    /// that showed it, on the memory type it was drawn for: the regression
+    /// test of the fix (each fails on the code before it).
+    static let knownSeeds: [(kind: String, seed: UInt64, ops: Int, cause: String)] = [
+        ("file", 3_248_077_428, 40, "a forked child's write to a MAP_SYNC DAX file left the parent's page read-only, soft-dirty set (ext4 and xfs)"),
+    ]
+
+    @Test(.enabled(if: access("/dev/hmm_dmirror0", F_OK) == 0, "no /dev/hmm_dmirror0: runs in `Scripts/guest.sh --kernel hmm`"))
+    func seedsThatOnceDisagreedAgree() throws {
+        for known in Self.knownSeeds {
+            print("known seed \(known.seed) (\(known.kind), \(known.ops) operations): \(known.cause)")
+            try Self.differential(kind: known.kind, seed: known.seed, ops: known.ops)
+        }
+    }
+
+    static func differential(kind: String, seed: UInt64, ops: Int) throws {
         let where_ = kind != "file" ? kind : (DaxEnvironment.directory == nil ? "a file" : "a file on \(DaxEnvironment.filesystem ?? "?")-DAX")
         let replay = "seed \(seed) (replay: DAXMIRROR_STRESS_SEED=\(seed)), \(where_), \(ops) operations"
         let dir = try ScratchDirectory(base: DaxEnvironment.directory ?? NSTemporaryDirectory())
         // Every device access is compared as it happens; the whole range's
         // snapshot every 10 operations (and at the end).
         let (script, stats) = Self.script(kind: kind, seed: seed, ops: ops, strictAfterUse: false, checkEvery: 10)
+        // DAXMIRROR_DIFF_SCRIPT=1 prints the script ("diff-script: " lines;
+        // the guest cannot write to the host): a failure to reduce by hand
+        // with `daxmirror run --against-kernel`.
+        if ProcessInfo.processInfo.environment["DAXMIRROR_DIFF_SCRIPT"] == "1" {
+            print(script.map { "diff-script: " + $0 }.joined(separator: "\n"))
+        }
         let r = try CLI.run(CLI.binary, ["run", "--against-kernel", "--dir", dir.path, "-"], timeout: 3600,
                             stdin: script.joined(separator: "\n") + "\n")
         let lines = r.stdout.split(separator: "\n")
