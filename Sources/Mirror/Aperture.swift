@@ -92,13 +92,13 @@ final class Aperture: @unchecked Sendable {
         }
     }
 
-    static func readProcess(address: UInt64, into dst: UnsafeMutableRawPointer, count: Int) throws(MirrorError) {
-        let n = dm_process_vm_read(getpid(), dst, UnsafeRawPointer(bitPattern: UInt(address)), count)
+    static func readProcess(_ pid: pid_t, address: UInt64, into dst: UnsafeMutableRawPointer, count: Int) throws(MirrorError) {
+        let n = dm_process_vm_read(pid, dst, UnsafeRawPointer(bitPattern: UInt(address)), count)
         guard n == count else { throw MirrorError(n < 0 ? Errno.current : .EFAULT, "device read of 0x\(String(address, radix: 16))") }
     }
 
-    static func writeProcess(address: UInt64, from src: UnsafeRawPointer, count: Int) throws(MirrorError) {
-        let n = dm_process_vm_write(getpid(), src, UnsafeMutableRawPointer(bitPattern: UInt(address)), count)
+    static func writeProcess(_ pid: pid_t, address: UInt64, from src: UnsafeRawPointer, count: Int) throws(MirrorError) {
+        let n = dm_process_vm_write(pid, src, UnsafeMutableRawPointer(bitPattern: UInt(address)), count)
         guard n == count else { throw MirrorError(n < 0 ? Errno.current : .EFAULT, "device write of 0x\(String(address, radix: 16))") }
     }
 }

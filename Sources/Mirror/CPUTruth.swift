@@ -34,6 +34,14 @@ public struct CPUPage: Sendable, Equatable {
     public var vmaShared = false
 }
 
+/// How much of a page's truth a reader needs.
+public enum TruthDetail: Sendable {
+    /// Presence, PFN and the pagemap bits: one pagemap read.
+    case presence
+    /// Also the mapping order and the huge zero page (PAGEMAP_SCAN, where the kernel has it).
+    case full
+}
+
 /// Reads the CPU's page table for ranges of this process: /proc/self/maps for
 /// permissions, pagemap for presence, PFN and exclusivity, PAGEMAP_SCAN (where
 /// the kernel has it) for HUGE and PFNZERO. Without PAGEMAP_SCAN the order is
@@ -44,6 +52,8 @@ public final class CPUTruth: @unchecked Sendable {
     public let pageSize = UInt64(Syscall.pageSize)
     /// PFN of the kernel's 4 KiB zero page (learned by mapping it).
     public let zeroPFN: UInt64?
+    /// pagemap's raw entries, kept between reads.
+    private var raw: [UInt64] = []
 
     public init(scanAvailable: Bool = PagemapScanSupport.available) throws(Failure) {
         pagemap = try Failure.wrapping("open /proc/self/pagemap") { () throws(SystemCallError) in try Pagemap() }
@@ -71,30 +81,42 @@ public final class CPUTruth: @unchecked Sendable {
         return ((try? pm.entry(at: UInt64(UInt(bitPattern: p))))?.pfn ?? 0) != 0
     }
 
-    /// The pages [startVPN, endVPN), given the VMAs (sorted, from Maps.read).
-    public func read(_ startVPN: UInt64, _ endVPN: UInt64, vmas: [SmapsEntry]) throws(Failure) -> [CPUPage] {
+    /// The pages [startVPN, endVPN), given the VMAs (sorted, overlapping them).
+    public func read(_ startVPN: UInt64, _ endVPN: UInt64, vmas: [VMA], detail: TruthDetail = .full) throws(Failure) -> [CPUPage] {
+        var out: [CPUPage] = []
+        try read(startVPN, endVPN, vmas: vmas, detail: detail, into: &out)
+        return out
+    }
+
+    /// The same into `out` (its storage kept between calls). With `.presence`
+    /// only pagemap is read (order 0, and only the 4 KiB zero page known):
+    /// what revalidation needs, PFN and presence.
+    public func read(_ startVPN: UInt64, _ endVPN: UInt64, vmas: [VMA], detail: TruthDetail,
+                     into out: inout [CPUPage]) throws(Failure) {
         let count = Int(endVPN - startVPN)
-        var out = [CPUPage](repeating: CPUPage(state: .unmapped), count: count)
-        guard count > 0 else { return out }
+        out.removeAll(keepingCapacity: true)
+        out.append(contentsOf: repeatElement(CPUPage(state: .unmapped), count: count))
+        guard count > 0 else { return }
         let startAddr = startVPN * pageSize, endAddr = endVPN * pageSize
         // Permissions from the VMAs.
         var anyMapped = false
         for vma in vmas where vma.end > startAddr && vma.start < endAddr {
             let lo = Int((max(vma.start, startAddr) - startAddr) / pageSize)
             let hi = Int((min(vma.end, endAddr) - startAddr) / pageSize)
-            let readable = vma.readable, writable = vma.writable, shared = vma.isShared
             for i in lo..<hi {
-                out[i].state = readable ? .notPresent : .inaccessible
-                out[i].vmaWritable = writable
-                out[i].vmaShared = shared
+                out[i].state = vma.readable ? .notPresent : .inaccessible
+                out[i].vmaWritable = vma.writable
+                out[i].vmaShared = vma.shared
             }
-            anyMapped = anyMapped || readable
+            anyMapped = anyMapped || vma.readable
         }
-        guard anyMapped else { return out }
-        let entries = try Failure.wrapping("read /proc/self/pagemap") { () throws(SystemCallError) in
-            try pagemap.entries(at: startAddr, count: count)
+        guard anyMapped else { return }
+        let got = try Failure.wrapping("read /proc/self/pagemap") { () throws(SystemCallError) in
+            try pagemap.read(at: startAddr, count: count, into: &raw)
         }
-        for (i, e) in entries.enumerated() where out[i].state == .notPresent && e.present {
+        for i in 0..<min(got, count) where out[i].state == .notPresent {
+            let e = PagemapEntry(raw: raw[i])
+            guard e.present else { continue }
             out[i].state = .present
             out[i].pfn = e.pfn ?? 0
             out[i].exclusive = e.exclusive
@@ -103,7 +125,8 @@ public final class CPUTruth: @unchecked Sendable {
             out[i].uffdWriteProtected = e.uffdWriteProtected
             if let z = zeroPFN, e.pfn == z { out[i].zero = true }
         }
-        guard scanAvailable else { return out }
+        guard detail == .full else { return }
+        guard scanAvailable else { return }
         let regions = try Failure.wrapping("scan /proc/self/pagemap") { () throws(SystemCallError) in
             try pagemap.scanAll(start: startAddr, end: endAddr, anyOf: [.huge, .pfnZero],
                                 report: [.huge, .pfnZero, .present])
@@ -133,6 +156,5 @@ public final class CPUTruth: @unchecked Sendable {
             if !ok { for j in lo..<hi where out[j].order == 9 { out[j].order = 0 } }
             i = max(hi, i + 1)
         }
-        return out
     }
 }

@@ -38,7 +38,8 @@ public final class ScenarioRunner {
 
     public static let commands: [(String, String)] = [
         ("map R anon|shmem|file|devdax [PATH] SIZE [huge] [ro|none] [private]", "map memory and name it R (devdax: /dev/daxX.Y at its alignment)"),
-        ("mirror R [as D] [untracked]", "attach a simulated device to R, named R or D (untracked: no userfaultfd events)"),
+        ("mirror R [as D] [untracked] [write-bit soft-dirty|pagemap]",
+         "attach a simulated device to R, named R or D (untracked: no userfaultfd events; write-bit: where HMM's WRITE comes from, default soft-dirty where the kernel has it)"),
         ("cpu-read R OFF LEN", "the CPU reads: checksum and uniform byte"),
         ("cpu-write R OFF LEN BYTE", "the CPU stores BYTE"),
         ("dev-read R OFF LEN", "the device reads: faults, checksum, uniform byte"),
@@ -195,25 +196,33 @@ public final class ScenarioRunner {
                     ("map_sync", .bool(m.mapSync)), ("pmem", .bool(m.isPmem)),
                     ("extent_hint", m.extentHint.map { .string($0) } ?? .null)]
         case "mirror":
-            try need(1, "R [as D] [untracked]")
+            try need(1, "R [as D] [untracked] [write-bit soft-dirty|pagemap]")
             let m = try region(args[0])
             var device = args[0]
             if let i = args.firstIndex(of: "as"), i + 1 < args.count { device = args[i + 1] }
+            var writeBit: Mirror.WriteBitSource?
+            if let i = args.firstIndex(of: "write-bit") {
+                guard i + 1 < args.count, let w = Mirror.WriteBitSource(rawValue: args[i + 1]) else {
+                    throw Refusal(errno: .EINVAL, message: "write-bit takes soft-dirty or pagemap")
+                }
+                writeBit = w
+            }
             guard mirrors[device] == nil else { throw Refusal(errno: .EEXIST, message: "device \(device) exists") }
             // userfaultfd allows one registration per range: a second device on
             // the same memory relies on revalidation alone.
             let other = deviceRegion.first { $0.value == args[0] }?.key
             let track = tracking && !args.contains("untracked") && other == nil
             if truth == nil { truth = try CPUTruth(scanAvailable: kernel.pagemapScan) }
-            let mirror = try Mirror(region: m.region, tracking: track, dax: m.mapSync, truth: truth, kernel: kernel)
+            let mirror = try Mirror(region: m.region, tracking: track, dax: m.mapSync, truth: truth, kernel: kernel,
+                                    writeBit: writeBit)
             mirrors[device] = mirror
             deviceRegion[device] = args[0]
             if againstKernel { kernelDevices[device] = try KernelDmirror() }
             return [("region", .string(args[0])), ("device", .string(device)),
                     ("events", .string(mirror.tracker.map { $0.mechanism.rawValue }
                                        ?? (other.map { "none (\($0) holds the registration)" } ?? "none"))),
-                    ("huge_visible", .bool(mirror.truth.scanAvailable)), ("write_bit", .string(mirror.writeBit.rawValue)),
-                    ("layout", .string(mirror.vmaQuery.method == .procmapQuery ? "procmap_query" : "maps"))]
+                    ("huge_visible", .bool(mirror.cpu.seesMapOrder)), ("write_bit", .string(mirror.writeBit.rawValue)),
+                    ("layout", .string(mirror.cpu.layoutMethod))]
         case "cpu-read":
             try need(3, "R OFF LEN")
             let (m, off, len) = try range(args)

@@ -42,6 +42,20 @@ public final class Pagemap: @unchecked Sendable {
         return raw.prefix(got / 8).map(PagemapEntry.init(raw:))
     }
 
+    /// The raw entries for `count` pages from the page holding `address`, into
+    /// `raw` (resized, its storage kept between calls). Returns how many the
+    /// kernel gave (fewer past the end of the address space).
+    @discardableResult
+    public func read(at address: UInt64, count: Int, into raw: inout [UInt64]) throws(SystemCallError) -> Int {
+        if raw.count < count { raw.append(contentsOf: repeatElement(0, count: count - raw.count)) }
+        let page = UInt64(Syscall.pageSize)
+        let offset = off_t(bitPattern: UInt(address / page * 8))
+        let got = try Syscall.retrying("pread", "/proc/\(pid)/pagemap") {
+            raw.withUnsafeMutableBytes { pread(fd.rawValue, $0.baseAddress, count * 8, offset) }
+        }
+        return got / 8
+    }
+
     public func entry(at address: UInt64) throws(SystemCallError) -> PagemapEntry {
         guard let e = try entries(at: address, count: 1).first else {
             throw SystemCallError("pread", "/proc/\(pid)/pagemap", errno: .EIO)

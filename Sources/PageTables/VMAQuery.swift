@@ -34,11 +34,21 @@ public final class VMAQuery: @unchecked Sendable {
     /// Whether this kernel has PROCMAP_QUERY (what `caps` reports).
     public static var available: Bool { (try? VMAQuery())?.method == .procmapQuery }
 
-    /// The VMAs overlapping [start, end), sorted, as maps lines would give
-    /// them (no path, no smaps fields: what the mirror's layout uses).
-    public func vmas(overlapping start: UInt64, _ end: UInt64) throws(SystemCallError) -> [SmapsEntry] {
-        guard method == .procmapQuery else { return try Maps.read(pid: pid, overlapping: start, end) }
-        var out: [SmapsEntry] = []
+    /// The VMAs overlapping [start, end), sorted.
+    public func vmas(overlapping start: UInt64, _ end: UInt64) throws(SystemCallError) -> [VMA] {
+        var out: [VMA] = []
+        try vmas(overlapping: start, end, into: &out)
+        return out
+    }
+
+    /// The same into `out` (emptied first, its storage kept): a caller that
+    /// asks before every device access allocates nothing once it is warm.
+    public func vmas(overlapping start: UInt64, _ end: UInt64, into out: inout [VMA]) throws(SystemCallError) {
+        out.removeAll(keepingCapacity: true)
+        guard method == .procmapQuery else {
+            for e in try Maps.read(pid: pid, overlapping: start, end) { out.append(VMA(e)) }
+            return
+        }
         var at = start
         while at < end {
             var q = dm_procmap_query()
@@ -52,27 +62,20 @@ public final class VMAQuery: @unchecked Sendable {
                 throw SystemCallError("ioctl(PROCMAP_QUERY)", "/proc/\(pid)/maps", errno: e)
             }
             guard q.vma_start < end else { break }
-            out.append(SmapsEntry(vma: q))
+            out.append(VMA(vma: q))
             guard q.vma_end > at else { break }  // cannot happen; never loop forever
             at = q.vma_end
         }
-        return out
     }
 }
 
-extension SmapsEntry {
-    /// A maps line's worth of one PROCMAP_QUERY answer.
+extension VMA {
+    /// One PROCMAP_QUERY answer.
     init(vma q: dm_procmap_query) {
         let f = q.vma_flags
-        var perms = ""
-        perms.append(f & DM_PROCMAP_QUERY_VMA_READABLE != 0 ? "r" : "-")
-        perms.append(f & DM_PROCMAP_QUERY_VMA_WRITABLE != 0 ? "w" : "-")
-        perms.append(f & DM_PROCMAP_QUERY_VMA_EXECUTABLE != 0 ? "x" : "-")
-        perms.append(f & DM_PROCMAP_QUERY_VMA_SHARED != 0 ? "s" : "p")
-        // maps prints the device as %02x:%02x.
-        func hex2(_ v: UInt32) -> String { let s = String(v, radix: 16); return s.count < 2 ? "0" + s : s }
-        self.init(start: q.vma_start, end: q.vma_end, perms: perms, offset: q.vma_offset,
-                  device: "\(hex2(q.dev_major)):\(hex2(q.dev_minor))", inode: q.inode, path: "",
-                  fields: [:], vmFlags: [])
+        self.init(start: q.vma_start, end: q.vma_end,
+                  readable: f & DM_PROCMAP_QUERY_VMA_READABLE != 0, writable: f & DM_PROCMAP_QUERY_VMA_WRITABLE != 0,
+                  executable: f & DM_PROCMAP_QUERY_VMA_EXECUTABLE != 0, shared: f & DM_PROCMAP_QUERY_VMA_SHARED != 0,
+                  offset: q.vma_offset, device: UInt64(q.dev_major) << 32 | UInt64(q.dev_minor), inode: q.inode)
     }
 }

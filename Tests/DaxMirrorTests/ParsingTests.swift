@@ -149,7 +149,7 @@ struct ValueTests {
 @Suite("PROCMAP_QUERY")
 struct VMAQueryTests {
     /// The ioctl's answer for a range is exactly the maps text's VMAs there
-    /// (start, end, perms, offset, device, inode), over mappings of every
+    /// (start, end, permissions, offset, device, inode), over mappings of every
     /// kind — anonymous, shared, read-only, PROT_NONE, a file — with holes
     /// between them, and ranges that start and end inside VMAs and holes.
     @Test(.enabled(if: VMAQuery.available, "this kernel has no PROCMAP_QUERY (before 6.11): the maps text serves"))
@@ -183,9 +183,8 @@ struct VMAQueryTests {
             let s = i == 0 ? b : b + UInt64.random(in: 0..<40, using: &rng) * pg + UInt64.random(in: 0..<pg, using: &rng)
             let e = i == 0 ? b + 40 * pg : s + UInt64.random(in: 1...(42 * pg), using: &rng)
             let fromIoctl = try query.vmas(overlapping: s, e)
-            let fromText = try Maps.read(overlapping: s, e)
-            let key = { (v: SmapsEntry) in "\(String(v.start, radix: 16))-\(String(v.end, radix: 16)) \(v.perms) \(v.offset) \(v.device) \(v.inode)" }
-            #expect(fromIoctl.map(key) == fromText.map(key), "range 0x\(String(s, radix: 16))-0x\(String(e, radix: 16))")
+            let fromText = try Maps.read(overlapping: s, e).map(VMA.init)
+            #expect(fromIoctl == fromText, "range 0x\(String(s, radix: 16))-0x\(String(e, radix: 16))")
         }
         // The whole reservation: every piece, hole and PROT_NONE remainder is there.
         #expect(try query.vmas(overlapping: b, b + 40 * pg).count >= 7)

@@ -1,0 +1,140 @@
+import DaxCore
+import FaultTracking
+import PageTables
+
+/// The mmu notifier's side of the mirror: what removes entries, and the
+/// synchronization every device operation starts with.
+extension Mirror {
+    /// Removes [address, address+length) from the table: the notifier call for
+    /// changes the mirror is told of (e.g. a truncate it performed). Exactly
+    /// that range, as HMM's notifier ranges are exact. (The kernel's test
+    /// driver as released also erases the page past the range, an off-by-one
+    /// in its xa_for_each_range bound; the differential kernel is built with
+    /// it fixed: Scripts/guest/build-hmm-kernel.sh says why.)
+    public func invalidate(_ address: UInt64, _ length: UInt64) {
+        let s = max(address, region.base), e = min(address &+ length, region.end)
+        guard s < e else { return }
+        ownSequence += 1
+        if !populatedPUDs.isEmpty {
+            let first = s / pageSize >> 18, last = ((e + pageSize - 1) / pageSize - 1) >> 18
+            populatedPUDs = populatedPUDs.filter { $0 < first || $0 > last }
+        }
+        invalidatedPages += table.remove(s / pageSize, (e + pageSize - 1) / pageSize)
+    }
+
+    /// The file backing the region was truncated to `size` bytes (shrunk,
+    /// grown or not changed). The page cache unmaps the pages beyond the new
+    /// size. A DAX file first breaks its layouts: ext4 and xfs call
+    /// dax_layout_busy_page() for every size change, which unmaps every
+    /// mapping of the whole file, so the device loses the whole region (the
+    /// CPU's next touch maps the same PFNs again: revalidation cannot tell).
+    public func fileTruncated(to size: UInt64) {
+        if fileDAX { invalidate(region.base, region.length); return }
+        let firstGone = (size + pageSize - 1) / pageSize * pageSize
+        guard firstGone < region.fileOffset + region.length else { return }
+        let from = region.base + (firstGone > region.fileOffset ? firstGone - region.fileOffset : 0)
+        invalidate(from, region.end - from)
+    }
+
+    /// The process is about to mprotect [address, address+length): the VMAs
+    /// there now, for `protectionChanged` afterwards (PROCMAP_QUERY: cheap).
+    public func vmasBeforeProtect(_ address: UInt64, _ length: UInt64) throws(MirrorError) -> [VMA] {
+        var out: [VMA] = []
+        try cpu.vmas(overlapping: address, address &+ length, into: &out)
+        return out
+    }
+
+    /// The process changed the protection of [address, address+length) to
+    /// `readable`/`writable` (an mprotect the mirror is told of, as a
+    /// truncate is), `before` being the VMAs there just before. As the
+    /// kernel's mprotect_fixup, every VMA part whose permissions changed is
+    /// invalidated for every device — even a change undone before the device
+    /// looks again, which no VMA layout shows — and one that kept them is not.
+    public func protectionChanged(_ address: UInt64, _ length: UInt64, readable: Bool, writable: Bool,
+                                  executable: Bool = false, before: [VMA]) {
+        let end = address &+ length
+        for v in before where v.end > address && v.start < end {
+            guard v.readable != readable || v.writable != writable || v.executable != executable else { continue }
+            let s = max(v.start, address), e = min(v.end, end)
+            invalidate(s, e - s)
+            if writable && !v.writable && writeRestoreProtectsAll { softDirtyStale = true }
+        }
+    }
+
+    /// Applies what changed since the last operation: events and VMA layout
+    /// changes. Returns the VMAs that overlap the region now (whole: a huge
+    /// page reaching out of the region lies in one of them, as a PMD never
+    /// spans two VMAs, so the unrelated VMAs beside it never matter).
+    @discardableResult
+    public func synchronize() throws(MirrorError) -> [VMA] {
+        var replaced: [(UInt64, UInt64)] = []
+        var forked = false
+        let privateRegion = region.backing.sharedFD == nil
+        if cpu.eventSequence != eventsSeen {
+            let (events, overflowed) = cpu.events(since: eventsSeen)
+            eventsSeen = cpu.eventSequence
+            if overflowed { invalidate(region.base, region.length) }
+            for event in events {
+                switch event {
+                case .unmap(let s, let e):
+                    invalidate(s, e - s)
+                    replaced.append((s, e))  // mmap MAP_FIXED unmaps first: a new VMA may be there now
+                case .remove(let s, let e):
+                    invalidate(s, e - s)
+                case .remap(let from, let to, let len):
+                    invalidate(from, len)
+                    invalidate(to, len)
+                    replaced.append((from, from + len))
+                    replaced.append((to, to + len))
+                case .fork:
+                    if privateRegion || fileDAX { invalidate(region.base, region.length) }
+                    forked = true
+                }
+            }
+        }
+        try cpu.vmas(overlapping: region.base, region.end, into: &vmaScratch)
+        layout(vmaScratch, into: &layoutScratch)
+        // An unmapped (or moved-over) range with a VMA in it now was mapped
+        // anew, even where the layout reads the same (MAP_FIXED over itself).
+        var mappedAnew = replaced.contains { r in layoutScratch.contains { $0.start < r.1 && $0.end > r.0 } }
+        if layoutScratch != lastLayout {
+            for change in changedRanges(lastLayout, layoutScratch) {
+                invalidate(change.start, change.end - change.start)
+                replaced.append((change.start, change.end))
+                // A new VMA (not one only unmapped or reprotected) counts as
+                // soft-dirty all over (VM_SOFTDIRTY).
+                mappedAnew = mappedAnew || change.mappedAnew
+                if change.writeRestored && writeRestoreProtectsAll { softDirtyStale = true }
+            }
+            lastLayout = layoutScratch
+        }
+        // A fork write-protects private pages without clearing their
+        // soft-dirty bits (the kernel invalidated them anyway, copy-on-write),
+        // and a new VMA counts as soft-dirty all over: clear again, so that
+        // soft-dirty means writable once more (an invalidation of everything).
+        // And a shmem range given write permission back has read-only PTEs
+        // with their old soft-dirty bits (writeRestoreProtectsAll).
+        // And a forked child's writes to a MAP_SYNC DAX file can leave the
+        // parent's PTE of a page read-only with its soft-dirty bit still set
+        // (seen on ext4- and xfs-DAX; a write fault's fsync write-protects
+        // the page in every mapping, dax_entry_mkclean): which pages, user
+        // space cannot see, so after a fork soft-dirty is cleared again.
+        if writeBit == .softDirty && ((forked && (privateRegion || fileDAX)) || mappedAnew || softDirtyStale) {
+            try clearSoftDirty()
+        }
+        softDirtyStale = false
+        if cpu.softDirtyEpoch != softDirtySeen {
+            // Some clear of this process's soft-dirty bits (ours or another
+            // mirror's): the kernel invalidated the whole address space.
+            softDirtySeen = cpu.softDirtyEpoch
+            invalidate(region.base, region.length)
+        }
+        // Register the new VMAs, one by one (a range spanning a hole is refused).
+        for (s, e) in replaced {
+            for v in layoutScratch where v.end > s && v.start < e {
+                cpu.registerAgain(start: max(v.start, s), end: min(v.end, e))
+            }
+        }
+        return vmaScratch
+    }
+}
