@@ -32,6 +32,8 @@ public struct CPUPage: Sendable, Equatable {
     public var uffdWriteProtected = false
     public var vmaWritable = false
     public var vmaShared = false
+
+    public init(state: State) { self.state = state }
 }
 
 /// How much of a page's truth a reader needs.

@@ -38,8 +38,10 @@ extension Mirror {
     func rangeFault(_ startVPN: UInt64, _ endVPN: UInt64, write: Bool) throws(MirrorError) {
         let deadline = now() + busyTimeout
         while true {
-            let seq = sequence
             let vmas = try synchronize()
+            // After synchronize: what it applied is no race; anything from
+            // here to the store is (HMM's mmu_interval_read_begin).
+            let seq = sequence
             var bad: (vpn: UInt64, errno: Errno, why: String)?
             var vpn = startVPN
             var vi = 0

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import CDaxShim
 import DaxCore
 import FaultTracking
 import Mirror
@@ -88,6 +89,44 @@ struct MirrorTests {
             let hit = try #require(mirror.table.lookup(mem.address / 4096 + UInt64(i)))
             #expect(hit.entry.pfn(at: hit.index) == e.pfn)
         }
+    }
+
+    /// The CPU side changes between two hits, behind the mirror's back (no
+    /// one tells it: only the kernel's page table and events do), and the
+    /// next access must see each change: an mprotect, an mremap in place
+    /// that shrinks and grows the mapping again, and MAP_FIXED over the region.
+    @Test func aChangeBetweenTwoHitsIsSeenByTheNext() throws {
+        let size = 64 << 10, page = 4096
+        let p = try #require(mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+        try #require(p != MAP_FAILED)
+        defer { munmap(p, size) }
+        memset(p, 0x11, size)
+        let a = UInt64(UInt(bitPattern: p))
+        let mirror = try Mirror(region: Region(base: p, length: size, backing: .anonymous))
+        #expect(try mirror.read(a, size).faults == 1)
+        #expect(try mirror.read(a, size).faults == 0, "a hit")
+        // mprotect: the first 16 KiB read-only.
+        try #require(mprotect(p, 16 << 10, PROT_READ) == 0)
+        do { try mirror.write(a, [1]); Issue.record("a device write to a read-only page succeeded") }
+        catch { #expect(error.errno == .EPERM) }
+        #expect(try mirror.read(a, 16 << 10).faults == 1, "the kernel's notifier dropped the reprotected pages")
+        #expect(try mirror.read(a + UInt64(32 << 10), 4096).faults == 0, "the rest stayed mirrored")
+        try #require(mprotect(p, 16 << 10, PROT_READ | PROT_WRITE) == 0)
+        // mremap in place: shrink to 48 KiB, then grow back (new, zeroed pages).
+        try #require(dm_mremap(p, size, 48 << 10, 0, nil) != MAP_FAILED)
+        do { _ = try mirror.read(a + UInt64(48 << 10), page); Issue.record("a device read of an unmapped page succeeded") }
+        catch { #expect(error.errno == .EFAULT) }
+        guard dm_mremap(p, 48 << 10, size, 0, nil) != MAP_FAILED else { return }  // something else took the range: nothing left to test
+        let grown = try mirror.read(a + UInt64(48 << 10), 16 << 10)
+        #expect(grown.faults == 1 && grown.bytes.allSatisfy { $0 == 0 }, "the grown pages are new memory")
+        #expect(try mirror.read(a, 4096).bytes[0] == 0x11)
+        // MAP_FIXED over the whole region: the same layout, other memory.
+        let q = try #require(mmap(p, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0))
+        try #require(q == p)
+        memset(p, 0x22, size)
+        let after = try mirror.read(a, size)
+        #expect(after.faults >= 1 && after.bytes.allSatisfy { $0 == 0x22 }, "the device reads the new mapping's bytes")
+        #expect(try mirror.check(strict: true).disagreements.isEmpty)
     }
 
     /// Without PFNs (no CAP_SYS_ADMIN) the mirror refuses with one clear line.
