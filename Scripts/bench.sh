@@ -7,17 +7,34 @@
 # for fault tracking, >= 0.8 for the mirror's range fault) and the device
 # table's memory per mirrored page as malloc counts it (goal <= 16 B per 4 KiB
 # page, one entry per PMD).
-#   Scripts/bench.sh [--runs 9]
+#
+# The mirror's own rows (issue: "the mirror at device speed"): the hit path,
+# a device read of one mirrored 4 KiB page (goal <= 10 us; with 8,000 other
+# VMAs <= 1.2x of that), against the copy it makes alone in C; heap
+# allocations per hit (valgrind's count; goal 0); a bulk device read of
+# 1 GiB in PMD entries against memcpy (goal >= 0.5x); the soft-dirty write
+# bit's cost. With --kernel, the TEST_HMM guest runs the kernel's own
+# dmirror against daxmirror on the same page (goal <= 3x), with 0 and 8,000
+# VMAs (the guest kernel must be built: Scripts/test.sh builds and caches it).
+#   Scripts/bench.sh [--runs 9] [--kernel]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=9
-[[ ${1:-} == --runs ]] && runs=$2
+runs=9 kernel=0
+while (($#)); do
+    case $1 in
+        --runs) runs=$2; shift 2 ;;
+        --kernel) kernel=1; shift ;;
+        *) echo "usage: Scripts/bench.sh [--runs N] [--kernel]" >&2; exit 64 ;;
+    esac
+done
 Scripts/setup.sh >/dev/null
 swift build -c release --product daxmirror-bench 2>&1 | tail -n 1
-cbench=$(mktemp)
-trap 'rm -f "$cbench" "$cbench.trace"' EXIT
+# The C baseline lives in the work tree: the --kernel guest runs it too.
+mkdir -p .build/bench
+cbench=$PWD/.build/bench/baseline
+trap 'rm -f "$cbench.trace"' EXIT
 gcc -O2 -Wall -o "$cbench" Benchmarks/baseline/bench.c -lpthread
-sbench=.build/release/daxmirror-bench
+sbench=$PWD/.build/release/daxmirror-bench
 cpu=0
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
@@ -52,6 +69,30 @@ echo "device table, 256 MiB of 4 KiB pages: ${bpp} B per mirrored page (${entrie
 read -r bpp bpe entries pages < <("$sbench" table 256 huge)
 echo "device table, 256 MiB of THP: ${entries} entries for ${pages} pages (one per PMD), ${bpe} B per entry (the table's own count)"
 
+# The hit path: one mirrored 4 KiB page, read again and again (median ns);
+# the C row is the copy a hit makes (process_vm_readv for anonymous memory,
+# memcpy from the device's own mapping for shmem), nothing else.
+for kind in anon shmem; do
+    c=$(for _ in $(seq "$runs"); do taskset -c $cpu "$cbench" copy $kind 0 5000; done | median)
+    s=$(for _ in $(seq "$runs"); do taskset -c $cpu "$sbench" hit $kind 0 5000; done | median)
+    s8=$(for _ in $(seq "$runs"); do taskset -c $cpu "$sbench" hit $kind 8000 5000; done | median)
+    echo "hit path ($kind), one mirrored 4 KiB page: Swift ${s} ns (goal <= 10000), its copy alone in C ${c} ns; with 8,000 other VMAs ${s8} ns, $(echo "scale=2; $s8 / $s" | bc)x (goal <= 1.2)"
+done
+if command -v valgrind >/dev/null; then
+    allocs() { valgrind "$sbench" hit anon 0 "$1" 2>&1 | awk '/total heap usage/ {gsub(",", "", $5); print $5}'; }
+    a1=$(allocs 100) a2=$(allocs 1100)
+    echo "heap allocations per hit (valgrind, 1,000 hits more): $(echo "scale=3; ($a2 - $a1) / 1000" | bc) (goal 0; the difference includes the benchmark's own sample array)"
+else
+    echo "heap allocations per hit: not measured (no valgrind)"
+fi
+read -r c < <(taskset -c $cpu "$cbench" memcpy 1024)
+read -r s entries < <(taskset -c $cpu "$sbench" bulk 1024)
+echo "bulk device read of 1 GiB in $entries PMD entries (THP): Swift ${s} MB/s, memcpy in C ${c} MB/s, ratio $(echo "scale=2; $s / $c" | bc) (goal >= 0.5)"
+read -r sdInv sdFaults sdMs pmInv pmFaults pmMs < <("$sbench" observer 64 256)
+if [[ $sdInv == - ]]; then
+    echo "write bit: this kernel keeps no soft-dirty bits, so the mirror reads pagemap alone (a 64 KiB MAP_FIXED in a 64 MiB region invalidates $pmInv pages; the CPU rewrites 256 MiB of other memory in $pmMs ms); run with --kernel for the soft-dirty row"
+fi
+
 # inspect of a process with 10,000 VMAs (goal: under 1 s of CPU, each /proc
 # file read once). The reference row is procps' `pmap -X` of the same process,
 # which reads smaps alone.
@@ -73,3 +114,14 @@ opens=$(grep -o "\"/proc/$holder/[a-z_/]*\"" "$cbench.trace" | sort | uniq -c | 
 echo "inspect of a process with $mapped VMAs: ${d} s CPU (goal < 1 s); pmap -X of it ${p} s; /proc files opened: ${opens}"
 exec {HOLDER[1]}>&-
 wait "$HOLDER_PID" 2>/dev/null || true
+
+if ((kernel)); then
+    out=$(Scripts/guest.sh --kernel hmm --fs ext4 --timeout 900 -- "$PWD/Scripts/guest/bench-kernel.sh" "$cbench" "$sbench" "$runs" 2>&1) || {
+        echo "$out" | tail -n 20; echo "bench.sh: the TEST_HMM guest run failed" >&2; exit 1; }
+    while read -r _ name a b c d e f; do
+        case $name in
+            hit-*) echo "against the kernel (TEST_HMM guest, $(echo "$out" | sed -n 's/.*guest.sh: kernel \([^,]*\),.*/\1/p' | head -n1)), ${name#hit-} other VMAs: HMM_DMIRROR_READ of one mirrored page ${a} ns, daxmirror ${b} ns, ratio $(echo "scale=2; $b / $a" | bc) (goal <= 3)" ;;
+            observer) echo "write bit soft-dirty vs pagemap (guest): a 64 KiB MAP_FIXED in a fully mirrored 64 MiB region invalidates $a pages ($b device fault) vs $d ($e); the CPU then rewrites 256 MiB of other memory in $c ms vs $f ms (every page write-faults after a clear)" ;;
+        esac
+    done < <(echo "$out" | grep '^kernel-row:')
+fi

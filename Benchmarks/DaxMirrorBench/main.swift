@@ -4,6 +4,16 @@
 //   daxmirror-bench scan MIB PCT [ROUNDS] µs per PAGEMAP_SCAN re-arm, pages found
 //   daxmirror-bench rangefault MIB        ns per page of Mirror.faultIn (write)
 //   daxmirror-bench table MIB [huge]      heap bytes per mirrored page (malloc's count), entries
+//   daxmirror-bench hit anon|shmem VMAS N median ns of a device read of one mirrored
+//                                         4 KiB page (a hit), with VMAS other VMAs mapped
+//   daxmirror-bench observer MIB OTHER    the soft-dirty write bit's cost: a mirror of MIB (all
+//                                         mirrored), a 64 KiB MAP_FIXED inside it, then the device
+//                                         re-reads the region; OTHER MiB of the process's other
+//                                         memory rewritten by the CPU after. Prints, for soft-dirty
+//                                         then pagemap: pages invalidated, device faults, ms of
+//                                         the CPU's rewrite
+//   daxmirror-bench bulk MIB              MB/s of a device read of MIB mirrored in PMD entries (THP),
+//                                         median of 5; entries
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -88,6 +98,91 @@ func benchTable(mib: Int, huge: Bool) throws {
     print("\(format1(Double(bytes) / Double(pages))) \(format1(Double(mirror.table.heapBytes) / Double(entries))) \(entries) \(pages)")
 }
 
+/// `count` VMAs that cannot merge (every other page of a reservation made
+/// writable), mapped after the region so that they sit below it, where a
+/// reader of the maps text meets them first.
+func unrelatedVMAs(_ count: Int) {
+    guard count > 0 else { return }
+    let m = mmap(nil, 2 * count * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)!
+    precondition(m != MAP_FAILED)
+    for i in stride(from: 0, to: 2 * count, by: 2) { precondition(mprotect(m + i * page, page, PROT_READ | PROT_WRITE) == 0) }
+}
+
+func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
+
+func benchHit(kind: String, vmas: Int, iterations: Int) throws {
+    let length = 2 << 20
+    let p: UnsafeMutableRawPointer, backing: RegionBacking
+    if kind == "shmem" {
+        let fd = dm_memfd_create("daxmirror-bench", DM_MFD_CLOEXEC)
+        precondition(fd >= 0 && ftruncate(fd, off_t(length)) == 0)
+        p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)!
+        backing = .shmem(fd: fd)
+    } else {
+        p = anonymous(length)
+        backing = .anonymous
+    }
+    precondition(p != MAP_FAILED)
+    unrelatedVMAs(vmas)
+    let mirror = try Mirror(region: Region(base: p, length: length, backing: backing))
+    let at = UInt64(UInt(bitPattern: p)) + 64 * UInt64(page)
+    p.storeBytes(of: 0x5a, toByteOffset: 64 * page, as: UInt8.self)
+    var buffer = [UInt8](repeating: 0, count: page)
+    guard try mirror.read(at, into: &buffer) == 1 else { print("daxmirror-bench: the first read did not fault"); exit(1) }
+    var samples: [Double] = []
+    samples.reserveCapacity(iterations)
+    var faults = 0
+    for _ in 0..<iterations {
+        let t0 = now()
+        faults += try mirror.read(at, into: &buffer)
+        samples.append(now() - t0)
+    }
+    guard faults == 0, buffer[0] == 0x5a else { print("daxmirror-bench: \(faults) faults on hits, byte \(buffer[0])"); exit(1) }
+    print(format1(median(samples) * 1e9))
+}
+
+func benchBulk(mib: Int) throws {
+    let length = mib << 20
+    let raw = anonymous(length + (2 << 20))
+    let p = UnsafeMutableRawPointer(bitPattern: (UInt(bitPattern: raw) + (2 << 20) - 1) & ~UInt((2 << 20) - 1))!
+    madvise(p, length, MADV_HUGEPAGE)
+    memset(p, 0x33, length)
+    let mirror = try Mirror(region: Region(base: p, length: length, backing: .anonymous))
+    var buffer = [UInt8](repeating: 0, count: length)
+    _ = try mirror.read(UInt64(UInt(bitPattern: p)), into: &buffer)
+    let entries = mirror.table.entryCount
+    var samples: [Double] = []
+    var faults = 0
+    for _ in 0..<5 {  // the median of five, as the C baseline's memcpy
+        let t0 = now()
+        faults += try mirror.read(UInt64(UInt(bitPattern: p)), into: &buffer)
+        samples.append(now() - t0)
+    }
+    guard faults == 0, buffer[length - 1] == 0x33 else { print("daxmirror-bench: bulk read faulted \(faults)"); exit(1) }
+    print("\(Int(Double(length) / median(samples) / 1e6)) \(entries)")
+}
+
+func benchObserver(mib: Int, other: Int, writeBit: Mirror.WriteBitSource) throws -> String {
+    let length = mib << 20
+    let p = anonymous(length), q = anonymous(other << 20)
+    memset(p, 1, length)
+    memset(q, 2, other << 20)
+    let mirror = try Mirror(region: Region(base: p, length: length, backing: .anonymous), writeBit: writeBit)
+    let a = UInt64(UInt(bitPattern: p))
+    var buffer = [UInt8](repeating: 0, count: length)
+    _ = try mirror.read(a, into: &buffer)
+    let before = mirror.invalidatedPages
+    // A 64 KiB MAP_FIXED in the middle: a new VMA, soft-dirty all over.
+    precondition(mmap(p + length / 2, 64 << 10, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED)
+    let faults = try mirror.read(a, into: &buffer)
+    let invalidated = mirror.invalidatedPages - before
+    // The CPU writes its other memory again: after a clear, every page faults.
+    let t0 = now()
+    for i in stride(from: 0, to: other << 20, by: page) { q.storeBytes(of: 3, toByteOffset: i, as: UInt8.self) }
+    let ms = (now() - t0) * 1e3
+    return "\(invalidated) \(faults) \(format1(ms))"
+}
+
 func format1(_ v: Double) -> String { String(Double(Int(v * 10)) / 10) }
 
 do {
@@ -95,7 +190,14 @@ do {
     else if args.count >= 4 && args[1] == "scan" { try benchScan(mib: Int(args[2])!, pct: Int(args[3])!, rounds: args.count > 4 ? Int(args[4])! : 20) }
     else if args.count >= 3 && args[1] == "rangefault" { try benchRangeFault(mib: Int(args[2])!) }
     else if args.count >= 3 && args[1] == "table" { try benchTable(mib: Int(args[2])!, huge: args.count > 3 && args[3] == "huge") }
-    else { print("usage: daxmirror-bench missing PAGES | scan MIB PCT [ROUNDS] | rangefault MIB | table MIB [huge]"); exit(2) }
+    else if args.count >= 5 && args[1] == "hit" { try benchHit(kind: args[2], vmas: Int(args[3])!, iterations: Int(args[4])!) }
+    else if args.count >= 4 && args[1] == "observer" {
+        // "- - -" where this kernel keeps no soft-dirty bits.
+        let sd = SoftDirty.available ? try benchObserver(mib: Int(args[2])!, other: Int(args[3])!, writeBit: .softDirty) : "- - -"
+        print(sd, try benchObserver(mib: Int(args[2])!, other: Int(args[3])!, writeBit: .pagemap))
+    }
+    else if args.count >= 3 && args[1] == "bulk" { try benchBulk(mib: Int(args[2])!) }
+    else { print("usage: daxmirror-bench missing PAGES | scan MIB PCT [ROUNDS] | rangefault MIB | table MIB [huge] | hit anon|shmem VMAS N | bulk MIB | observer MIB OTHER"); exit(2) }
 } catch {
     print("daxmirror-bench: \(error)")
     exit(1)

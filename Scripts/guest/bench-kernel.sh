@@ -1,0 +1,16 @@
+#!/bin/bash
+# Runs inside the TEST_HMM guest (Scripts/bench.sh --kernel boots it): the
+# kernel's own device against daxmirror's on the same work, side by side.
+#   bench-kernel.sh C-BENCH SWIFT-BENCH RUNS
+# Prints "kernel-row: NAME C SWIFT" lines for Scripts/bench.sh to format.
+set -euo pipefail
+cbench=$1 sbench=$2 runs=$3
+[[ -e /dev/hmm_dmirror0 ]] || { echo "bench-kernel.sh: no /dev/hmm_dmirror0 (boot the hmm kernel)" >&2; exit 2; }
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+for vmas in 0 8000; do
+    c=$(for _ in $(seq "$runs"); do "$cbench" dmirror $vmas 2000; done | median)
+    s=$(for _ in $(seq "$runs"); do "$sbench" hit anon $vmas 2000; done | median)
+    echo "kernel-row: hit-$vmas $c $s"
+done
+# The observer's cost where soft-dirty exists (Debian's kernels have it).
+echo "kernel-row: observer $("$sbench" observer 64 256)"
