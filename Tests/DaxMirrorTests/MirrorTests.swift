@@ -129,6 +129,34 @@ struct MirrorTests {
         #expect(try mirror.check(strict: true).disagreements.isEmpty)
     }
 
+    /// `write-bit`: soft-dirty's clear after a new VMA in the region drops
+    /// every entry (a read far from the change faults again); pagemap's
+    /// choice drops only the changed range. Soft-dirty is refused, with the
+    /// way out named, where the kernel keeps no soft-dirty bits (this host).
+    @Test(arguments: Mirror.WriteBitSource.allCases)
+    func theWriteBitsCostIsTheUsersChoice(_ writeBit: Mirror.WriteBitSource) throws {
+        let size = 1 << 20
+        let p = try #require(mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+        try #require(p != MAP_FAILED)
+        defer { munmap(p, size) }
+        memset(p, 0x31, size)
+        let region = Region(base: p, length: size, backing: .anonymous)
+        guard writeBit == .pagemap || SoftDirty.available else {
+            do { _ = try Mirror(region: region, writeBit: writeBit); Issue.record("soft-dirty accepted without soft-dirty bits") }
+            catch { #expect(error.code == .unsupported && error.message.contains("write-bit pagemap"), "\(error)") }
+            return
+        }
+        let mirror = try Mirror(region: region, writeBit: writeBit)
+        #expect(mirror.writeBit == writeBit)
+        let a = UInt64(UInt(bitPattern: p))
+        #expect(try mirror.read(a, size).faults == 1)
+        let q = try #require(mmap(p + size / 2, 64 << 10, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0))
+        try #require(q != MAP_FAILED)
+        #expect(try mirror.read(a, 4096).faults == (writeBit == .softDirty ? 1 : 0))
+        #expect(try mirror.read(a + UInt64(size / 2), 4096).bytes.allSatisfy { $0 == 0 }, "the new pages")
+        #expect(try mirror.check(strict: true).disagreements.isEmpty)
+    }
+
     /// Without PFNs (no CAP_SYS_ADMIN) the mirror refuses with one clear line.
     @Test func refusesWithoutPFNs() throws {
         guard getuid() == 0, which("setpriv") != nil else { return }
