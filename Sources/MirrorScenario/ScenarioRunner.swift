@@ -65,9 +65,16 @@ public final class ScenarioRunner {
         if let hash = text.firstIndex(of: "#") { text = text[..<hash] }
         // $NAME words take the environment's value (e.g. $DAXMIRROR_DEVDAX),
         // before the line is split: a value may be several words ("file f.dat").
+        var undefined: [String] = []
         let expanded = text.split(separator: " ", omittingEmptySubsequences: false).map { w -> String in
-            w.hasPrefix("$") ? (environment(String(w.dropFirst())) ?? String(w)) : String(w)
+            guard w.hasPrefix("$") else { return String(w) }
+            guard let value = environment(String(w.dropFirst())) else { undefined.append(String(w)); return String(w) }
+            return value
         }.joined(separator: " ")
+        // A word left as "$NAME" would be read as a path, a kind, a size: refuse it.
+        if let name = undefined.first {
+            return failure("(line)", .EINVAL, "\(name) is not set in the environment")
+        }
         var words = expanded.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
         guard !words.isEmpty else { return nil }
         var expectations: [(String, String)] = []
@@ -100,9 +107,28 @@ public final class ScenarioRunner {
     /// Runs a whole scenario; calls `emit` with each answer. Returns the
     /// number of commands that failed.
     public func run(script: String, emit: (JSON) -> Void) -> Int {
+        run(script: Array(script.utf8), emit: emit)
+    }
+
+    /// Runs a scenario given as bytes. Lines end with LF or CRLF; a line that
+    /// is not UTF-8, or holds a NUL, a lone CR or another control character
+    /// (tab aside), is answered as a failure with its number: nothing a
+    /// scenario says is dropped silently.
+    public func run(script: [UInt8], emit: (JSON) -> Void) -> Int {
         var failed = 0
-        for (n, line) in script.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            guard let r = run(line: String(line)) else { continue }
+        for (n, raw) in script.split(separator: 0x0A, omittingEmptySubsequences: false).enumerated() {
+            var bytes = raw[...]
+            if bytes.last == 0x0D { bytes = bytes.dropLast() }
+            let r: JSON?
+            if let bad = bytes.first(where: { $0 < 0x20 && $0 != 0x09 || $0 == 0x7F }) {
+                let name = bad == 0 ? "a NUL byte" : (bad == 0x0D ? "a carriage return" : "control character 0x\(String(bad, radix: 16))")
+                r = failure("(line)", .EINVAL, "the line holds \(name)")
+            } else if let line = String(validating: bytes, as: UTF8.self) {
+                r = run(line: line)
+            } else {
+                r = failure("(line)", .EINVAL, "the line is not UTF-8")
+            }
+            guard let r else { continue }
             var answer = r
             if case .object(var pairs) = r {
                 pairs.insert(("line", .int(Int64(n + 1))), at: 0)
@@ -161,8 +187,14 @@ public final class ScenarioRunner {
     }
 
     private func perform(_ op: String, _ args: [String]) throws -> [(String, JSON)] {
-        func need(_ n: Int, _ usage: String) throws {
-            guard args.count >= n else { throw Refusal(errno: .EINVAL, message: "usage: \(op) \(usage)") }
+        // At least `n` words, and no more than the usage names (every word
+        // in it, optional ones included), unless `max` says otherwise: an
+        // extra word is a mistake, never ignored.
+        func need(_ n: Int, _ usage: String, max: Int? = nil, checkMax: Bool = true) throws {
+            let most = max ?? usage.split(separator: " ").count
+            guard args.count >= n, !checkMax || args.count <= most else {
+                throw Refusal(errno: .EINVAL, message: "\(args.count < n ? "too few" : "too many") words: usage: \(op) \(usage)")
+            }
         }
         switch op {
         case "map":
@@ -174,7 +206,7 @@ public final class ScenarioRunner {
             var rest = Array(args.dropFirst(2))
             var path: String?
             if kind == .file || kind == .devdax {
-                try need(4, "R \(kind.rawValue) PATH SIZE")
+                try need(4, "R \(kind.rawValue) PATH SIZE", checkMax: false)
                 path = rest.removeFirst()
                 if let p = path, !p.hasPrefix("/") { path = directory + "/" + p }
             }
@@ -271,6 +303,7 @@ public final class ScenarioRunner {
                     ("device_path", .string(mirror.writePath))]
         case "snapshot":
             try need(1, "R [OFF LEN]")
+            guard args.count != 2 else { throw Refusal(errno: .EINVAL, message: "OFF without LEN: usage: snapshot R [OFF LEN]") }
             let m = try region(args[0])
             let (off, len) = args.count >= 3 ? (try bytes(args[1], "OFF"), try bytes(args[2], "LEN")) : (0, UInt64(m.length))
             let mirror = try mirrorOf(args[0])
@@ -383,6 +416,9 @@ public final class ScenarioRunner {
             let mirror = try mirrorOf(args[0])
             let strict = args.contains("strict")
             let bounds = args.filter { $0 != "strict" && $0 != "kernel" }
+            guard bounds.count == 1 || bounds.count == 3 else {
+                throw Refusal(errno: .EINVAL, message: "OFF without LEN: usage: check R [OFF LEN] [strict] [kernel]")
+            }
             let m = try region(args[0])
             var at: UInt64?, count: UInt64?
             if bounds.count >= 3 {
@@ -410,8 +446,12 @@ public final class ScenarioRunner {
                     ("entries", .int(Int64(mirror.table.entryCount))),
                     ("mirrored_pages", .uint(mirror.table.mirroredPages))]
         case "require":
-            try need(1, "pagemap-scan | thp | dax R | devdax [ALIGN]")
+            try need(1, "pagemap-scan | thp | dax R | devdax [ALIGN]", max: 2)
             var missing: String?
+            let arity: [String: ClosedRange<Int>] = ["pagemap-scan": 1...1, "thp": 1...1, "dax": 2...2, "devdax": 1...2]
+            if let allowed = arity[args[0]], !allowed.contains(args.count) {
+                throw Refusal(errno: .EINVAL, message: "wrong number of words: usage: require pagemap-scan | thp | dax R | devdax [ALIGN]")
+            }
             switch args[0] {
             case "pagemap-scan":
                 if !kernel.pagemapScan { missing = "this kernel has no PAGEMAP_SCAN (6.7+): map orders are not visible" }
@@ -430,7 +470,7 @@ public final class ScenarioRunner {
                     missing = "no device-dax device here (run in the guest with --nsmode devdax; DAXMIRROR_DEVDAX)"
                 }
             case "dax":
-                try need(2, "dax R")
+                try need(2, "dax R", checkMax: false)
                 if !(try region(args[1])).mapSync { missing = "\(args[1]) is not on a DAX filesystem (MAP_SYNC refused)" }
             default:
                 throw Refusal(errno: .EINVAL, message: "unknown requirement \(args[0]) (pagemap-scan, thp, dax R, devdax [ALIGN])")
@@ -515,9 +555,19 @@ public final class ScenarioRunner {
         return m
     }
 
+    /// No mapping, offset or length can exceed the user address space (2^56
+    /// bytes with 5-level paging): a bound at parse time that keeps every
+    /// sum, rounding and Int conversion downstream from overflowing.
+    static let largestSize: UInt64 = 1 << 56
+
     private func bytes(_ text: String, _ what: String) throws -> UInt64 {
-        if text.hasPrefix("0x"), let v = UInt64(text.dropFirst(2), radix: 16) { return v }
-        guard let v = ByteSize.parse(text) else { throw Refusal(errno: .EINVAL, message: "\(what) \(text) is not a size") }
+        let v: UInt64
+        if text.hasPrefix("0x"), let h = UInt64(text.dropFirst(2), radix: 16) { v = h }
+        else if let d = ByteSize.parse(text) { v = d }
+        else { throw Refusal(errno: .EINVAL, message: "\(what) \(text) is not a size") }
+        guard v < Self.largestSize else {
+            throw Refusal(errno: .EINVAL, message: "\(what) \(text) is larger than any address space (2^56 bytes)")
+        }
         return v
     }
 

@@ -49,21 +49,34 @@ struct DaxMirror: ParsableCommand {
     }
 }
 
-func writeStderr(_ s: String) { writeAll(2, s) }
+func writeStderr(_ s: String) { _ = writeAll(2, s) }
 
 /// Writes a line to stdout unbuffered, so a parent reading a pipe sees each
 /// line when it is printed (the crash tests rely on this for their acks).
-func emit(_ s: String) { writeAll(1, s + "\n") }
+/// Output that cannot be written (a full disk, a closed stdout) ends the
+/// command with one line on stderr and its exit code: never a silent exit 0,
+/// never a loop that keeps producing into nowhere (`watch`).
+func emit(_ s: String) { emitRaw(s + "\n") }
 
-private func writeAll(_ fd: Int32, _ s: String) {
+/// Writes without a newline (terminal control sequences).
+func emitRaw(_ s: String) {
+    if let e = writeAll(1, s) {
+        DaxMirror.fail(Failure.from(SystemCallError("write", "standard output", errno: e), doing: "write the output"))
+    }
+}
+
+/// Writes all of `s`; nil, or the errno that stopped it.
+private func writeAll(_ fd: Int32, _ s: String) -> Errno? {
     var s = s
-    s.withUTF8 { buf in
+    return s.withUTF8 { buf -> Errno? in
         var done = 0
         while done < buf.count {
             let n = Glibc.write(fd, buf.baseAddress! + done, buf.count - done)
             if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return }
+            if n < 0 { return Errno.current }
+            if n == 0 { return .EIO }
             done += n
         }
+        return nil
     }
 }

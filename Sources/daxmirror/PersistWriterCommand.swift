@@ -36,6 +36,10 @@ struct PersistWriterCommand: ParsableCommand {
 
     func validate() throws {
         guard records > 0, recordSize >= 8 else { throw ValidationError("--records must be > 0 and --record-size >= 8") }
+        let (bytes, overflow) = records.multipliedReportingOverflow(by: recordSize)
+        guard !overflow, bytes < 1 << 56 else {
+            throw ValidationError("--records \(records) x --record-size \(recordSize) is larger than any file (2^56 bytes)")
+        }
     }
 
     func run() throws {
@@ -95,6 +99,13 @@ struct PersistVerifyCommand: ParsableCommand {
     @Argument(help: "The file persist-writer wrote.") var path: String
     @Option(help: "Bytes per record.") var recordSize: Int = 4096
     @Option(help: "Highest acknowledged record number; records 0...N must be intact.") var acked: Int
+
+    func validate() throws {
+        guard recordSize >= 8 else { throw ValidationError("--record-size must be >= 8") }
+        guard acked >= -1, acked < Int.max / recordSize else {
+            throw ValidationError("--acked \(acked) is not a record number (-1 for none acknowledged)")
+        }
+    }
 
     func run() throws {
         let map = try PersistentMapping(path: path)

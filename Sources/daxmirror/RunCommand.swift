@@ -54,15 +54,13 @@ struct RunCommand: ParsableCommand {
     @Flag(help: "Readable lines for people, snapshots drawn as pictures (. none, r/w read/write, z zero, R/W/Z the same in a 2 MiB PMD, u/U PUD, ! error).")
     var text = false
 
+    /// Larger than any scenario a person or a generator writes (100,000
+    /// lines are ~3 MiB): the bound that keeps `run /dev/zero`-like input
+    /// from eating the machine's memory.
+    static let largestScenario = 64 << 20
+
     func run() throws {
-        let script: String
-        if scenario == "-" {
-            script = readStandardInput()
-        } else {
-            do { script = try readTextFile(scenario) } catch {
-                throw Failure.from(error, doing: "read scenario")
-            }
-        }
+        let script = try readScenario()
         var st = stat()
         guard stat(dir, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
             throw Failure(.notFound, "--dir \(dir) is not a directory")
@@ -80,15 +78,37 @@ struct RunCommand: ParsableCommand {
         }
     }
 
-    private func readStandardInput() -> String {
+    /// The scenario's bytes: a regular file or a pipe (standard input with
+    /// `-`), at most `largestScenario` bytes; anything else is refused
+    /// before a byte is read (a device, a directory).
+    private func readScenario() throws -> [UInt8] {
+        let fd: Int32
+        let name = scenario == "-" ? "standard input" : scenario
+        if scenario == "-" {
+            fd = 0
+        } else {
+            fd = Glibc.open(scenario, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw Failure.from(SystemCallError("open", scenario), doing: "read scenario") }
+        }
+        defer { if fd != 0 { Glibc.close(fd) } }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw Failure.from(SystemCallError("fstat", name), doing: "read scenario") }
+        let type = st.st_mode & S_IFMT
+        guard type == S_IFREG || type == S_IFIFO || type == S_IFSOCK || (scenario == "-" && type == S_IFCHR) else {
+            throw Failure(.notRegularFile, "scenario \(name) is not a regular file or a pipe: give a scenario file, or - for standard input")
+        }
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
-            let n = chunk.withUnsafeMutableBytes { Glibc.read(0, $0.baseAddress, $0.count) }
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
+            if n < 0 { throw Failure.from(SystemCallError("read", name), doing: "read scenario") }
+            if n == 0 { break }
+            guard bytes.count + n <= Self.largestScenario else {
+                throw Failure(.invalidArgument, "scenario \(name) is larger than \(Self.largestScenario >> 20) MiB: split it")
+            }
             bytes.append(contentsOf: chunk[0..<n])
         }
-        return String(decoding: bytes, as: UTF8.self)
+        return bytes
     }
 }

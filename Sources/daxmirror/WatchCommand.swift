@@ -143,9 +143,3 @@ struct WatchCommand: ParsableCommand {
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 }
-
-/// Writes without a newline (terminal control sequences).
-func emitRaw(_ s: String) {
-    var s = s
-    s.withUTF8 { buf in _ = Glibc.write(1, buf.baseAddress, buf.count) }
-}

@@ -31,13 +31,15 @@ enum CLI {
     /// reaped). The child starts with no signals blocked and default
     /// dispositions: a runner thread may hand it SIGINT blocked.
     static func run(_ program: String, _ args: [String], env: [String: String] = [:],
-                    timeout: TimeInterval = 120, stdin: String? = nil) throws -> RunResult {
+                    timeout: TimeInterval = 120, stdin: String? = nil, stdinBytes: [UInt8]? = nil) throws -> RunResult {
+        let stdin = stdinBytes.map { String(decoding: $0, as: UTF8.self) } ?? stdin
         var environment = ProcessInfo.processInfo.environment
         environment.removeValue(forKey: "PMEM_IS_PMEM_FORCE")
         for (k, v) in env { environment[k] = v }
         // Output goes to files, so a chatty child never blocks on a full pipe.
         let dir = try ScratchDirectory()
-        if let stdin { try stdin.write(toFile: dir.file("in"), atomically: true, encoding: .utf8) }
+        if let stdinBytes { try Data(stdinBytes).write(to: URL(fileURLWithPath: dir.file("in"))) }
+        else if let stdin { try stdin.write(toFile: dir.file("in"), atomically: true, encoding: .utf8) }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
