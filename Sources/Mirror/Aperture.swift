@@ -15,9 +15,10 @@ import DaxCore
 /// kernel's own mapping. Not a store through the aperture: the aperture is
 /// MAP_SYNC, so its write fault fsyncs the page, and that writeback
 /// write-protects the CPU's mapping of it and invalidates every device's
-/// entries (dax_entry_mkclean) — side effects no device write has.
-/// Device-dax has no write(2): pmem_memcpy_persist there; memcpy + msync
-/// where the file is not persistent memory.
+/// entries (dax_entry_mkclean) — side effects no device write has. Other
+/// files: pwrite + fdatasync; shmem: pwrite. Reads of files are preads. So
+/// a page truncated away by another process is EFAULT, never SIGBUS.
+/// Device-dax has no read(2)/write(2): memcpy / pmem_memcpy_persist there.
 ///
 /// Anonymous and private-file memory have no file to map; there the device
 /// uses process_vm_readv/writev on this process, after the mirror has
@@ -70,27 +71,56 @@ final class Aperture: @unchecked Sendable {
         return base! + Int(offset)
     }
 
+    /// A file (not device-dax) is read with pread: a page another process
+    /// truncated away is a short read, EFAULT as dmirror gives, where a
+    /// load through the aperture would be SIGBUS.
     func read(fileOffset: UInt64, into dst: UnsafeMutableRawPointer, count: Int) throws(MirrorError) {
-        memcpy(dst, try window(fileOffset, count), count)
-    }
-
-    func write(fileOffset: UInt64, from src: UnsafeRawPointer, count: Int) throws(MirrorError) {
-        let p = try window(fileOffset, count)
-        if isPmem, knownSize == nil, let fd {
-            var done = 0
-            while done < count {
-                let n = pwrite(fd, src + done, count - done, off_t(fileOffset) + off_t(done))
-                if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { throw MirrorError(n < 0 ? Errno.current : .EIO, "pwrite of the device write") }
-                done += n
+        guard knownSize == nil, let fd else {
+            memcpy(dst, try window(fileOffset, count), count)
+            return
+        }
+        var done = 0
+        while done < count {
+            let n = pread(fd, dst + done, count - done, off_t(fileOffset) + off_t(done))
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else {
+                throw MirrorError(n < 0 ? Errno.current : .EFAULT,
+                                  n < 0 ? "pread of the device read" : "offset \(fileOffset + UInt64(done)) is beyond the end of the file (truncated)")
             }
-        } else if isPmem {
-            pmem_memcpy_persist(p, src, count)
-        } else {
-            memcpy(p, src, count)
-            guard pmem_msync(p, count) == 0 else { throw MirrorError(Errno.current, "msync of the device write") }
+            done += n
         }
     }
+
+    /// A file is written with pwrite, within its size (a device never grows
+    /// a file; a store through the aperture past a truncation is SIGBUS):
+    /// on DAX the kernel's DAX write path, durable on return; on other files
+    /// followed by fdatasync. Device-dax has no write(2): pmem_memcpy_persist.
+    func write(fileOffset: UInt64, from src: UnsafeRawPointer, count: Int) throws(MirrorError) {
+        let p = try window(fileOffset, count)  // maps (and learns is-pmem) on first use
+        guard knownSize == nil, let fd else {
+            if isPmem { pmem_memcpy_persist(p, src, count) } else {
+                memcpy(p, src, count)
+                guard pmem_msync(p, count) == 0 else { throw MirrorError(Errno.current, "msync of the device write") }
+            }
+            return
+        }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw MirrorError(Errno.current, "fstat of the mirrored file") }
+        guard fileOffset + UInt64(count) <= UInt64(st.st_size) else {
+            throw MirrorError(.EFAULT, "offset \(fileOffset)+\(count) is beyond the end of the file (\(st.st_size) bytes: truncated)")
+        }
+        var done = 0
+        while done < count {
+            let n = pwrite(fd, src + done, count - done, off_t(fileOffset) + off_t(done))
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw MirrorError(n < 0 ? Errno.current : .EIO, "pwrite of the device write") }
+            done += n
+        }
+        if !isPmem && !onTmpfs { guard fdatasync(fd) == 0 else { throw MirrorError(Errno.current, "fdatasync of the device write") } }
+    }
+
+    /// shmem and tmpfs files have nothing to sync.
+    private lazy var onTmpfs: Bool = fd.map { dm_fs_magic($0) == DM_TMPFS_MAGIC } ?? false
 
     static func readProcess(_ pid: pid_t, address: UInt64, into dst: UnsafeMutableRawPointer, count: Int) throws(MirrorError) {
         let n = dm_process_vm_read(pid, dst, UnsafeRawPointer(bitPattern: UInt(address)), count)

@@ -124,8 +124,8 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
     public var writePath: String {
         switch region.backing {
         case .anonymous, .file(_, _, false): return "process_vm_writev"
-        case .shmem: return aperture.base == nil ? "aperture" : "memcpy+msync"
-        case .file: return aperture.base == nil ? "aperture" : (aperture.isPmem ? "pwrite (DAX)" : "memcpy+msync")
+        case .shmem: return "pwrite"
+        case .file: return aperture.base == nil ? "aperture" : (aperture.isPmem ? "pwrite (DAX)" : (sharedWithoutPageMkwrite ? "pwrite" : "pwrite+fdatasync"))
         case .devdax: return aperture.base == nil ? "aperture" : (aperture.isPmem ? "pmem_memcpy_persist" : "memcpy+msync")
         }
     }

@@ -100,8 +100,8 @@ extension Mirror {
         return (out, revalidated)
     }
 
-    /// How device writes reach memory: "pwrite (DAX)", "pmem_memcpy_persist"
-    /// (device-dax), "memcpy+msync" (a file that is not pmem, or shmem) or
-    /// "process_vm_writev" (anonymous memory). See Aperture.
+    /// How device writes reach memory: "pwrite (DAX)", "pwrite+fdatasync" (a
+    /// file that is not pmem), "pwrite" (shmem, tmpfs), "pmem_memcpy_persist"
+    /// (device-dax) or "process_vm_writev" (anonymous memory). See Aperture.
     public var writePath: String { cpu.writePath }
 }
