@@ -82,6 +82,9 @@ struct MapCommand: ParsableCommand {
 
         let mounts = try? MountTable.current()
         let map = try PersistentMapping(path: path, size: size.map { Int($0) }, options: options, mounts: mounts)
+        // A file this command created goes again on any failure from here on.
+        var done = false
+        defer { if !done && map.created && !tmpfile { unlink(path) } }
         if requirePmem && !map.isPersistentMemory {
             throw Failure(.notDAX, "\(path) is not persistent memory: \(map.reason)")
         }
@@ -89,6 +92,16 @@ struct MapCommand: ParsableCommand {
 
         let touchedBy: String
         if let fill {
+            // Every block first, with the kernel saying why not: a store into a
+            // block the filesystem cannot allocate (a full tmpfs, a sparse file)
+            // would be SIGBUS. (Before 5.14 there is no MADV_POPULATE_WRITE.)
+            if madvise(base, map.length, DM_MADV_POPULATE_WRITE) != 0 {
+                let e = Errno.current
+                if e == .EFAULT || e == .ENOSPC || e == .ENOMEM {
+                    throw Failure(.noSpace, "no room for \(map.length) bytes in \(path): --fill writes every block (free space on its filesystem, or map a smaller --size)")
+                }
+                if e != .EINVAL { throw Failure.from(SystemCallError("madvise(MADV_POPULATE_WRITE)", path, errno: e), doing: "fill") }
+            }
             memset(base, Int32(fill), map.length)
             try map.persist()
             touchedBy = "fill+persist"
@@ -115,6 +128,7 @@ struct MapCommand: ParsableCommand {
             d.namespace = inv.namespace(forBlockDevice: blk)
             dax = d
         }
+        done = true
 
         if json {
             emit(JSON.object([

@@ -154,4 +154,21 @@ struct CLITests {
         #expect(access(dir.file("new"), F_OK) != 0)
         #expect(access(dir.file("nope"), F_OK) != 0)
     }
+
+    /// A failure after `map --create` leaves no file: a --fill that cannot
+    /// get its blocks (a 1 MiB tmpfs, a 2 MiB sparse file: was SIGBUS and a
+    /// 2 MiB file filling the filesystem) is exit 8, a --require-pmem refusal
+    /// exit 10, and the directory is empty after both.
+    @Test(.enabled(if: getuid() == 0, "needs root to mount a small tmpfs"))
+    func aFailedCreateLeavesNoFile() throws {
+        let dir = try ScratchDirectory()
+        try #require(mount("tmpfs", dir.path, "tmpfs", 0, "size=1M") == 0, "mount: errno \(errno)")
+        defer { umount(dir.path) }
+        let full = try CLI.daxmirror(["map", dir.file("f"), "--create", "--sparse", "--size", "2M", "--fill", "0xab"])
+        #expect(full.status == 8, "\(full.stderr)")
+        let refused = try CLI.daxmirror(["map", dir.file("g"), "--create", "--size", "64K", "--require-pmem"])
+        #expect(refused.status == 10, "\(refused.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path).isEmpty)
+        #expect(full.stderr.split(separator: "\n").count == 1 && refused.stderr.split(separator: "\n").count == 1)
+    }
 }
