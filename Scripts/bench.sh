@@ -121,6 +121,7 @@ if ((kernel)); then
     while read -r _ name a b c d e f; do
         case $name in
             hit-*) echo "against the kernel (TEST_HMM guest, $(echo "$out" | sed -n 's/.*guest.sh: kernel \([^,]*\),.*/\1/p' | head -n1)), ${name#hit-} other VMAs: HMM_DMIRROR_READ of one mirrored page ${a} ns, daxmirror ${b} ns, ratio $(echo "scale=2; $b / $a" | bc) (goal <= 3)" ;;
+            bulk-dax) echo "bulk device read of 512 MiB of an ext4-DAX file in $c entries (guest): daxmirror ${b} MB/s, memcpy from the CPU's mapping ${a} MB/s, ratio $(echo "scale=2; $b / $a" | bc) (goal >= 0.5)" ;;
             observer) echo "write bit soft-dirty vs pagemap (guest): a 64 KiB MAP_FIXED in a fully mirrored 64 MiB region invalidates $a pages ($b device fault) vs $d ($e); the CPU then rewrites 256 MiB of other memory in $c ms vs $f ms (every page write-faults after a clear)" ;;
         esac
     done < <(echo "$out" | grep '^kernel-row:')

@@ -12,6 +12,7 @@
 //                                         memory rewritten by the CPU after. Prints, for soft-dirty
 //                                         then pagemap: pages invalidated, device faults, ms of
 //                                         the CPU's rewrite
+//   daxmirror-bench bulk-file PATH MIB    the same on a file (a DAX mount: MAP_SYNC, PMD faults)
 //   daxmirror-bench bulk MIB              MB/s of a device read of MIB mirrored in PMD entries (THP),
 //                                         median of 5; entries
 #if canImport(Glibc)
@@ -162,6 +163,40 @@ func benchBulk(mib: Int) throws {
     print("\(Int(Double(length) / median(samples) / 1e6)) \(entries)")
 }
 
+/// A file of `mib` MiB, allocated, mapped shared (MAP_SYNC where it is DAX)
+/// at a 2 MiB-aligned address and written by the CPU (PMD faults on DAX).
+func mappedFile(_ path: String, _ length: Int) -> (UnsafeMutableRawPointer, Int32, Bool) {
+    let fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    precondition(fd >= 0 && posix_fallocate(fd, 0, off_t(length)) == 0, "cannot allocate \(path)")
+    let raw = mmap(nil, length + (2 << 20), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)!
+    precondition(raw != MAP_FAILED)
+    let at = UnsafeMutableRawPointer(bitPattern: (UInt(bitPattern: raw) + (2 << 20) - 1) & ~UInt((2 << 20) - 1))!
+    var p = mmap(at, length, PROT_READ | PROT_WRITE, DM_MAP_SHARED_VALIDATE | DM_MAP_SYNC | MAP_FIXED, fd, 0)
+    let sync = p != MAP_FAILED
+    if !sync { p = mmap(at, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) }
+    precondition(p != MAP_FAILED)
+    memset(p!, 0x33, length)
+    return (p!, fd, sync)
+}
+
+func benchBulkFile(path: String, mib: Int) throws {
+    let length = mib << 20
+    let (p, fd, dax) = mappedFile(path, length)
+    defer { unlink(path) }
+    let mirror = try Mirror(region: Region(base: p, length: length, backing: .file(path: path, fd: fd, shared: true)), dax: dax)
+    var buffer = [UInt8](repeating: 0, count: length)
+    _ = try mirror.read(UInt64(UInt(bitPattern: p)), into: &buffer)
+    var samples: [Double] = []
+    var faults = 0
+    for _ in 0..<5 {
+        let t0 = now()
+        faults += try mirror.read(UInt64(UInt(bitPattern: p)), into: &buffer)
+        samples.append(now() - t0)
+    }
+    guard faults == 0, buffer[length - 1] == 0x33 else { print("daxmirror-bench: bulk read faulted \(faults)"); exit(1) }
+    print("\(Int(Double(length) / median(samples) / 1e6)) \(mirror.table.entryCount)")
+}
+
 func benchObserver(mib: Int, other: Int, writeBit: Mirror.WriteBitSource) throws -> String {
     let length = mib << 20
     let p = anonymous(length), q = anonymous(other << 20)
@@ -196,6 +231,7 @@ do {
         let sd = SoftDirty.available ? try benchObserver(mib: Int(args[2])!, other: Int(args[3])!, writeBit: .softDirty) : "- - -"
         print(sd, try benchObserver(mib: Int(args[2])!, other: Int(args[3])!, writeBit: .pagemap))
     }
+    else if args.count >= 4 && args[1] == "bulk-file" { try benchBulkFile(path: args[2], mib: Int(args[3])!) }
     else if args.count >= 3 && args[1] == "bulk" { try benchBulk(mib: Int(args[2])!) }
     else { print("usage: daxmirror-bench missing PAGES | scan MIB PCT [ROUNDS] | rangefault MIB | table MIB [huge] | hit anon|shmem VMAS N | bulk MIB | observer MIB OTHER"); exit(2) }
 } catch {

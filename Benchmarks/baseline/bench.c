@@ -12,6 +12,8 @@
 //                         mapping of the memfd (shmem) of one 4 KiB page, with
 //                         VMAS other VMAs; median ns
 //   bench memcpy MIB      memcpy of MIB from THP-backed memory; MB/s (median of 5)
+//   bench memcpy-file PATH MIB  memcpy of MIB out of a shared mapping of a file
+//                         written first (MAP_SYNC on DAX); MB/s (median of 5)
 //   bench dmirror VMAS N  the kernel's own device (/dev/hmm_dmirror0, the HMM
 //                         guest): HMM_DMIRROR_READ of one mirrored 4 KiB page of
 //                         anonymous memory, with VMAS other VMAs; median ns
@@ -207,16 +209,13 @@ static int bench_copy(const char *kind, long vmas, long n) {
     return 0;
 }
 
-static int bench_memcpy(long mib) {
-    size_t len = (size_t)mib << 20;
-    char *raw = mmap(NULL, len + (2 << 20), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    char *p = (char *)(((uintptr_t)raw + (2 << 20) - 1) & ~(uintptr_t)((2 << 20) - 1));
-    madvise(p, len, MADV_HUGEPAGE);
+/* Fills `p`, then copies it out five times; prints the median's MB/s. Five
+ * passes: the first touch of fresh memory is slow under a hypervisor,
+ * whoever copies. */
+static int copy_out(char *p, size_t len) {
     memset(p, 0x33, len);
     char *dst = malloc(len);
     memset(dst, 0, len);
-    /* Five passes, the median: the first touch of fresh memory is slow
-     * under a hypervisor, whoever copies. */
     double t[5];
     for (int i = 0; i < 5; i++) {
         double t0 = now();
@@ -225,7 +224,30 @@ static int bench_memcpy(long mib) {
     }
     if (dst[len - 1] != 0x33) return 1;
     printf("%ld\n", (long)(len / median_of(t, 5) / 1e6));
+    free(dst);
     return 0;
+}
+
+static int bench_memcpy(long mib) {
+    size_t len = (size_t)mib << 20;
+    char *raw = mmap(NULL, len + (2 << 20), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    char *p = (char *)(((uintptr_t)raw + (2 << 20) - 1) & ~(uintptr_t)((2 << 20) - 1));
+    madvise(p, len, MADV_HUGEPAGE);
+    return copy_out(p, len);
+}
+
+static int bench_memcpy_file(const char *path, long mib) {
+    size_t len = (size_t)mib << 20;
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0 || posix_fallocate(fd, 0, len)) { perror(path); return 1; }
+    char *raw = mmap(NULL, len + (2 << 20), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    char *at = (char *)(((uintptr_t)raw + (2 << 20) - 1) & ~(uintptr_t)((2 << 20) - 1));
+    char *p = mmap(at, len, PROT_READ | PROT_WRITE, MAP_SHARED_VALIDATE | MAP_SYNC | MAP_FIXED, fd, 0);
+    if (p == MAP_FAILED) p = mmap(at, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+    if (p == MAP_FAILED) { perror("mmap"); return 1; }
+    int rc = copy_out(p, len);
+    unlink(path);
+    return rc;
 }
 
 static int bench_dmirror(long vmas, long n) {
@@ -259,6 +281,7 @@ int main(int argc, char **argv) {
     if (argc >= 3 && !strcmp(argv[1], "vmas")) return hold_vmas(atol(argv[2]));
     if (argc >= 5 && !strcmp(argv[1], "copy")) return bench_copy(argv[2], atol(argv[3]), atol(argv[4]));
     if (argc >= 3 && !strcmp(argv[1], "memcpy")) return bench_memcpy(atol(argv[2]));
+    if (argc >= 4 && !strcmp(argv[1], "memcpy-file")) return bench_memcpy_file(argv[2], atol(argv[3]));
     if (argc >= 4 && !strcmp(argv[1], "dmirror")) return bench_dmirror(atol(argv[2]), atol(argv[3]));
     fprintf(stderr, "usage: bench missing PAGES | bench scan MIB PCT [ROUNDS] | bench rangefault MIB | bench vmas COUNT | bench copy anon|shmem VMAS N | bench memcpy MIB | bench dmirror VMAS N\n");
     return 2;

@@ -12,5 +12,11 @@ for vmas in 0 8000; do
     s=$(for _ in $(seq "$runs"); do "$sbench" hit anon $vmas 2000; done | median)
     echo "kernel-row: hit-$vmas $c $s"
 done
+# Bulk: 512 MiB of a file on the DAX mount, mirrored in PMD entries, against
+# memcpy of the same bytes out of the CPU's mapping.
+dir=${DAXMIRROR_DAX_DIR:-/mnt}
+c=$("$cbench" memcpy-file "$dir/bench-c.dat" 512)
+read -r s entries < <("$sbench" bulk-file "$dir/bench-s.dat" 512)
+echo "kernel-row: bulk-dax $c $s $entries"
 # The observer's cost where soft-dirty exists (Debian's kernels have it).
 echo "kernel-row: observer $("$sbench" observer 64 256)"
