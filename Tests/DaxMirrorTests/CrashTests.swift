@@ -4,24 +4,29 @@ import PersistentMemory
 
 /// A writer persists records one by one and acknowledges each; it is killed
 /// with SIGKILL at a different point each round. Every acknowledged record
-/// must be in the file, byte for byte.
-@Suite("crash consistency (SIGKILL)")
+/// must be in the file, byte for byte, and persist-verify must agree.
+///
+/// What this proves is the writer's protocol (an ack only after its record
+/// is written whole, in order) and the verifier — not persistence: the page
+/// cache survives a SIGKILL whether or not anything was persisted. The power
+/// cut in the guest (Scripts/powercut-test.py) is the persistence test.
+@Suite("writer protocol under SIGKILL")
 struct CrashTests {
-    @Test func acknowledgedRecordsSurviveSIGKILL() throws {
+    @Test func everyAcknowledgedRecordIsInTheFileAfterSIGKILL() throws {
         let base = DaxEnvironment.directory ?? NSTemporaryDirectory()
         let dir = try ScratchDirectory(base: base)
         let recordSize = 4096, records = 256
         var rng = SystemRandomNumberGenerator()
         let seed = UInt64.random(in: 0...UInt64.max, using: &rng)
         var gen = SplitMix64(seed: seed)
-        let rounds = 24
-        var killPoints: [Int] = []
+        // 8 rounds, each killing in its own slice of the run: process starts
+        // are slow under emulation, and the protocol does not need more.
+        let rounds = 8
         for round in 0..<rounds {
             let path = dir.file("log\(round)")
             // Spread the kill points over the whole run: round r kills in its own slice.
             let slice = records / rounds
             let killAfter = round * slice + Int(gen.next() % UInt64(slice))
-            killPoints.append(killAfter)
             let acked = try runAndKill(path: path, records: records, recordSize: recordSize, afterAck: killAfter)
             #expect(acked >= killAfter, "seed \(seed): round \(round) saw ack \(acked)")
             let bytes = try fileBytes(path)
@@ -30,7 +35,6 @@ struct CrashTests {
             }
             #expect(bad == nil, "seed \(seed): round \(round) killed after ack \(acked): record \(bad ?? -1) lost or torn")
         }
-        #expect(Set(killPoints).count >= 20, "kill points \(killPoints)")
     }
 
     /// Starts the writer, reads acks until `afterAck`, SIGKILLs it; returns the

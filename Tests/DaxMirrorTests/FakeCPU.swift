@@ -124,9 +124,9 @@ final class FakeCPU: CPUSide {
     func map(_ start: UInt64, pages: UInt64, writable: Bool = true, shared: Bool = false, inode: UInt64 = 0, offset: UInt64 = 0) {
         let end = start + pages * pageSize
         if vmaList.contains(where: { $0.end > start && $0.start < end }) { unmap(start, pages * pageSize) }
-        vmaList.append(VMA(start: start, end: end, readable: true, writable: writable, shared: shared,
-                           offset: offset, device: inode == 0 ? 0 : 0xfd << 32, inode: inode))
-        vmaList.sort { $0.start < $1.start }
+        let vma = VMA(start: start, end: end, readable: true, writable: writable, shared: shared,
+                      offset: offset, device: inode == 0 ? 0 : 0xfd << 32, inode: inode)
+        vmaList.insert(vma, at: vmaList.firstIndex { $0.start > start } ?? vmaList.endIndex)
         if shared, fileSize[inode] == nil { fileSize[inode] = offset + pages * pageSize }
     }
 
