@@ -14,6 +14,9 @@ bundle=$here/.build/debug/daxmirrorPackageTests.xctest
 # 10,000-operation differential against the kernel's own dmirror.
 export DAXMIRROR_STRESS_OPS=${DAXMIRROR_STRESS_OPS:-400}
 export DAXMIRROR_STRESS_KINDS=${DAXMIRROR_STRESS_KINDS:-file}
+# The scenario language's property test: 100,000 generated lines on the
+# host, 2,000 here (its files on the DAX mount).
+export DAXMIRROR_PROPERTY_LINES=${DAXMIRROR_PROPERTY_LINES:-2000}
 echo "guest-tests.sh: kernel $(uname -r), DAX mount $(grep " $DAXMIRROR_DAX_DIR " /proc/mounts | cut -d' ' -f1,3,4)"
 # A watchdog short of guest.sh's own timeout: a suite that hangs is reported
 # with where every process of it waits (wchan, kernel stack), not just killed.

@@ -16,9 +16,10 @@ import DaxCore
 /// MAP_SYNC, so its write fault fsyncs the page, and that writeback
 /// write-protects the CPU's mapping of it and invalidates every device's
 /// entries (dax_entry_mkclean) — side effects no device write has. Other
-/// files: pwrite + fdatasync; shmem: pwrite. Reads of files are preads. So
-/// a page truncated away by another process is EFAULT, never SIGBUS.
-/// Device-dax has no read(2)/write(2): memcpy / pmem_memcpy_persist there.
+/// files: pwrite + fdatasync; shmem: pwrite. Reads copy out of the aperture
+/// through a guarded memcpy (CDaxShim): a page truncated away by another
+/// process is EFAULT, never SIGBUS. Device-dax has no write(2):
+/// pmem_memcpy_persist there.
 ///
 /// Anonymous and private-file memory have no file to map; there the device
 /// uses process_vm_readv/writev on this process, after the mirror has
@@ -71,14 +72,31 @@ final class Aperture: @unchecked Sendable {
         return base! + Int(offset)
     }
 
-    /// A file (not device-dax) is read with pread: a page another process
-    /// truncated away is a short read, EFAULT as dmirror gives, where a
-    /// load through the aperture would be SIGBUS.
+    /// Reads copy out of the aperture (a load, as a device's DMA would be:
+    /// no system call, PMD-mapped where the file is), guarded: a page another
+    /// process truncated away is EFAULT, as dmirror gives, not SIGBUS. A file
+    /// the aperture cannot map (opened read-only) is read with pread.
     func read(fileOffset: UInt64, into dst: UnsafeMutableRawPointer, count: Int) throws(MirrorError) {
-        guard knownSize == nil, let fd else {
-            memcpy(dst, try window(fileOffset, count), count)
-            return
+        if let fd, knownSize == nil, apertureRefused || !canMap(fd) {
+            return try preadAll(fd, fileOffset, dst, count)
         }
+        let src = try window(fileOffset, count)
+        guard dm_copy_guarded(dst, src, count) == 0 else {
+            let at = dm_guard_fault_address().map { UInt64(UInt(bitPattern: $0) - UInt(bitPattern: base!)) }
+            throw MirrorError(.EFAULT, "offset \(at ?? fileOffset) is beyond the end of the file (truncated meanwhile)")
+        }
+    }
+
+    /// A file the device may not map read-write: pread, learned once.
+    private var apertureRefused = false
+    private func canMap(_ fd: Int32) -> Bool {
+        if base != nil { return true }
+        let flags = fcntl(fd, F_GETFL)
+        apertureRefused = flags >= 0 && flags & O_ACCMODE != O_RDWR
+        return !apertureRefused
+    }
+
+    private func preadAll(_ fd: Int32, _ fileOffset: UInt64, _ dst: UnsafeMutableRawPointer, _ count: Int) throws(MirrorError) {
         var done = 0
         while done < count {
             let n = pread(fd, dst + done, count - done, off_t(fileOffset) + off_t(done))

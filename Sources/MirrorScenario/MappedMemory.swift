@@ -137,8 +137,42 @@ public final class MappedMemory: @unchecked Sendable {
     }
 
     deinit {
-        munmap(base, length)
+        // Never the holes: another mapping of this process may live there.
+        var at: UInt64 = 0
+        for hole in holes + [UInt64(length)..<UInt64(length)] {
+            if hole.lowerBound > at { munmap(base + Int(at), Int(hole.lowerBound - at)) }
+            at = hole.upperBound
+        }
         if fd >= 0 { close(fd) }
+    }
+
+    /// Parts of the region (byte offsets, page-aligned, sorted, disjoint)
+    /// that `unmap` gave back to the process: the kernel may have placed
+    /// another mapping there since (the allocator's), which no command may
+    /// touch, remap over or unmap.
+    public private(set) var holes: [Range<UInt64>] = []
+
+    func gaveBack(_ r: Range<UInt64>) {
+        var merged = r
+        var kept: [Range<UInt64>] = []
+        for h in holes {
+            if h.upperBound < merged.lowerBound || h.lowerBound > merged.upperBound { kept.append(h) }
+            else { merged = min(h.lowerBound, merged.lowerBound)..<max(h.upperBound, merged.upperBound) }
+        }
+        holes = (kept + [merged]).sorted { $0.lowerBound < $1.lowerBound }
+    }
+
+    func tookBack(_ r: Range<UInt64>) {
+        holes = holes.flatMap { h -> [Range<UInt64>] in
+            guard h.overlaps(r) else { return [h] }
+            return [h.lowerBound..<max(h.lowerBound, r.lowerBound), min(h.upperBound, r.upperBound)..<h.upperBound]
+                .filter { !$0.isEmpty }
+        }
+    }
+
+    /// The parts of `r` that are holes.
+    func holeParts(of r: Range<UInt64>) -> [Range<UInt64>] {
+        holes.compactMap { h in h.overlaps(r) ? max(h.lowerBound, r.lowerBound)..<min(h.upperBound, r.upperBound) : nil }
     }
 
     public var fileDescriptor: Int32? { fd >= 0 ? fd : nil }

@@ -204,6 +204,64 @@ struct MirrorTests {
         print("truncate race (\(kind.rawValue)): \(ok) accesses succeeded, \(efault) EFAULT")
     }
 
+    /// The guarded copy itself: a load from a page past the end of a mapped
+    /// file is -1/EFAULT with the faulting address, not a SIGBUS; the same
+    /// copy below the end succeeds.
+    @Test func aGuardedCopyPastTheEndOfAFileIsEFAULT() throws {
+        let dir = try ScratchDirectory(base: DaxEnvironment.directory ?? NSTemporaryDirectory())
+        let fd = open(dir.file("g.dat"), O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        try #require(fd >= 0 && ftruncate(fd, 8192) == 0)
+        defer { close(fd) }
+        let p = try #require(mmap(nil, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0))
+        try #require(p != MAP_FAILED)
+        defer { munmap(p, 8192) }
+        try #require(ftruncate(fd, 4096) == 0)
+        var buf = [UInt8](repeating: 1, count: 4096)
+        #expect(buf.withUnsafeMutableBytes { dm_copy_guarded($0.baseAddress, p, 4096) } == 0)
+        #expect(buf.allSatisfy { $0 == 0 })
+        errno = 0
+        #expect(buf.withUnsafeMutableBytes { dm_copy_guarded($0.baseAddress, p + 4096, 4096) } == -1)
+        #expect(errno == EFAULT)
+        #expect(dm_guard_fault_address() == p + 4096)
+        #expect(dm_fill_guarded(p + 4096, 7, 16) == -1)
+        #expect(dm_fill_guarded(p, 7, 16) == 0)
+    }
+
+    /// The CPU's own loads and stores in a scenario, racing a truncate by
+    /// another party: each answer is ok or EFAULT (the SIGBUS is the answer),
+    /// and the runner lives.
+    @Test func aTruncateRacingTheCPUIsAnAnswer() throws {
+        let dir = try ScratchDirectory(base: DaxEnvironment.directory ?? NSTemporaryDirectory())
+        let size = 1 << 20
+        let runner = ScenarioRunner(directory: dir.path)
+        #expect(runner.run(line: "map F file c.dat \(size)")?.render(pretty: false).contains("\"ok\":true") == true)
+        let fd = try #require(runner.memory["F"]?.fileDescriptor)
+        let stop = Atomic<Bool>(false)
+        let truncator = try JoinableThread {
+            var small = true
+            while !stop.load(ordering: .relaxed) {
+                _ = ftruncate(fd, off_t(small ? 4096 : size))
+                small.toggle()
+            }
+        }
+        var ok = 0, signalled = 0, refused = 0, other: [String] = []
+        let end = Date().addingTimeInterval(2)
+        while Date() < end {
+            for line in ["cpu-read F 0 1M", "cpu-write F 0 1M 7"] {
+                let answer = runner.run(line: line)?.render(pretty: false) ?? ""
+                if answer.contains("\"ok\":true") { ok += 1 }
+                else if answer.contains("\"signal\":\"SIGBUS\"") && answer.contains("EFAULT") { signalled += 1 }
+                else if answer.contains("EFAULT") { refused += 1 }
+                else if other.count < 3 { other.append(answer) }
+            }
+        }
+        stop.store(true, ordering: .relaxed)
+        truncator.join()
+        #expect(other.isEmpty, "\(other)")
+        #expect(ok + signalled + refused > 0)
+        print("CPU truncate race: \(ok) ok, \(signalled) SIGBUS answers, \(refused) refused before the access")
+    }
+
     /// Without PFNs (no CAP_SYS_ADMIN) the mirror refuses with one clear line.
     @Test func refusesWithoutPFNs() throws {
         guard getuid() == 0, which("setpriv") != nil else { return }

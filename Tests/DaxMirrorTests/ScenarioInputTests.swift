@@ -1,5 +1,7 @@
 import Foundation
 import Testing
+@testable import MirrorScenario
+import CDaxShim
 
 /// What a scenario says is never dropped and never kills the runner: line
 /// ends, bytes that are not text, undefined words, wrong arity, numbers past
@@ -68,5 +70,79 @@ struct ScenarioInputTests {
             #expect(r.status == code, "\(redirect): exit \(r.status), \(r.stderr)")
             #expect(r.stderr.contains("standard output"), "\(redirect): \(r.stderr)")
         }
+    }
+}
+
+/// The language as a typed command table: the words become typed commands
+/// with checked numbers, and the usage a refusal quotes is the one
+/// `run --help` prints.
+@Suite("scenario language")
+struct ScenarioLanguageTests {
+    @Test func linesBecomeTypedCommands() throws {
+        let map = try #require(try ScenarioLine.parse("map A file f.dat 2M huge private  faults=0"))
+        #expect(map.command == .map(.init(region: "A", kind: .file, path: "f.dat", size: 2 << 20, huge: true, privateFile: true)))
+        #expect(map.expectations.map(\.key) == ["faults"])
+        #expect(try ScenarioLine.parse("check A 0x1000 4K kernel")?.command
+                == .check(region: "A", range: .init(offset: 4096, length: 4096), strict: false, kernel: true))
+        #expect(try ScenarioLine.parse("check A strict")?.command == .check(region: "A", range: nil, strict: true, kernel: false))
+        #expect(try ScenarioLine.parse("expect-fail dev-read A 0 4K")?.command
+                == .expectFail(.devRead(.init(region: "A", offset: 0, length: 4096))))
+        #expect(try ScenarioLine.parse("mirror A write-bit pagemap as D")?.command
+                == .mirror(region: "A", device: "D", untracked: false, writeBit: .pagemap))
+        #expect(try ScenarioLine.parse("  # only a comment") == nil)
+    }
+
+    @Test(arguments: [
+        ("snapshot A 0", "OFF without LEN"), ("dev-read A 0 0", "LEN must be more than 0"),
+        ("mirror A as", "D is missing"), ("map A anon 64K ro none", "ro and none"),
+        ("check A strict strict", "strict twice"), ("protect A 0 4K write", "none, read or rw"),
+        ("cpu-write A 0 4K 256", "BYTE 256"), ("dev-read A 0 0x100000000000000", "larger than any address space"),
+        ("truncate A -1", "not a size"), ("stats", "R is missing"), ("require devdax 2M now", "too many words"),
+    ])
+    func aRefusalNamesItsCause(_ line: String, _ cause: String) {
+        do {
+            _ = try ScenarioLine.parse(line)
+            Issue.record("\(line) parsed")
+        } catch {
+            #expect(error.error.errno == .EINVAL)
+            #expect(error.error.message.contains(cause), "\(error.error.message)")
+            #expect(error.op == String(line.split(separator: " ")[0]))
+        }
+    }
+
+    @Test func theHelpListsEveryCommandFromTheTable() throws {
+        let help = try CLI.daxmirror(["run", "--help"]).stdout
+        #expect(ScenarioCommand.specs.count == 20)
+        for spec in ScenarioCommand.specs {
+            #expect(help.contains("\(spec.name) \(spec.usage)"), "\(spec.name) missing from run --help")
+        }
+        // A refusal quotes the same usage line.
+        do { _ = try ScenarioLine.parse("protect A 0") } catch {
+            #expect(error.error.message.hasSuffix("usage: protect R OFF LEN none|read|rw"), "\(error.error.message)")
+        }
+    }
+
+    /// `unmap` gives the range back to the process; if the allocator maps
+    /// something there before `remap`, the runner refuses to touch it (EBUSY),
+    /// never remaps over it or writes into it.
+    @Test func aHoleSomethingElseTookIsNeverTouched() throws {
+        let runner = ScenarioRunner()
+        _ = runner.run(line: "map A anon 1M")
+        _ = runner.run(line: "unmap A 512K 256K")
+        let m = try #require(runner.memory["A"])
+        let at = m.base + (512 << 10)
+        let intruder = mmap(at, 256 << 10, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | DM_MAP_FIXED_NOREPLACE, -1, 0)
+        try #require(intruder == at, "the hole could not be taken")
+        memset(at, 0x77, 256 << 10)
+        for line in ["cpu-write A 0 1M 1", "remap A 512K 256K", "unmap A 0 1M", "discard A 512K 4K", "protect A 0 1M none"] {
+            let answer = runner.run(line: line)?.render(pretty: false) ?? ""
+            #expect(answer.contains("EBUSY"), "\(line): \(answer)")
+        }
+        #expect(UnsafeRawBufferPointer(start: at, count: 256 << 10).allSatisfy { $0 == 0x77 })
+        munmap(at, 256 << 10)
+        // Given back again: remap takes it (MAP_FIXED_NOREPLACE) and it is the region's once more.
+        #expect(runner.run(line: "remap A 512K 256K")?.render(pretty: false).contains("\"ok\":true") == true)
+        #expect(runner.run(line: "cpu-write A 0 1M 1")?.render(pretty: false).contains("\"ok\":true") == true)
+        #expect(m.holes.isEmpty)
     }
 }

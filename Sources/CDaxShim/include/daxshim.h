@@ -48,6 +48,11 @@
 static const int DM_O_TMPFILE = O_TMPFILE;
 static const int DM_MAP_SHARED_VALIDATE = MAP_SHARED_VALIDATE;
 static const int DM_MAP_SYNC = MAP_SYNC;
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+/// MAP_FIXED that fails with EEXIST instead of replacing a mapping (4.17+).
+static const int DM_MAP_FIXED_NOREPLACE = MAP_FIXED_NOREPLACE;
 static const int DM_MADV_POPULATE_READ = MADV_POPULATE_READ;
 static const int DM_MADV_POPULATE_WRITE = MADV_POPULATE_WRITE;
 
@@ -442,5 +447,15 @@ static inline int dm_hmm_write(int fd, struct dm_hmm_dmirror_cmd *cmd) { return 
 /// HMM_DMIRROR_SNAPSHOT: the CPU page table as hmm_range_fault sees it
 /// without faulting, one HMM_DMIRROR_PROT_* code per page.
 static inline int dm_hmm_snapshot(int fd, struct dm_hmm_dmirror_cmd *cmd) { return ioctl(fd, DM_HMM_DMIRROR_SNAPSHOT, cmd); }
+
+// ---------------------------------------------------------------------------
+// Guarded copies (daxshim.c): memcpy / memset through a mapping that may meet
+// a page truncated away. 0, or -1 with errno EFAULT where the access got
+// SIGBUS (dm_guard_fault_address() then names the address). -1 with errno
+// from sigaction if the handler could not be installed.
+// ---------------------------------------------------------------------------
+int dm_copy_guarded(void *dst, const void *src, size_t n);
+int dm_fill_guarded(void *dst, int byte, size_t n);
+void *dm_guard_fault_address(void);
 
 #endif // DAXSHIM_H
