@@ -1,7 +1,7 @@
 /// The distinct exit codes of `daxmirror`, one per cause, so scripts can tell
 /// a missing file from a full disk without parsing messages. Documented in the
 /// README; never renumber one.
-public enum ExitCode: Int32, Sendable, CaseIterable {
+public enum ExitCause: Int32, Sendable, CaseIterable {
     case success = 0
     case failure = 1          // an operation reported failure (e.g. a scenario step)
     case notFound = 3         // no such file, directory or process
@@ -15,16 +15,15 @@ public enum ExitCode: Int32, Sendable, CaseIterable {
     case unsupported = 11     // this kernel lacks a needed feature
     case processGone = 12     // the inspected process exited
     case systemError = 13     // any other failed system call
-    case timeout = 14
     case usage = 64           // bad command line (swift-argument-parser's code)
 }
 
 /// An error meant for a person: one line that names the cause and, where one
 /// exists, the fix; plus the exit code for its class.
 public struct Failure: Error, CustomStringConvertible, Sendable {
-    public let code: ExitCode
+    public let code: ExitCause
     public let message: String
-    public init(_ code: ExitCode, _ message: String) {
+    public init(_ code: ExitCause, _ message: String) {
         self.code = code
         self.message = message
     }
@@ -32,7 +31,7 @@ public struct Failure: Error, CustomStringConvertible, Sendable {
 
     /// Classifies a failed system call on `subject` by its errno.
     public static func from(_ e: SystemCallError, doing what: String) -> Failure {
-        let code: ExitCode
+        let code: ExitCause
         switch e.errno {
         case .ENOENT, .ESRCH: code = e.errno == .ESRCH ? .processGone : .notFound
         case .EISDIR, .ENOTDIR: code = .notRegularFile

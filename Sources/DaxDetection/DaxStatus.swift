@@ -65,7 +65,7 @@ extension DaxStatus {
         var sx = dm_statx_result()
         try Syscall.retrying("statx", path) { dm_statx(AT_FDCWD, path, 0, &sx) }
         let real = realPath(path) ?? path
-        let mount = mounts.entry(containing: real)
+        let mount = mounts.entry(major: sx.dev_major, minor: sx.dev_minor, path: real) ?? mounts.entry(containing: real)
         var status = DaxStatus(path: real, mount: mount, mountMode: mount?.daxMode ?? .none)
         if sx.attributes_mask & DM_STATX_ATTR_DAX != 0 {
             status.fileDAX = sx.attributes & DM_STATX_ATTR_DAX != 0

@@ -107,6 +107,15 @@ public struct MountTable: Sendable {
         return best
     }
 
+    /// The mount of the filesystem with device MAJ:MIN (statx of the file
+    /// itself: right for an O_TMPFILE or deleted file, whose /proc path names
+    /// no place, and for a directory mounted over since). Among several
+    /// mounts of it (bind mounts), the one holding `path` if any.
+    public func entry(major: UInt32, minor: UInt32, path: String) -> MountEntry? {
+        let same = entries.filter { $0.major == major && $0.minor == minor }
+        return same.last { MountTable.isPrefix($0.mountPoint, of: path) } ?? same.last
+    }
+
     /// Mounts whose filesystem is DAX for every file (or per inode).
     public var daxMounts: [MountEntry] { entries.filter { $0.daxMode == .always || $0.daxMode == .inode } }
 

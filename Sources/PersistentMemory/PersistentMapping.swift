@@ -284,6 +284,9 @@ public final class PersistentMapping: @unchecked Sendable {
     }
 
     private static func checkSpace(_ vfs: statvfs, path: String, size: Int, reclaimable: Int) throws(Failure) {
+        // No blocks at all: a filesystem without a size limit (tmpfs size=0,
+        // some FUSE and pseudo filesystems), not one with 0 B free.
+        if vfs.f_blocks == 0 { return }
         let free = UInt64(vfs.f_bavail) * UInt64(vfs.f_frsize) + UInt64(reclaimable)
         if UInt64(size) > free {
             throw Failure(.noSpace, "--size \(ByteSize.human(UInt64(size))) is larger than the \(ByteSize.human(free)) free on the filesystem of \(path); free space or use a smaller --size")

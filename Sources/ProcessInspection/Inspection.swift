@@ -52,6 +52,8 @@ public struct Inspection: Sendable {
     public var pagemapScan: Bool
     /// The kernel tracks soft-dirty bits (CONFIG_MEM_SOFT_DIRTY): "written" means something.
     public var softDirty: Bool
+    /// A kernel thread (PF_KTHREAD): it has no user memory, so no VMAs.
+    public var kernelThread = false
 
     /// Reads /proc/PID/{smaps,mountinfo,pagemap} once each and ties them
     /// together. `range` limits the VMAs; `pages` adds per-page runs;
@@ -73,6 +75,16 @@ public struct Inspection: Sendable {
         }
         defer { if pidfd >= 0 { close(pidfd) } }
         let command = (try? readTextFile("\(proc)/comm"))?.trimmingSpaces() ?? "?"
+        // A zombie has exited (its memory is gone) though its PID remains; a
+        // kernel thread never had user memory. Neither is "exited meanwhile".
+        let (state, flags) = try processState(pid)
+        if state == "Z" || state == "X" {
+            throw Failure(.processGone, "process \(pid) has exited (a zombie its parent has not reaped yet): it has no memory left to inspect")
+        }
+        if flags & 0x0020_0000 != 0 {  // PF_KTHREAD
+            return Inspection(pid: pid, command: command, vmas: [], pagemapScan: PagemapScanSupport.available,
+                              softDirty: SoftDirty.available, kernelThread: true)
+        }
         let smapsText = try readProc(pid, "smaps")
         var all: [SmapsEntry]
         do { all = try Smaps.parse(smapsText) } catch { throw Failure(.systemError, "cannot parse \(proc)/smaps: \(error)") }
@@ -262,6 +274,18 @@ public struct Inspection: Sendable {
         if v.path.hasPrefix("/memfd:") || v.path.hasPrefix("/dev/shm/") || v.path.hasPrefix("/SYSV")
             || v.path == "/dev/zero (deleted)" { return "shmem" }
         return "file"
+    }
+
+    /// Fields 3 (state) and 9 (flags) of /proc/PID/stat.
+    static func processState(_ pid: Int32) throws(Failure) -> (state: Character, flags: UInt64) {
+        let text: String
+        do { text = try readTextFile("/proc/\(pid)/stat") } catch { throw procFailure(error, pid, "stat-first") }
+        guard let close = text.lastIndex(of: ")") else { throw Failure(.processGone, "process \(pid) has no stat") }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        guard fields.count > 6, let state = fields[0].first, let flags = UInt64(fields[6]) else {
+            throw Failure(.processGone, "process \(pid) exited")
+        }
+        return (state, flags)
     }
 
     /// Field 22 of /proc/PID/stat: tells a PID reuse from the same process.

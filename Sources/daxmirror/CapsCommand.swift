@@ -37,9 +37,8 @@ struct CapsCommand: ParsableCommand {
 
     func validate() throws {
         var st = stat()
-        guard stat(dir, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
-            throw ValidationError("--dir \(dir) is not an existing directory")
-        }
+        guard stat(dir, &st) == 0 else { throw rejected(.notFound, "--dir \(dir) does not exist: give an existing directory") }
+        guard st.st_mode & S_IFMT == S_IFDIR else { throw rejected(.notRegularFile, "--dir \(dir) is not a directory") }
     }
 
     func run() throws {

@@ -44,16 +44,16 @@ struct InspectCommand: ParsableCommand {
               daxmirror inspect 1234 --rearm; sleep 5; daxmirror inspect 1234   # written in 5 s
             """)
 
-    @Argument(help: "The process ID.") var pid: Int32
+    @Argument(help: "The process ID.") var pidText: NumberArgument
     @Flag(help: "Print JSON (ndctl list style: lower_snake keys, numbers as numbers).") var json = false
     @Option(help: "Only mappings overlapping START-END (hex addresses, 0x optional).") var range: String?
     @Flag(help: "Add the per-page view: runs of pages with PFN ranges and snapshot codes.") var pages = false
     @Flag(help: "After reading, clear the soft-dirty bits so the next inspect counts only later writes.") var rearm = false
 
     func validate() throws {
-        guard pid > 0 else { throw ValidationError("PID must be a positive number") }
+        _ = try pidText.integer("PID", 1...Int32.max)
         if let range, Self.parseRange(range) == nil {
-            throw ValidationError("--range \(range) is not START-END in hex with START < END (e.g. 7f0000000000-7f0000200000)")
+            throw invalidArgument("--range \(range) is not START-END in hex with START < END (e.g. 7f0000000000-7f0000200000)")
         }
     }
 
@@ -64,6 +64,8 @@ struct InspectCommand: ParsableCommand {
         guard let a = hex(parts[0]), let b = hex(parts[1]), a < b else { return nil }
         return a...(b - 1)
     }
+
+    var pid: Int32 { (try? pidText.integer("PID", 1...Int32.max)) ?? 0 }  // checked in validate()
 
     func run() throws {
         let inventory = try? Inventory.read()
@@ -107,7 +109,8 @@ struct InspectCommand: ParsableCommand {
             return .object(pairs)
         }
         return .object([("pid", .int(Int64(r.pid))), ("command", .string(r.command)),
-                        ("pagemap_scan", .bool(r.pagemapScan)), ("soft_dirty", .bool(r.softDirty)), ("vmas", .array(vmas)),
+                        ("pagemap_scan", .bool(r.pagemapScan)), ("soft_dirty", .bool(r.softDirty)),
+                        ("kernel_thread", .bool(r.kernelThread)), ("vmas", .array(vmas)),
                         ("totals", .object([("vmas", .int(Int64(r.vmas.count))), ("rss", .uint(trss)),
                                             ("present_pages", .uint(tp)), ("written_pages", r.softDirty ? .uint(tw) : .null),
                                             ("pmd", r.vmas.allSatisfy(\.pmdKnown) ? .int(Int64(tpmd)) : .null), ("pud", .int(Int64(tpud)))]))])
@@ -116,6 +119,9 @@ struct InspectCommand: ParsableCommand {
     static func table(_ r: Inspection) -> String {
         func pad(_ s: String, _ n: Int, right: Bool = false) -> String {
             s.count >= n ? s : (right ? String(repeating: " ", count: n - s.count) + s : s + String(repeating: " ", count: n - s.count))
+        }
+        if r.kernelThread {
+            return "\(r.pid):   \(r.command)\nprocess \(r.pid) is a kernel thread: it has no user memory to inspect"
         }
         var lines = ["\(r.pid):   \(r.command)",
                      pad("Address", 25) + " Perm " + pad("Size", 9, right: true) + pad("Rss", 9, right: true)

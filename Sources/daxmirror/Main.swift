@@ -20,7 +20,7 @@ struct DaxMirror: ParsableCommand {
             Exit codes: 0 ok, 1 an operation failed, 3 not found, 4 not a regular file, \
             5 permission denied, 6 already exists, 7 symlink refused, 8 no space, \
             9 invalid argument, 10 not DAX, 11 kernel lacks a feature, 12 process gone, \
-            13 other system error, 14 timeout, 64 usage error.
+            13 other system error, 64 usage error.
             """,
         subcommands: [CapsCommand.self, DevicesCommand.self, MapCommand.self, RunCommand.self, InspectCommand.self, WatchCommand.self,
                       PersistWriterCommand.self, PersistVerifyCommand.self, ProbeDaxWPCommand.self])
@@ -32,19 +32,20 @@ struct DaxMirror: ParsableCommand {
         } catch let failure as Failure {
             fail(failure)
         } catch {
+            if let pendingFailure { fail(pendingFailure) }
             // --help and --version arrive here as "errors" with exit code 0.
             let code = exitCode(for: error)
             if code == .success { exit(withError: error) }
             // Usage errors: one line, like every other failure, plus where to look.
             let text = message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid usage"
-            writeStderr("daxmirror: \(text) (see 'daxmirror help')\n")
+            writeStderr("daxmirror: \(text.terminalSafe) (see 'daxmirror help')\n")
             Glibc.exit(code.rawValue)
         }
     }
 
     /// One line on stderr, the distinct exit code, nothing else.
     static func fail(_ failure: Failure) -> Never {
-        writeStderr("daxmirror: \(failure.message)\n")
+        writeStderr("daxmirror: \(failure.message.terminalSafe)\n")
         Glibc.exit(failure.code.rawValue)
     }
 }
@@ -56,9 +57,12 @@ func writeStderr(_ s: String) { _ = writeAll(2, s) }
 /// Output that cannot be written (a full disk, a closed stdout) ends the
 /// command with one line on stderr and its exit code: never a silent exit 0,
 /// never a loop that keeps producing into nowhere (`watch`).
-func emit(_ s: String) { emitRaw(s + "\n") }
+/// Control characters in what it prints (a process's name, a file's) are
+/// escaped: output never drives the terminal (String.terminalSafe).
+func emit(_ s: String) { emitRaw(s.terminalSafe + "\n") }
 
-/// Writes without a newline (terminal control sequences).
+/// Writes without a newline, as is: for the terminal control sequences of
+/// `watch` (whose text goes through String.terminalSafe first).
 func emitRaw(_ s: String) {
     if let e = writeAll(1, s) {
         DaxMirror.fail(Failure.from(SystemCallError("write", "standard output", errno: e), doing: "write the output"))

@@ -34,12 +34,9 @@ struct MapCommand: ParsableCommand {
     @Argument(help: "The file to map (a directory with --tmpfile).")
     var path: String
 
-    @Option(help: "Size for --create / --tmpfile: bytes or with K, M, G suffix (64M).",
-            transform: { s in
-                guard let v = ByteSize.parse(s) else { throw ValidationError("--size \(s): not a size (examples: 4096, 64M, 1G)") }
-                return v
-            })
-    var size: UInt64?
+    @Option(name: .customLong("size"), parsing: .unconditional,
+            help: "Size for --create / --tmpfile: bytes or with K, M, G suffix (64M).")
+    var sizeText: NumberArgument?
 
     @Flag(help: "Create the file if it does not exist (needs --size).") var create = false
     @Flag(help: "Allow --create to truncate and resize an existing file (its contents are lost).") var overwrite = false
@@ -47,26 +44,27 @@ struct MapCommand: ParsableCommand {
     @Flag(help: "Size a new file with holes (ftruncate) instead of allocating blocks.") var sparse = false
     @Flag(help: "PATH is a directory: map an unnamed temporary file in it (needs --size).") var tmpfile = false
 
-    @Option(help: "Write this byte to the whole mapping and persist it (e.g. 0xab).",
-            transform: { s in
-                let v = s.hasPrefix("0x") ? UInt8(s.dropFirst(2), radix: 16) : UInt8(s)
-                guard let v else { throw ValidationError("--fill \(s): not a byte (0-255 or 0x00-0xff)") }
-                return v
-            })
-    var fill: UInt8?
+    @Option(name: .customLong("fill"), parsing: .unconditional,
+            help: "Write this byte to the whole mapping and persist it (e.g. 0xab).")
+    var fillText: NumberArgument?
 
     @Flag(help: "Exit with code 10 unless the mapping is real persistent memory.") var requirePmem = false
     @Flag(help: "Print JSON.") var json = false
 
     func validate() throws {
-        if size == 0 { throw ValidationError("--size must be greater than 0") }
+        // A file of at most 2^56 bytes: no sum or Int conversion of it overflows.
+        _ = try sizeText?.size("--size", 1...(1 << 56))
+        _ = try fillText?.byte("--fill")
         if (create || tmpfile) && size == nil { throw ValidationError("--create and --tmpfile need --size") }
         if create && tmpfile { throw ValidationError("--create and --tmpfile are exclusive") }
         if size != nil && !(create || tmpfile) {
             throw ValidationError("--size is only used with --create or --tmpfile (an existing file is mapped whole)")
         }
-        if size.map({ $0 > UInt64(Int.max) }) == true { throw ValidationError("--size is too large") }
     }
+
+    // Checked in validate().
+    var size: UInt64? { sizeText.flatMap { try? $0.size("--size", 1...(1 << 56)) } }
+    var fill: UInt8? { fillText.flatMap { try? $0.byte("--fill") } }
 
     func run() throws {
         // Checked here, not left to open(2), so the message can name the cause.
@@ -185,12 +183,12 @@ struct KernelView {
         let entries: [PagemapEntry]
         do {
             pm = try Pagemap()
-            entries = try pm.entries(at: start, count: Int(length / page))
+            entries = try pm.entries(at: start, count: Int((length + page - 1) / page))  // a partial last page counts
         } catch {
             throw Failure.from(error, doing: "read")
         }
         var view = KernelView(vma: smaps.first { $0.contains(start) },
-                              presentPages: entries.filter(\.present).count, totalPages: Int(length / page))
+                              presentPages: entries.filter(\.present).count, totalPages: entries.count)
         do {
             let regions = try pm.scanAll(start: start, end: start + length, anyOf: [.huge, .pfnZero],
                                          report: [.huge, .pfnZero])

@@ -27,20 +27,27 @@ struct PersistWriterCommand: ParsableCommand {
         shouldDisplay: false)
 
     @Argument(help: "The file to write.") var path: String
-    @Option(help: "Number of records.") var records: Int = 1000
-    @Option(help: "Bytes per record.") var recordSize: Int = 4096
+    @Option(name: .customLong("records"), parsing: .unconditional, help: "Number of records.")
+    var recordsText = NumberArgument("1000")
+    @Option(name: .customLong("record-size"), parsing: .unconditional, help: "Bytes per record (8 to 64M).")
+    var recordSizeText = NumberArgument("4096")
     @Flag(help: "Reuse an existing file (its contents are lost).") var overwrite = false
     @Flag(help: "After the last record, wait to be killed instead of exiting.") var hold = false
     @Flag(help: "Write each record as the simulated device (Mirror.write: on a DAX file the kernel's DAX write path, pwrite, into blocks its fault allocated), not through the CPU's mapping.")
     var throughMirror = false
 
     func validate() throws {
-        guard records > 0, recordSize >= 8 else { throw ValidationError("--records must be > 0 and --record-size >= 8") }
+        let records = try recordsText.integer("--records", 1...Int.max)
+        let recordSize = try recordSizeText.integer("--record-size", 8...(64 << 20))
         let (bytes, overflow) = records.multipliedReportingOverflow(by: recordSize)
         guard !overflow, bytes < 1 << 56 else {
-            throw ValidationError("--records \(records) x --record-size \(recordSize) is larger than any file (2^56 bytes)")
+            throw invalidArgument("--records \(records) x --record-size \(recordSize) is larger than any file (2^56 bytes)")
         }
     }
+
+    // Checked in validate().
+    var records: Int { (try? recordsText.integer("--records", 1...Int.max)) ?? 0 }
+    var recordSize: Int { (try? recordSizeText.integer("--record-size", 8...(64 << 20))) ?? 8 }
 
     func run() throws {
         if throughMirror { return try runThroughMirror() }
@@ -97,15 +104,20 @@ struct PersistVerifyCommand: ParsableCommand {
         shouldDisplay: false)
 
     @Argument(help: "The file persist-writer wrote.") var path: String
-    @Option(help: "Bytes per record.") var recordSize: Int = 4096
-    @Option(help: "Highest acknowledged record number; records 0...N must be intact.") var acked: Int
+    @Option(name: .customLong("record-size"), parsing: .unconditional, help: "Bytes per record (8 to 64M).")
+    var recordSizeText = NumberArgument("4096")
+    @Option(name: .customLong("acked"), parsing: .unconditional,
+            help: "Highest acknowledged record number; records 0...N must be intact (-1: none).")
+    var ackedText: NumberArgument
 
     func validate() throws {
-        guard recordSize >= 8 else { throw ValidationError("--record-size must be >= 8") }
-        guard acked >= -1, acked < Int.max / recordSize else {
-            throw ValidationError("--acked \(acked) is not a record number (-1 for none acknowledged)")
-        }
+        let recordSize = try recordSizeText.integer("--record-size", 8...(64 << 20))
+        _ = try ackedText.integer("--acked", -1...(Int(1 << 56) / recordSize - 1))
     }
+
+    // Checked in validate().
+    var recordSize: Int { (try? recordSizeText.integer("--record-size", 8...(64 << 20))) ?? 8 }
+    var acked: Int { (try? ackedText.integer("--acked", -1...(Int(1 << 56) / recordSize - 1))) ?? -1 }
 
     func run() throws {
         let map = try PersistentMapping(path: path)

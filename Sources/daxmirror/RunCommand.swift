@@ -74,7 +74,7 @@ struct RunCommand: ParsableCommand {
         }
         if failed > 0 {
             writeStderr("daxmirror: \(failed) scenario command\(failed == 1 ? "" : "s") failed\n")
-            Glibc.exit(DaxCore.ExitCode.failure.rawValue)
+            Glibc.exit(ExitCause.failure.rawValue)
         }
     }
 

@@ -29,21 +29,28 @@ struct WatchCommand: ParsableCommand {
               daxmirror watch 1234 --once --json          # one sample, same counts as inspect
             """)
 
-    @Argument(help: "The process ID.") var pid: Int32
-    @Option(help: "Milliseconds between samples.") var interval: Int = 1000
+    @Argument(help: "The process ID.") var pidText: NumberArgument
+    @Option(name: .customLong("interval"), parsing: .unconditional, help: "Milliseconds between samples (10 to 3600000).")
+    var intervalText = NumberArgument("1000")
     @Flag(help: "Take one sample and exit.") var once = false
     @Flag(help: "One JSON object per interval.") var json = false
-    @Option(help: "Stop after N samples (0: until Ctrl-C or the process exits).") var count: Int = 0
+    @Option(name: .customLong("count"), parsing: .unconditional, help: "Stop after N samples (0: until Ctrl-C or the process exits).")
+    var countText = NumberArgument("0")
 
     func validate() throws {
-        guard pid > 0 else { throw ValidationError("PID must be a positive number") }
-        guard interval >= 10 else { throw ValidationError("--interval must be at least 10 ms") }
-        guard count >= 0 else { throw ValidationError("--count must be >= 0") }
+        _ = try pidText.integer("PID", 1...Int32.max)
+        _ = try intervalText.integer("--interval", 10...3_600_000)
+        _ = try countText.integer("--count", 0...Int(Int32.max))
     }
+
+    // Checked in validate().
+    var pid: Int32 { (try? pidText.integer("PID", 1...Int32.max)) ?? 0 }
+    var interval: Int { (try? intervalText.integer("--interval", 10...3_600_000)) ?? 1000 }
+    var count: Int { (try? countText.integer("--count", 0...Int(Int32.max))) ?? 0 }
 
     func run() throws {
         let inventory = try? Inventory.read()
-        let tty = isatty(1) == 1 && !json
+        var tty = isatty(1) == 1 && !json
         // A parent may hand us SIGINT blocked (threads of a test runner
         // block signals, and the mask is inherited): unblock what ends us.
         var set = sigset_t()
@@ -61,6 +68,11 @@ struct WatchCommand: ParsableCommand {
         var samples = 0
         while stopRequested == 0 {
             let r = try Inspection.read(pid: pid, inventory: inventory)
+            if r.kernelThread {  // nothing will ever change: say so once
+                if tty { emitRaw("\u{1b}[?25h\u{1b}[?1049l"); tty = false }
+                emit(json ? InspectCommand.json(r).render(pretty: false) : InspectCommand.table(r))
+                return
+            }
             let now = monotonic()
             var rates: [UInt64: (faults: Double, writes: Double?)] = [:]
             if let p = previous {
@@ -92,7 +104,7 @@ struct WatchCommand: ParsableCommand {
                     var rows: UInt32 = 0, columns: UInt32 = 0
                     if dm_terminal_size(1, &rows, &columns) != 0 || rows == 0 { rows = 24; columns = 80 }
                     let lines = Self.view(r, rates: rates, interval: interval, fit: (Int(rows), Int(columns)))
-                    emitRaw("\u{1b}[H" + lines.map { $0 + "\u{1b}[K" }.joined(separator: "\r\n") + "\u{1b}[J")
+                    emitRaw("\u{1b}[H" + lines.map { $0.terminalSafe + "\u{1b}[K" }.joined(separator: "\r\n") + "\u{1b}[J")
                 } else {
                     emit(Self.view(r, rates: rates, interval: interval, fit: nil).joined(separator: "\n") + "\n")
                 }

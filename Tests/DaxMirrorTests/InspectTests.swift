@@ -121,11 +121,44 @@ sys.stdin.read()
         #expect(t.status == 0 && t.stdout.contains(String(child.file, radix: 16)) && t.stdout.contains("total ("))
     }
 
+    /// A kernel thread is "no user memory" (exit 0, no mappings), not a
+    /// process that exited; a zombie has exited (12), said as such.
+    @Test func kernelThreadsAndZombiesAreNamedForWhatTheyAre() throws {
+        let kthreadd = try CLI.daxmirror(["inspect", "2", "--json"])  // PID 2 is kthreadd on Linux
+        let j = try CLI.json(kthreadd)
+        #expect(kthreadd.status == 0 && j["kernel_thread"] as? Bool == true && (j["vmas"] as? [Any])?.isEmpty == true, "\(kthreadd.stderr)")
+        let text = try CLI.daxmirror(["inspect", "2"])
+        #expect(text.status == 0 && text.stdout.contains("kernel thread"), "\(text.stdout)")
+        let zombie = try ZombieProcess()
+        let z = try CLI.daxmirror(["inspect", String(zombie.pid)])
+        #expect(z.status == 12 && z.stderr.contains("zombie"), "\(z.stderr)")
+    }
+
+    /// A process may name itself with terminal escapes; the text output
+    /// shows them as \x1b, never sends them.
+    @Test func controlCharactersInNamesAreEscaped() throws {
+        let dir = try ScratchDirectory()
+        let evil = dir.file("ev\u{1b}[2Jil")
+        #expect(symlink("/bin/sleep", evil) == 0)
+        var pid: pid_t = 0
+        let argv: [UnsafeMutablePointer<CChar>?] = [strdup(evil), strdup("30"), nil]
+        defer { argv.forEach { free($0) } }
+        try #require(posix_spawn(&pid, evil, nil, nil, argv, environ) == 0)
+        defer { kill(pid, SIGKILL); var s: Int32 = 0; waitpid(pid, &s, 0) }
+        usleep(200_000)
+        for args in [["inspect", String(pid)], ["watch", String(pid), "--once"]] {
+            let r = try CLI.daxmirror(args)
+            #expect(r.status == 0, "\(args): \(r.stderr)")
+            #expect(!r.stdout.unicodeScalars.contains { $0.value == 0x1b }, "\(args): an escape reached the output")
+            #expect(r.stdout.contains("ev\\x1b[2Jil"), "\(args): \(r.stdout.prefix(200))")
+        }
+    }
+
     @Test func badInputIsOneLineWithADistinctCode() throws {
         let gone = try CLI.daxmirror(["inspect", "999999"])
         #expect(gone.status == 3 && gone.stderrLines.count == 1, "\(gone.stderr)")
         let garbage = try CLI.daxmirror(["inspect", "1", "--range", "nothex"])
-        #expect(garbage.status == 64 && garbage.stderrLines.count == 1)
+        #expect(garbage.status == 9 && garbage.stderrLines.count == 1)
         let outside = try CLI.daxmirror(["inspect", String(getpid()), "--range", "10-20"])
         #expect(outside.status == 9 && outside.stderrLines.count == 1, "\(outside.stderr)")
         if getuid() == 0, which("setpriv") != nil {

@@ -1,0 +1,55 @@
+import ArgumentParser
+import DaxCore
+
+/// A number from the command line, kept as typed: the command reads it with
+/// checked arithmetic and a range, so a bad one — not a number, negative,
+/// past its type, past what the command can do — is exit 9 (invalid
+/// argument) with a sentence that names the option, never a Swift trap and
+/// never ArgumentParser's usage error. Options that take one parse
+/// `.unconditional`ly, so `--count -5` reaches the check instead of reading
+/// as a missing value.
+struct NumberArgument: ExpressibleByArgument, Sendable {
+    let text: String
+    init?(argument: String) { text = argument }
+    init(_ text: String) { self.text = text }
+    var defaultValueDescription: String { text }
+
+    /// A whole number (decimal, or hex with 0x) within `range`.
+    func integer<T: FixedWidthInteger>(_ name: String, _ range: ClosedRange<T>) throws -> T {
+        let v = text.hasPrefix("0x") ? T(text.dropFirst(2), radix: 16) : T(text)
+        guard let v, range.contains(v) else {
+            throw invalidArgument("\(name) \(text) is not a whole number from \(range.lowerBound) to \(range.upperBound)")
+        }
+        return v
+    }
+
+    /// A size (4096, 64K, 2M, 1G, 0x hex) within `range`.
+    func size(_ name: String, _ range: ClosedRange<UInt64>) throws -> UInt64 {
+        let v = text.hasPrefix("0x") ? UInt64(text.dropFirst(2), radix: 16) : ByteSize.parse(text)
+        guard let v else { throw invalidArgument("\(name) \(text) is not a size (examples: 4096, 64M, 1G)") }
+        guard range.contains(v) else {
+            throw invalidArgument("\(name) \(text) is outside \(ByteSize.human(range.lowerBound))-\(ByteSize.human(range.upperBound))")
+        }
+        return v
+    }
+
+    /// A byte: 0-255 or 0x00-0xff.
+    func byte(_ name: String) throws -> UInt8 {
+        let v = text.hasPrefix("0x") ? UInt8(text.dropFirst(2), radix: 16) : UInt8(text)
+        guard let v else { throw invalidArgument("\(name) \(text) is not a byte (0-255 or 0x00-0xff)") }
+        return v
+    }
+}
+
+/// A check in `validate()` that fails is an argument error: exit 9 with its
+/// sentence, not ArgumentParser's usage error (64). ArgumentParser keeps
+/// only an ExitCode from `validate()`, so the sentence waits here for main.
+nonisolated(unsafe) var pendingFailure: Failure?
+
+func invalidArgument(_ message: String) -> ArgumentParser.ExitCode { rejected(.invalidArgument, message) }
+
+/// A refusal from `validate()` with its own exit status (see pendingFailure).
+func rejected(_ status: ExitCause, _ message: String) -> ArgumentParser.ExitCode {
+    pendingFailure = Failure(status, message)
+    return ArgumentParser.ExitCode(status.rawValue)
+}
