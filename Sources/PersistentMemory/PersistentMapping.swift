@@ -21,6 +21,9 @@ public struct MapOptions: OptionSet, Sendable {
     public static let tmpfile = MapOptions(rawValue: 1 << 3)
     /// With `create`: an existing file may be truncated and resized.
     public static let overwrite = MapOptions(rawValue: 1 << 4)
+    /// Refuse (exit 10) unless the mapping is persistent memory: checked
+    /// before an existing file is touched, and again on libpmem's verdict.
+    public static let requirePersistentMemory = MapOptions(rawValue: 1 << 5)
 }
 
 /// How `persist` makes a store durable on this mapping.
@@ -46,6 +49,9 @@ public final class PersistentMapping: @unchecked Sendable {
     public let daxStatus: DaxStatus?
     /// True when this call created the file.
     public let created: Bool
+    /// The file, held open for the mapping's life: it carries the exclusive
+    /// lock a created or overwritten file is held under (see openFile).
+    private let file: OwnedFD
 
     public var persistMethod: PersistMethod { isPersistentMemory ? .cacheFlush : .msync }
 
@@ -67,6 +73,7 @@ public final class PersistentMapping: @unchecked Sendable {
 
         let opened = try PersistentMapping.openFile(path: path, size: size, options: options, mode: mode)
         let fd = opened.fd
+        file = fd
         var createdPath: String? = opened.created && !options.contains(.tmpfile) ? path : nil
         defer { if let p = createdPath { unlink(p) } }
 
@@ -98,6 +105,11 @@ public final class PersistentMapping: @unchecked Sendable {
         let fdPath = "/proc/self/fd/\(fd.rawValue)"
         daxStatus = table.flatMap { try? DaxStatus.inspect(path: fdPath, mounts: $0, inventory: nil) }
         reason = PersistentMapping.explain(isPmem: isPmem != 0, mapSyncError: mapSyncError, dax: daxStatus)
+        if options.contains(.requirePersistentMemory) && isPmem == 0 {
+            pmem_unmap(addr, mapped)
+            base = nil
+            throw Failure(.notDAX, "\(path) is not persistent memory: \(reason)")
+        }
         createdPath = nil
     }
 
@@ -179,6 +191,10 @@ public final class PersistentMapping: @unchecked Sendable {
                 try OwnedFD.open(path, DM_O_TMPFILE | O_RDWR, mode: mode)
             }
             if !options.contains(.sparse) { try checkSpace(fd: fd.rawValue, path: path, size: size!) }
+            if options.contains(.requirePersistentMemory), let why = notPersistentMemory(fd: fd.rawValue) {
+                throw Failure(.notDAX, "\(path) is not persistent memory: \(why)")
+            }
+            try checkLargestFile(fd: fd.rawValue, path: path, size: size!)
             try allocate(fd: fd.rawValue, path: path, size: size!, sparse: options.contains(.sparse))
             return Opened(fd: fd, created: true)
         }
@@ -226,6 +242,15 @@ public final class PersistentMapping: @unchecked Sendable {
         if !exists { flags |= O_EXCL }
         let fd = try Failure.wrapping("create") { () throws(SystemCallError) -> OwnedFD in try OwnedFD.open(path, flags, mode: mode) }
         do throws(Failure) {
+            // Nothing about an existing file changes until every check has
+            // passed: the lock (a second --overwrite of the same file fails
+            // here instead of interleaving), persistent memory where it is
+            // required, and a size the filesystem can hold.
+            try lock(fd: fd.rawValue, path: path)
+            if options.contains(.requirePersistentMemory), let why = notPersistentMemory(fd: fd.rawValue) {
+                throw Failure(.notDAX, "\(path) is not persistent memory: \(why)\(exists ? " (the existing file was left as it was)" : "")")
+            }
+            try checkLargestFile(fd: fd.rawValue, path: path, size: size!)
             if exists {
                 guard ftruncate(fd.rawValue, 0) == 0 else {
                     throw Failure.from(SystemCallError("ftruncate", path), doing: "truncate")
@@ -240,6 +265,42 @@ public final class PersistentMapping: @unchecked Sendable {
             throw error
         }
         return Opened(fd: fd, created: !exists)
+    }
+
+    /// An exclusive advisory lock, held while the descriptor is open: one
+    /// daxmirror at a time creates or overwrites a file.
+    private static func lock(fd: Int32, path: String) throws(Failure) {
+        guard flock(fd, LOCK_EX | LOCK_NB) != 0 else { return }
+        if errno == EWOULDBLOCK {
+            throw Failure(.busy, "\(path) is being created or overwritten by another process (it holds the file's lock); try again when it is done")
+        }
+        throw Failure.from(SystemCallError("flock", path), doing: "lock")
+    }
+
+    /// libpmem's verdict, foretold without mapping: PMEM_IS_PMEM_FORCE if
+    /// set, else whether the kernel accepts MAP_SYNC for this file. nil: it is.
+    private static func notPersistentMemory(fd: Int32) -> String? {
+        switch getenv("PMEM_IS_PMEM_FORCE").map({ String(cString: $0) }) {
+        case "1"?: return nil
+        case "0"?: return "disabled by PMEM_IS_PMEM_FORCE=0"
+        default:
+            let trial = dm_mmap_sync(nil, Syscall.pageSize, PROT_READ | PROT_WRITE, fd, 0)
+            if trial == MAP_FAILED { return "the kernel refused MAP_SYNC (\(Errno.current.name)): not a DAX file" }
+            munmap(trial, Syscall.pageSize)
+            return nil
+        }
+    }
+
+    /// A size past the filesystem's largest file is refused before anything
+    /// is written: lseek to it fails (EINVAL) exactly where ftruncate or
+    /// fallocate would be EFBIG, and it changes nothing.
+    private static func checkLargestFile(fd: Int32, path: String, size: Int) throws(Failure) {
+        guard lseek(fd, off_t(size), SEEK_SET) < 0 else { lseek(fd, 0, SEEK_SET); return }
+        let e = Errno.current
+        guard e == .EINVAL || e.rawValue == EFBIG || e.rawValue == EOVERFLOW else {
+            throw Failure.from(SystemCallError("lseek", path, errno: e), doing: "size")
+        }
+        throw Failure(.invalidArgument, "--size \(ByteSize.human(UInt64(size))) is larger than the largest file the filesystem of \(path) can hold")
     }
 
     private static func allocate(fd: Int32, path: String, size: Int, sparse: Bool) throws(Failure) {

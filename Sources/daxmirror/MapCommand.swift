@@ -77,30 +77,40 @@ struct MapCommand: ParsableCommand {
         if exclusive { options.insert(.exclusive) }
         if sparse { options.insert(.sparse) }
         if tmpfile { options.insert(.tmpfile) }
+        if requirePmem { options.insert(.requirePersistentMemory) }
 
         let mounts = try? MountTable.current()
         let map = try PersistentMapping(path: path, size: size.map { Int($0) }, options: options, mounts: mounts)
         // A file this command created goes again on any failure from here on.
         var done = false
         defer { if !done && map.created && !tmpfile { unlink(path) } }
-        if requirePmem && !map.isPersistentMemory {
-            throw Failure(.notDAX, "\(path) is not persistent memory: \(map.reason)")
-        }
         guard let base = map.base else { throw Failure(.systemError, "mapping vanished") }
 
         let touchedBy: String
         if let fill {
-            // Every block first, with the kernel saying why not: a store into a
-            // block the filesystem cannot allocate (a full tmpfs, a sparse file)
-            // would be SIGBUS. (Before 5.14 there is no MADV_POPULATE_WRITE.)
-            if madvise(base, map.length, DM_MADV_POPULATE_WRITE) != 0 {
-                let e = Errno.current
-                if e == .EFAULT || e == .ENOSPC || e == .ENOMEM {
-                    throw Failure(.noSpace, "no room for \(map.length) bytes in \(path): --fill writes every block (free space on its filesystem, or map a smaller --size)")
+            // In pieces, so that SIGINT/SIGTERM/SIGHUP end it between two
+            // (the file it created goes, then the signal takes its course).
+            // Each piece's blocks first, with the kernel saying why not: a store
+            // into a block the filesystem cannot allocate (a full tmpfs, a
+            // sparse file) would be SIGBUS; before 5.14 (no
+            // MADV_POPULATE_WRITE) the guarded store says it instead.
+            let signals = InterruptingSignals()
+            let noRoom = Failure(.noSpace, "no room for \(map.length) bytes in \(path): --fill writes every block (free space on its filesystem, or map a smaller --size)")
+            var off = 0
+            while off < map.length {
+                if let s = signals.received {
+                    throw Interrupted(signal: s, what: map.created && !tmpfile ? "filling \(path); the file it created was removed" : "filling \(path)")
                 }
-                if e != .EINVAL { throw Failure.from(SystemCallError("madvise(MADV_POPULATE_WRITE)", path, errno: e), doing: "fill") }
+                let n = min(16 << 20, map.length - off)
+                if madvise(base + off, n, DM_MADV_POPULATE_WRITE) != 0 {
+                    let e = Errno.current
+                    if e == .EINTR { continue }
+                    if e == .EFAULT || e == .ENOSPC || e == .ENOMEM { throw noRoom }
+                    if e != .EINVAL { throw Failure.from(SystemCallError("madvise(MADV_POPULATE_WRITE)", path, errno: e), doing: "fill") }
+                }
+                guard dm_fill_guarded(base + off, Int32(fill), n) == 0 else { throw noRoom }
+                off += n
             }
-            memset(base, Int32(fill), map.length)
             try map.persist()
             touchedBy = "fill+persist"
         } else {

@@ -67,7 +67,6 @@ struct CLITests {
     }
 
     @Test func mapReportsNotPmemWithReasonOnHost() throws {
-        try #require(DaxEnvironment.directory == nil || true)
         let dir = try ScratchDirectory()
         let r = try CLI.daxmirror(["map", dir.file("f"), "--create", "--size", "4M", "--json"])
         #expect(r.status == 0, "\(r.stderr)")
@@ -171,6 +170,70 @@ struct CLITests {
     }
 }
 
+/// `--overwrite` touches nothing before every check has passed, and one
+/// process at a time creates or overwrites a file.
+@Suite("map --overwrite", .serialized)
+struct OverwriteTests {
+    /// A file of 8 KiB of 0x11: what must still be there after each refusal.
+    func existingFile(_ dir: ScratchDirectory) throws -> String {
+        let path = dir.file("existing")
+        try Data(repeating: 0x11, count: 8192).write(to: URL(fileURLWithPath: path))
+        return path
+    }
+
+    @Test func aRefusedOverwriteLeavesTheFileAsItWas() throws {
+        let dir = try ScratchDirectory()
+        let path = try existingFile(dir)
+        // Not persistent memory (a host or guest /tmp): refused before the truncate.
+        let pmem = try CLI.daxmirror(["map", path, "--create", "--overwrite", "--size", "64K", "--require-pmem"])
+        #expect(pmem.status == 10 && pmem.stderrLines.count == 1, "\(pmem.stderr)")
+        #expect(pmem.stderr.contains("left as it was"), "\(pmem.stderr)")
+        #expect(try fileBytes(path) == [UInt8](repeating: 0x11, count: 8192))
+        // Past the filesystem's largest file (ext4: 16 TiB), --sparse so no
+        // space check comes first: refused before the truncate.
+        var sf = statfs()
+        if statfs(dir.path, &sf) == 0 && sf.f_type == 0xEF53 {
+            let big = try CLI.daxmirror(["map", path, "--create", "--overwrite", "--sparse", "--size", "32T"])
+            #expect(big.status == 9 && big.stderr.contains("largest file"), "\(big.stderr)")
+            #expect(try fileBytes(path) == [UInt8](repeating: 0x11, count: 8192))
+        }
+    }
+
+    @Test func aSecondOverwriteOfTheSameFileIsRefusedWhileTheFirstHoldsIt() throws {
+        let dir = try ScratchDirectory()
+        let path = try existingFile(dir)
+        // The first: a persist-writer that holds its mapping (and the lock) after writing.
+        let holder = try Spawned(CLI.binary, ["persist-writer", path, "--overwrite", "--records", "2", "--record-size", "4096", "--hold"])
+        defer { holder.kill() }
+        try #require(holder.waitForOutput(containing: "done", timeout: 30), "the first writer did not finish: \(holder.output)")
+        let written = try fileBytes(path)
+        let second = try CLI.daxmirror(["map", path, "--create", "--overwrite", "--size", "64K", "--fill", "0x22"])
+        #expect(second.status == 15 && second.stderrLines.count == 1 && second.stderr.contains("another process"), "\(second.stderr)")
+        #expect(try fileBytes(path) == written, "the second overwrite touched the file")
+        holder.kill()
+        let third = try CLI.daxmirror(["map", path, "--create", "--overwrite", "--size", "64K", "--fill", "0x22"])
+        #expect(third.status == 0, "after the first let go: \(third.stderr)")
+    }
+
+    /// SIGINT arriving during --fill (here pending from the start, so the
+    /// timing is certain): the created file is removed, and the process dies
+    /// of the signal.
+    @Test func aSignalDuringFillRemovesTheCreatedFile() throws {
+        let dir = try ScratchDirectory()
+        let path = dir.file("filled")
+        let script = """
+            import os, signal, sys
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+            os.kill(os.getpid(), signal.SIGINT)
+            os.execv(sys.argv[1], sys.argv[1:])
+            """
+        let r = try CLI.run("/usr/bin/env", ["python3", "-c", script, CLI.binary, "map", path, "--create", "--size", "64M", "--fill", "0xab"])
+        #expect(r.status == 128 + SIGINT, "exit \(r.status): \(r.stderr)")
+        #expect(r.stderr.contains("removed"), "\(r.stderr)")
+        #expect(access(path, F_OK) != 0, "the file is still there")
+    }
+}
+
 /// The README's exit-code table, walked: every code it lists is produced by
 /// the cause it names (one line on stderr where it is a failure), and the
 /// table lists exactly the codes the program has.
@@ -206,6 +269,11 @@ struct ExitCodeTableTests {
         chmod(locked, 0)
         chmod(dir.path, 0o755)
         let zombie = try ZombieProcess()
+        // Another process holding the lock of a file (as a running map --overwrite does).
+        let held = dir.file("held")
+        try Data(repeating: 0x33, count: 4096).write(to: URL(fileURLWithPath: held))
+        let locker = try Spawned("/usr/bin/python3", ["-c", "import fcntl, sys; f = open(sys.argv[1], 'r+'); fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()", held], inputPipe: true)
+        try #require(locker.waitForOutput(containing: "locked", timeout: 30), "\(locker.errorOutput)")
         let me = CLI.binary
         var triggers: [Int32: (String, [String], String?)] = [  // code: (program, args, stdin)
             0: (me, ["caps"], nil),
@@ -219,6 +287,7 @@ struct ExitCodeTableTests {
             10: (me, ["map", dir.file("new"), "--create", "--size", "4096", "--require-pmem"], nil),
             12: (me, ["inspect", String(zombie.pid)], nil),
             13: ("/bin/sh", ["-c", "printf 'map A anon 64K\\n' | '\(me)' run - >&-"], nil),
+            15: (me, ["map", held, "--create", "--overwrite", "--size", "8192"], nil),
             64: (me, ["map", "--no-such-option"], nil),
         ]
         var notWalked: [Int32: String] = [:]
@@ -248,23 +317,4 @@ struct ExitCodeTableTests {
         }
         #expect(access(dir.file("new"), F_OK) != 0, "a refused map left its file")
     }
-}
-
-/// A child that has exited and is not reaped (a zombie) while this lives.
-final class ZombieProcess {
-    let pid: pid_t
-    init() throws {
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var child: pid_t = 0
-        let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/true"), nil]
-        defer { argv.forEach { free($0) } }
-        guard posix_spawn(&child, "/bin/true", nil, &attributes, argv, environ) == 0 else { throw POSIXError(.EAGAIN) }
-        pid = child
-        // Exited, not reaped: WNOWAIT leaves it a zombie.
-        var info = siginfo_t()
-        guard waitid(P_PID, id_t(child), &info, WEXITED | WNOWAIT) == 0 else { throw POSIXError(.ECHILD) }
-    }
-    deinit { var status: Int32 = 0; waitpid(pid, &status, 0) }
 }

@@ -40,32 +40,12 @@ struct CrashTests {
     /// Starts the writer, reads acks until `afterAck`, SIGKILLs it; returns the
     /// highest ack it read.
     private func runAndKill(path: String, records: Int, recordSize: Int, afterAck: Int) throws -> Int {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: CLI.binary)
-        p.arguments = ["persist-writer", path, "--records", "\(records)", "--record-size", "\(recordSize)", "--hold"]
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        let deadline = Date().addingTimeInterval(60)
-        var buffer = ""
+        let p = try Spawned(CLI.binary, ["persist-writer", path, "--records", "\(records)", "--record-size", "\(recordSize)", "--hold"])
+        _ = p.waitForOutput(containing: "ack \(afterAck)\n", timeout: 60)
+        p.kill()
+        // Every ack printed before the kill counts as acknowledged.
         var last = -1
-        let handle = out.fileHandleForReading
-        while last < afterAck && Date() < deadline {
-            let data = handle.availableData
-            if data.isEmpty { break }
-            buffer += String(decoding: data, as: UTF8.self)
-            while let nl = buffer.firstIndex(of: "\n") {
-                let line = buffer[..<nl]
-                if line.hasPrefix("ack "), let n = Int(line.dropFirst(4)) { last = n }
-                buffer.removeSubrange(...nl)
-            }
-        }
-        kill(p.processIdentifier, SIGKILL)
-        p.waitUntilExit()
-        // Acks printed before the kill but not yet read still count as acknowledged.
-        let rest = String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
-        for line in (buffer + rest).split(separator: "\n") where line.hasPrefix("ack ") {
+        for line in p.output.split(separator: "\n") where line.hasPrefix("ack ") {
             if let n = Int(line.dropFirst(4)) { last = max(last, n) }
         }
         return last

@@ -25,7 +25,7 @@ struct DaxTrackingTests {
         try #require(fd >= 0)
         defer { close(fd) }
         #expect(ftruncate(fd, off_t(size)) == 0)
-        let reserve = try #require(mmap(nil, size + Self.chunk, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+        let reserve = try mapped(mmap(nil, size + Self.chunk, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
         let aligned = UnsafeMutableRawPointer(bitPattern: (UInt(bitPattern: reserve) + UInt(Self.chunk) - 1) & ~UInt(Self.chunk - 1))!
         let p = dm_mmap_sync(aligned, size, PROT_READ | PROT_WRITE, fd, 0)
         try #require(p != MAP_FAILED, "MAP_SYNC refused on the DAX mount")
@@ -79,7 +79,7 @@ struct DaxTrackingTests {
         let size = 4 * Self.chunk
         nonisolated(unsafe) let p = try mapDaxFile(dir, size: size)
         let b = UInt64(UInt(bitPattern: p))
-        nonisolated(unsafe) let target = try #require(mmap(nil, 16 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+        nonisolated(unsafe) let target = try mapped(mmap(nil, 16 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
         let tracker = try FaultTracker(base: p, length: size, backing: .file(dax: true), kernel: kernel)
         #expect(tracker.mechanism == .daxEvents)
         #expect(finishes(within: 60, rescue: { tracker.stop() }) {

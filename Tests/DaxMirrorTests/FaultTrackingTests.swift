@@ -22,7 +22,7 @@ func finishes(within seconds: Double, rescue: () -> Void = {}, _ body: @escaping
 }
 
 func anonymous(_ length: Int) throws -> UnsafeMutableRawPointer {
-    nonisolated(unsafe) let p = try #require(mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+    nonisolated(unsafe) let p = try mapped(mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
     try #require(p != MAP_FAILED)
     return p
 }
@@ -73,9 +73,9 @@ struct FaultTrackingTests {
         try #require(fd >= 0)
         defer { close(fd) }
         #expect(ftruncate(fd, off_t(length)) == 0)
-        let filler = try #require(mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0))
+        let filler = try mapped(mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0))
         defer { munmap(filler, length) }
-        nonisolated(unsafe) let tracked = try #require(mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0))
+        nonisolated(unsafe) let tracked = try mapped(mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0))
         defer { munmap(tracked, length) }
         for i in 0..<64 { filler.storeBytes(of: UInt8(i + 1), toByteOffset: i * page, as: UInt8.self) }  // page cache filled
         let tracker = try FaultTracker(base: tracked, length: length, backing: .shmem, mechanism: .minor)
@@ -116,7 +116,7 @@ struct FaultTrackingTests {
         }
         defer { if fd >= 0 { close(fd) } }
         if fd >= 0 { #expect(ftruncate(fd, off_t(length)) == 0) }
-        nonisolated(unsafe) let p = fd >= 0 ? try #require(mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) : try anonymous(length)
+        nonisolated(unsafe) let p = fd >= 0 ? try mapped(mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) : try anonymous(length)
         defer { munmap(p, length) }
         #expect(madvise(p, length, DM_MADV_POPULATE_WRITE) == 0)
         let backing: MemoryBacking = kind == "anonymous" ? .anonymous : kind == "memfd" ? .shmem : .file(dax: false)

@@ -29,35 +29,23 @@ print(os.getpid(), hex(anon), hex(f), flush=True)
 sys.stdin.read()
 """#
 
+    /// The program, started; it waits for its stdin to close.
     final class Child {
-        let process = Process()
-        let input = Pipe()
-        let output = Pipe()
-        var pid: Int32 = 0
-        var anon: UInt64 = 0
-        var file: UInt64 = 0
+        let process: Spawned
+        let pid: Int32, anon: UInt64, file: UInt64
         init(path: String) throws {
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-            process.arguments = ["-c", InspectTests.program, path]
-            process.standardInput = input
-            process.standardOutput = output
-            try process.run()
-            var data = Data()
-            while !data.contains(UInt8(ascii: "\n")) {
-                let more = output.fileHandleForReading.availableData
-                if more.isEmpty { break }
-                data.append(more)
+            process = try Spawned("/usr/bin/python3", ["-c", InspectTests.program, path], inputPipe: true)
+            guard process.waitForOutput(containing: "\n", timeout: 60) else {
+                throw POSIXError(.EIO, userInfo: [NSLocalizedDescriptionKey: "the program did not start: \(process.errorOutput)"])
             }
-            let line = String(decoding: data, as: UTF8.self)
-            let f = line.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
-            guard f.count == 3 else { throw POSIXError(.EIO) }
-            pid = Int32(f[0])!
-            anon = UInt64(f[1].dropFirst(2), radix: 16)!
-            file = UInt64(f[2].dropFirst(2), radix: 16)!
+            let f = process.output.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+            guard f.count == 3, let p = Int32(f[0]), let a = UInt64(f[1].dropFirst(2), radix: 16),
+                  let m = UInt64(f[2].dropFirst(2), radix: 16) else { throw POSIXError(.EIO) }
+            (pid, anon, file) = (p, a, m)
         }
         deinit {
-            try? input.fileHandleForWriting.close()
-            process.waitUntilExit()
+            process.closeInput()
+            process.wait(timeout: 30)
         }
     }
 
@@ -140,12 +128,10 @@ sys.stdin.read()
         let dir = try ScratchDirectory()
         let evil = dir.file("ev\u{1b}[2Jil")
         #expect(symlink("/bin/sleep", evil) == 0)
-        var pid: pid_t = 0
-        let argv: [UnsafeMutablePointer<CChar>?] = [strdup(evil), strdup("30"), nil]
-        defer { argv.forEach { free($0) } }
-        try #require(posix_spawn(&pid, evil, nil, nil, argv, environ) == 0)
-        defer { kill(pid, SIGKILL); var s: Int32 = 0; waitpid(pid, &s, 0) }
-        usleep(200_000)
+        let sleeper = try Spawned(evil, ["30"])
+        let pid = sleeper.pid
+        let named = Date().addingTimeInterval(30)  // the exec has happened once comm is the link's name
+        while !((try? readTextFile("/proc/\(pid)/comm")) ?? "").hasPrefix("ev") && Date() < named { usleep(10_000) }
         for args in [["inspect", String(pid)], ["watch", String(pid), "--once"]] {
             let r = try CLI.daxmirror(args)
             #expect(r.status == 0, "\(args): \(r.stderr)")
@@ -174,15 +160,12 @@ sys.stdin.read()
     @Test func aProcessExitingDuringInspectionIsReportedNotHalfPrinted() throws {
         var seen = Set<Int32>()
         for _ in 0..<20 {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "/bin/sleep")
-            p.arguments = ["0.02"]
-            try p.run()
-            let r = try CLI.daxmirror(["inspect", String(p.processIdentifier), "--json"])
+            let p = try Spawned("/bin/sleep", ["0.02"])
+            let r = try CLI.daxmirror(["inspect", String(p.pid), "--json"])
             seen.insert(r.status)
             #expect([0, 3, 12].contains(r.status), "\(r.status): \(r.stderr)")
             if r.status != 0 { #expect(r.stdout.isEmpty && r.stderrLines.count == 1) }
-            p.waitUntilExit()
+            p.wait(timeout: 30)
         }
         print("inspect of exiting processes: exit codes seen \(seen.sorted())")
     }
@@ -204,26 +187,14 @@ struct WatchTests {
     }
 
     @Test func onAPipeItPrintsLinesAndStopsOnSIGINT() throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: CLI.binary)
-        p.arguments = ["watch", String(getpid()), "--interval", "100"]
-        // Output to a file: a pipe nobody reads would fill and block the writer.
-        let dir = try ScratchDirectory()
-        FileManager.default.createFile(atPath: dir.file("out"), contents: nil)
-        p.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.file("out")))
-        try p.run()
+        let p = try Spawned(CLI.binary, ["watch", String(getpid()), "--interval", "100"])
         // SIGINT once three samples are out (a guest under emulation starts slowly).
         let started = Date().addingTimeInterval(60)
-        while ((try? readTextFile(dir.file("out"))) ?? "").components(separatedBy: "daxmirror watch").count < 4
-                && Date() < started && p.isRunning { usleep(50_000) }
-        kill(p.processIdentifier, SIGINT)
-        let deadline = Date().addingTimeInterval(5)
-        while p.isRunning && Date() < deadline { usleep(20_000) }
-        #expect(!p.isRunning, "watch did not stop on SIGINT")
-        if p.isRunning { p.terminate() }
-        p.waitUntilExit()
-        #expect(p.terminationStatus == 0)
-        let text = try readTextFile(dir.file("out"))
+        while p.output.components(separatedBy: "daxmirror watch").count < 4 && Date() < started && p.isRunning { usleep(50_000) }
+        p.signal(SIGINT)
+        let status = p.wait(timeout: 5)
+        #expect(status == 0, "watch did not stop cleanly on SIGINT: \(status.map(String.init) ?? "still running")")
+        let text = p.output
         #expect(!text.contains("\u{1b}["), "no terminal control sequences on a pipe")
         #expect(text.components(separatedBy: "daxmirror watch").count - 1 >= 3, "several samples printed")
     }
@@ -245,8 +216,15 @@ struct WatchTests {
         // Wait for the view, then let it redraw a few times.
         let shown = Date().addingTimeInterval(60)
         while try !tmux(["capture-pane", "-p", "-t", session]).stdout.contains("daxmirror watch") && Date() < shown { usleep(100_000) }
-        usleep(1_000_000)
-        let screen1 = try tmux(["capture-pane", "-p", "-t", session]).stdout
+        // Until it has redrawn: the screen differs from the first view seen
+        // (its rates and counts move every 100 ms sample), at most 10 s.
+        let first = try tmux(["capture-pane", "-p", "-t", session]).stdout
+        var screen1 = first
+        let redrawn = Date().addingTimeInterval(10)
+        while screen1 == first && Date() < redrawn {
+            usleep(100_000)
+            screen1 = try tmux(["capture-pane", "-p", "-t", session]).stdout
+        }
         let history = try tmux(["display-message", "-p", "-t", session, "#{history_size}"]).stdout
         #expect(screen1.components(separatedBy: "daxmirror watch").count - 1 == 1, "one view on screen:\n\(screen1)")
         #expect(history.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "the view scrolled: history \(history)")

@@ -63,7 +63,7 @@ struct MirrorStressTests {
     /// in a process of its own (no other test's fork can reach its memory).
     @Test(arguments: ["anon", "shmem", "file"])
     func randomOperationsAgreeWithTheOracle(_ kind: String) throws {
-        guard Self.runsHere(kind, "stress") else { return }
+        try Self.skipUnlessRunsHere(kind)
         let seed = Self.seed()
         let replay = "seed \(seed) (replay: DAXMIRROR_STRESS_SEED=\(seed)), kind \(kind), \(Self.ops) operations"
         let dir = try ScratchDirectory(base: DaxEnvironment.directory ?? NSTemporaryDirectory())
@@ -91,7 +91,7 @@ struct MirrorStressTests {
     @Test(.enabled(if: access("/dev/hmm_dmirror0", F_OK) == 0, "no /dev/hmm_dmirror0: runs in `Scripts/guest.sh --kernel hmm`"),
           arguments: ["anon", "shmem", "file"])
     func randomOperationsAgreeWithTheKernel(_ kind: String) throws {
-        guard Self.runsHere(kind, "differential") else { return }
+        try Self.skipUnlessRunsHere(kind)
         let ops = Int(ProcessInfo.processInfo.environment["DAXMIRROR_DIFF_OPS"] ?? "") ?? 10_000
         try Self.differential(kind: kind, seed: Self.seed(), ops: ops)
     }
@@ -165,11 +165,12 @@ struct MirrorStressTests {
     }
 
     /// Whether `kind` is among DAXMIRROR_STRESS_KINDS (all when unset); says so if not.
-    static func runsHere(_ kind: String, _ label: String) -> Bool {
+    /// DAXMIRROR_STRESS_KINDS narrows the memory types (the guest runs the
+    /// DAX file only): the others are skipped, said so.
+    static func skipUnlessRunsHere(_ kind: String) throws {
         guard let kinds = ProcessInfo.processInfo.environment["DAXMIRROR_STRESS_KINDS"],
-              !kinds.split(separator: ",").contains(Substring(kind)) else { return true }
-        print("\(label) \(kind): not run here (DAXMIRROR_STRESS_KINDS=\(kinds))")
-        return false
+              !kinds.split(separator: ",").contains(Substring(kind)) else { return }
+        try skip("\(kind) is not among DAXMIRROR_STRESS_KINDS=\(kinds)")
     }
 
     /// DAXMIRROR_STRESS_SEED (a replay), else a fresh one.

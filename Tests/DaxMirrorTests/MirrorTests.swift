@@ -28,7 +28,7 @@ struct MirrorTests {
                 // does as an munmap (the same notifier and UNMAP event) but which
                 // keeps the addresses ours: a bare munmap would free them for
                 // another test's mmap, which `mem`'s own munmap would then destroy.
-                _ = mmap(target, size / 2, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+                #expect(mmap(target, size / 2, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == target)
             }
             do {
                 let (bytes, faults) = try mirror.read(mem.address, size)
@@ -98,7 +98,7 @@ struct MirrorTests {
     /// that shrinks and grows the mapping again, and MAP_FIXED over the region.
     @Test func aChangeBetweenTwoHitsIsSeenByTheNext() throws {
         let size = 64 << 10, page = 4096
-        let p = try #require(mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+        let p = try mapped(mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
         try #require(p != MAP_FAILED)
         defer { munmap(p, size) }
         memset(p, 0x11, size)
@@ -117,12 +117,14 @@ struct MirrorTests {
         try #require(dm_mremap(p, size, 48 << 10, 0, nil) != MAP_FAILED)
         do { _ = try mirror.read(a + UInt64(48 << 10), page); Issue.record("a device read of an unmapped page succeeded") }
         catch { #expect(error.errno == .EFAULT) }
-        guard dm_mremap(p, 48 << 10, size, 0, nil) != MAP_FAILED else { return }  // something else took the range: nothing left to test
+        if dm_mremap(p, 48 << 10, size, 0, nil) == MAP_FAILED {
+            try skip("the range past 48 KiB was taken by another mapping (\(Errno.current.name)): growing in place cannot be tested this time")
+        }
         let grown = try mirror.read(a + UInt64(48 << 10), 16 << 10)
         #expect(grown.faults == 1 && grown.bytes.allSatisfy { $0 == 0 }, "the grown pages are new memory")
         #expect(try mirror.read(a, 4096).bytes[0] == 0x11)
         // MAP_FIXED over the whole region: the same layout, other memory.
-        let q = try #require(mmap(p, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0))
+        let q = try mapped(mmap(p, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0))
         try #require(q == p)
         memset(p, 0x22, size)
         let after = try mirror.read(a, size)
@@ -137,7 +139,7 @@ struct MirrorTests {
     @Test(arguments: Mirror.WriteBitSource.allCases)
     func theWriteBitsCostIsTheUsersChoice(_ writeBit: Mirror.WriteBitSource) throws {
         let size = 1 << 20
-        let p = try #require(mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+        let p = try mapped(mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
         try #require(p != MAP_FAILED)
         defer { munmap(p, size) }
         memset(p, 0x31, size)
@@ -152,7 +154,7 @@ struct MirrorTests {
         let a = UInt64(UInt(bitPattern: p))
         #expect(try mirror.read(a, size).faults == 1)
         let seen = mirror.tracker?.invalidationSequence
-        let q = try #require(mmap(p + size / 2, 64 << 10, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0))
+        let q = try mapped(mmap(p + size / 2, 64 << 10, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0))
         try #require(q != MAP_FAILED)
         // mmap returns once the handler has read the UNMAP event, which can be
         // before it logged it (seen on 7.x): the new anonymous VMA merges with
@@ -212,7 +214,7 @@ struct MirrorTests {
         let fd = open(dir.file("g.dat"), O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         try #require(fd >= 0 && ftruncate(fd, 8192) == 0)
         defer { close(fd) }
-        let p = try #require(mmap(nil, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0))
+        let p = try mapped(mmap(nil, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0))
         try #require(p != MAP_FAILED)
         defer { munmap(p, 8192) }
         try #require(ftruncate(fd, 4096) == 0)
@@ -263,8 +265,8 @@ struct MirrorTests {
     }
 
     /// Without PFNs (no CAP_SYS_ADMIN) the mirror refuses with one clear line.
-    @Test func refusesWithoutPFNs() throws {
-        guard getuid() == 0, which("setpriv") != nil else { return }
+    @Test(.enabled(if: getuid() == 0 && which("setpriv") != nil, "needs root and setpriv to drop to a user without CAP_SYS_ADMIN"))
+    func refusesWithoutPFNs() throws {
         let r = try CLI.run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", CLI.binary, "run", "-"],
                             env: [:], stdin: "map A anon 64K\nmirror A\n")
         #expect(r.status == 1)

@@ -90,7 +90,7 @@ struct SmapsTests {
     /// Against the kernel: map 16 anonymous pages, touch 5, and find exactly
     /// that VMA with Rss 5 pages in our parse of the live smaps.
     @Test func liveSmapsSeesOurMapping() throws {
-        let p = try #require(mmap(nil, 16 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+        let p = try mapped(mmap(nil, 16 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
         defer { munmap(p, 16 * page) }
         // A guard page on each side keeps the kernel from merging neighbours into our VMA.
         mprotect(p, page, PROT_NONE)
@@ -108,7 +108,7 @@ struct SmapsTests {
 struct PagemapTests {
     /// Our decoded entries equal a direct pread of /proc/self/pagemap.
     @Test func decodedEntriesEqualRawPread() throws {
-        let p = try #require(mmap(nil, 8 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+        let p = try mapped(mmap(nil, 8 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
         defer { munmap(p, 8 * page) }
         for i in [0, 2, 5] { p.storeBytes(of: 1, toByteOffset: i * page, as: UInt8.self) }
         let addr = UInt64(UInt(bitPattern: p))
@@ -158,7 +158,7 @@ struct VMAQueryTests {
         try #require(query.method == .procmapQuery)
         let page = Syscall.pageSize
         // 40 pages reserved, then mapped in pieces of different kinds with holes.
-        let base = try #require(mmap(nil, 40 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+        let base = try mapped(mmap(nil, 40 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
         try #require(base != MAP_FAILED)
         defer { munmap(base, 40 * page) }
         let fd = open("/proc/self/exe", O_RDONLY)

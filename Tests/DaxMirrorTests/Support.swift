@@ -24,26 +24,58 @@ enum CLI {
         try run(binary, args, env: env, timeout: timeout)
     }
 
-    /// Spawns with posix_spawn and reaps with waitpid itself: Foundation's
-    /// `Process` learns of an exit from SIGCHLD, which is lost while the test
-    /// runner's main thread sits in `dispatch_main`'s sigsuspend with SIGCHLD
-    /// ignored (seen with `tmux new-session -d`: the zombie was never
-    /// reaped). The child starts with no signals blocked and default
-    /// dispositions: a runner thread may hand it SIGINT blocked.
+    /// Runs `program` to its end (a Spawned child), SIGKILLed at `timeout`.
     static func run(_ program: String, _ args: [String], env: [String: String] = [:],
                     timeout: TimeInterval = 120, stdin: String? = nil, stdinBytes: [UInt8]? = nil) throws -> RunResult {
-        let stdin = stdinBytes.map { String(decoding: $0, as: UTF8.self) } ?? stdin
+        let input = stdinBytes ?? stdin.map { Array($0.utf8) }
+        let child = try Spawned(program, args, env: env, input: input)
+        let status = child.wait(timeout: timeout)
+        return RunResult(status: status ?? -1, stdout: child.output, stderr: status == nil ? child.stuckReport : child.errorOutput,
+                         timedOut: child.timedOut)
+    }
+
+    /// Parses stdout as a JSON object, failing the test if it is not one.
+    static func json(_ r: RunResult, sourceLocation: SourceLocation = #_sourceLocation) throws -> [String: Any] {
+        let obj = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8))
+        return try #require(obj as? [String: Any], "not a JSON object: \(r.stdout.prefix(200))", sourceLocation: sourceLocation)
+    }
+}
+
+/// A child process, and the one way tests start one. posix_spawn, reaped
+/// with waitpid here: Foundation's `Process` learns of an exit from SIGCHLD,
+/// which is lost while the test runner's main thread sits in
+/// `dispatch_main`'s sigsuspend with SIGCHLD ignored (seen with `tmux
+/// new-session -d`: the zombie was never reaped). The child starts with no
+/// signal blocked and default dispositions (a runner thread may hand it
+/// SIGINT blocked); its stdout and stderr go to files, so a chatty child
+/// never blocks on a full pipe; its stdin is the given bytes, or a pipe the
+/// test closes (`closeInput`), or /dev/null.
+final class Spawned {
+    let pid: pid_t
+    private let dir: ScratchDirectory
+    private var inputFD: Int32 = -1
+    private var status: Int32?
+    private(set) var timedOut = false
+
+    init(_ program: String, _ args: [String], env: [String: String] = [:], input: [UInt8]? = nil, inputPipe: Bool = false) throws {
         var environment = ProcessInfo.processInfo.environment
         environment.removeValue(forKey: "PMEM_IS_PMEM_FORCE")
         for (k, v) in env { environment[k] = v }
-        // Output goes to files, so a chatty child never blocks on a full pipe.
-        let dir = try ScratchDirectory()
-        if let stdinBytes { try Data(stdinBytes).write(to: URL(fileURLWithPath: dir.file("in"))) }
-        else if let stdin { try stdin.write(toFile: dir.file("in"), atomically: true, encoding: .utf8) }
+        dir = try ScratchDirectory()
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, stdin == nil ? "/dev/null" : dir.file("in"), O_RDONLY, 0)
+        var pipeFDs: [Int32] = [-1, -1]
+        if let input {
+            try Data(input).write(to: URL(fileURLWithPath: dir.file("in")))
+            posix_spawn_file_actions_addopen(&actions, 0, dir.file("in"), O_RDONLY, 0)
+        } else if inputPipe {
+            guard pipe(&pipeFDs) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+            for fd in pipeFDs { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }  // no other child inherits the write end
+            posix_spawn_file_actions_adddup2(&actions, pipeFDs[0], 0)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        }
         posix_spawn_file_actions_addopen(&actions, 1, dir.file("out"), O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         posix_spawn_file_actions_addopen(&actions, 2, dir.file("err"), O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         var attributes = posix_spawnattr_t()
@@ -58,41 +90,112 @@ enum CLI {
         let argv = ([program] + args).map { strdup($0) } + [nil]
         let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer { (argv + envp).forEach { free($0) } }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, program, &actions, &attributes, argv, envp)
-        guard rc == 0 else { throw POSIXError(POSIXErrorCode(rawValue: rc) ?? .EIO) }
-        let deadline = Date().addingTimeInterval(timeout)
-        var timedOut = false
-        var status: Int32 = 0
-        while true {
-            let r = waitpid(pid, &status, WNOHANG)
-            if r == pid { break }
-            if r < 0 && errno != EINTR { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .ECHILD) }
-            if !timedOut && Date() > deadline {
-                timedOut = true
-                kill(pid, SIGKILL)
-            }
-            // A child stuck in the kernel survives SIGKILL: give up on it rather
-            // than hold this test (and a thread of the runner's pool) forever.
-            if timedOut && Date() > deadline.addingTimeInterval(30) {
-                let stuck = (try? readTextFile("/proc/\(pid)/wchan")) ?? "?"
-                return RunResult(status: -1, stdout: (try? readTextFile(dir.file("out"))) ?? "",
-                                 stderr: "(\(program) did not die of SIGKILL within 30 s: it waits in the kernel at \(stuck))", timedOut: true)
-            }
-            usleep(2000)
+        var child: pid_t = 0
+        let rc = posix_spawn(&child, program, &actions, &attributes, argv, envp)
+        if pipeFDs[0] >= 0 { close(pipeFDs[0]) }
+        guard rc == 0 else {
+            if pipeFDs[1] >= 0 { close(pipeFDs[1]) }
+            throw POSIXError(POSIXErrorCode(rawValue: rc) ?? .EIO)
         }
-        // WIFEXITED / WEXITSTATUS / WTERMSIG, spelled out (macros are not imported).
-        let signal = status & 0x7f
-        let code: Int32 = signal == 0 ? (status >> 8) & 0xff : 128 + signal
-        return RunResult(status: code, stdout: try readTextFile(dir.file("out")),
-                         stderr: try readTextFile(dir.file("err")), timedOut: timedOut)
+        pid = child
+        inputFD = pipeFDs[1]
     }
 
-    /// Parses stdout as a JSON object, failing the test if it is not one.
-    static func json(_ r: RunResult, sourceLocation: SourceLocation = #_sourceLocation) throws -> [String: Any] {
-        let obj = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8))
-        return try #require(obj as? [String: Any], "not a JSON object: \(r.stdout.prefix(200))", sourceLocation: sourceLocation)
+    deinit {
+        closeInput()
+        kill()
     }
+
+    var output: String { (try? readTextFile(dir.file("out"))) ?? "" }
+    var errorOutput: String { (try? readTextFile(dir.file("err"))) ?? "" }
+    var isRunning: Bool { status == nil && reap(block: false) == nil }
+
+    func closeInput() {
+        if inputFD >= 0 { close(inputFD); inputFD = -1 }
+    }
+
+    func signal(_ sig: Int32) { if status == nil { Glibc.kill(pid, sig) } }
+
+    /// Its exit status as a shell shows it (128+N for signal N), if it ended.
+    private func reap(block: Bool) -> Int32? {
+        if let status { return status }
+        var raw: Int32 = 0
+        var r: pid_t
+        repeat { r = waitpid(pid, &raw, block ? 0 : WNOHANG) } while r < 0 && errno == EINTR
+        guard r == pid else { return nil }
+        // WIFEXITED / WEXITSTATUS / WTERMSIG, spelled out (macros are not imported).
+        let sig = raw & 0x7f
+        status = sig == 0 ? (raw >> 8) & 0xff : 128 + sig
+        return status
+    }
+
+    /// Waits up to `timeout` for the end, then SIGKILLs it; nil if even
+    /// SIGKILL did not end it within 30 s (a child stuck in the kernel).
+    @discardableResult
+    func wait(timeout: TimeInterval) -> Int32? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            if let s = reap(block: false) { return s }
+            if !timedOut && Date() > deadline {
+                timedOut = true
+                Glibc.kill(pid, SIGKILL)
+            }
+            if timedOut && Date() > deadline.addingTimeInterval(30) { return nil }
+            usleep(2000)
+        }
+    }
+
+    /// Where a child that survived SIGKILL waits in the kernel.
+    var stuckReport: String {
+        "(\(pid) did not die of SIGKILL within 30 s: it waits in the kernel at \((try? readTextFile("/proc/\(pid)/wchan")) ?? "?"))"
+    }
+
+    /// Waits until its stdout holds `text` (true), or it ended or `timeout` passed (false).
+    func waitForOutput(containing text: String, timeout: TimeInterval) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if output.contains(text) { return true }
+            if !isRunning { return output.contains(text) }
+            usleep(10_000)
+        }
+        return false
+    }
+
+    /// SIGKILL and reap (nothing if it already ended).
+    func kill() {
+        guard status == nil else { return }
+        Glibc.kill(pid, SIGKILL)
+        _ = reap(block: true)
+    }
+}
+
+/// A child that has exited and is not reaped (a zombie) while this lives.
+final class ZombieProcess {
+    let child: Spawned
+    var pid: pid_t { child.pid }
+    init() throws {
+        child = try Spawned("/bin/true", [])
+        // Exited, not reaped: WNOWAIT leaves it a zombie.
+        var info = siginfo_t()
+        guard waitid(P_PID, id_t(child.pid), &info, WEXITED | WNOWAIT) == 0 else { throw POSIXError(.ECHILD) }
+    }
+}
+
+/// Skips the running test (or test case) at run time, with its reason
+/// printed (the console shows a cancelled case without one) and recorded.
+func skip(_ reason: String, sourceLocation: SourceLocation = #_sourceLocation) throws -> Never {
+    print("skipped: \(reason)")
+    try Test.cancel(Comment(rawValue: reason), sourceLocation: sourceLocation)
+}
+
+/// mmap's result, or a thrown error naming errno: mmap fails with
+/// MAP_FAILED, never nil, so `#require(mmap(…))` would let a failure through.
+func mapped(_ p: UnsafeMutableRawPointer?, sourceLocation: SourceLocation = #_sourceLocation) throws -> UnsafeMutableRawPointer {
+    let e = errno
+    guard let p, p != MAP_FAILED else {
+        throw POSIXError(POSIXErrorCode(rawValue: e) ?? .EINVAL, userInfo: [NSLocalizedDescriptionKey: "mmap failed (errno \(e))"])
+    }
+    return p
 }
 
 /// A fresh directory under /tmp (or under `base`), removed at the end.
