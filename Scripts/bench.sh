@@ -33,7 +33,7 @@ swift build -c release --product daxmirror-bench 2>&1 | tail -n 1
 mkdir -p .build/bench
 cbench=$PWD/.build/bench/baseline
 trap 'rm -f "$cbench.trace"' EXIT
-gcc -O2 -Wall -o "$cbench" Benchmarks/baseline/bench.c -lpthread
+gcc -O2 -Wall -I Sources/CDaxShim/include -o "$cbench" Benchmarks/baseline/bench.c Sources/CDaxShim/daxshim.c -lpthread
 sbench=$PWD/.build/release/daxmirror-bench
 cpu=0
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

@@ -27,7 +27,7 @@ import PageTables
 let page = Syscall.pageSize
 let args = CommandLine.arguments
 
-func now() -> Double { var ts = timespec(); clock_gettime(CLOCK_MONOTONIC, &ts); return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9 }
+func now() -> Double { monotonicSeconds() }
 
 func anonymous(_ length: Int) -> UnsafeMutableRawPointer {
     let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)!

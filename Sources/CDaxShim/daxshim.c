@@ -1,10 +1,185 @@
-// daxshim.c — the shim's bodies that are more than one call (see daxshim.h).
+// daxshim.c — the shim's bodies; daxshim.h declares and explains each.
 #define _GNU_SOURCE
 #include "daxshim.h"
 
+#include <pthread.h>
+#include <sys/pidfd.h>
 #include <setjmp.h>
 #include <signal.h>
-#include <pthread.h>
+
+void *dm_mmap_sync(void *addr, size_t len, int prot, int fd, off_t off) {
+    return mmap(addr, len, prot, MAP_SHARED_VALIDATE | MAP_SYNC, fd, off);
+}
+
+void *dm_mmap_shared_fixed(void *addr, size_t len, int prot, int fd, off_t off, int sync) {
+    int flags = MAP_FIXED | (sync ? (MAP_SHARED_VALIDATE | MAP_SYNC) : MAP_SHARED);
+    return mmap(addr, len, prot, flags, fd, off);
+}
+
+int dm_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
+
+void *dm_mremap(void *old_addr, size_t old_len, size_t new_len, int flags, void *new_addr) {
+    return mremap(old_addr, old_len, new_len, flags, new_addr);
+}
+
+int dm_memfd_create(const char *name, unsigned int flags) {
+    return memfd_create(name, flags);
+}
+
+int dm_statx(int dirfd, const char *path, int flags, dm_statx_result *out) {
+    struct statx stx;
+    memset(&stx, 0, sizeof stx);
+    int rc = statx(dirfd, path, flags, STATX_BASIC_STATS, &stx);
+    if (rc != 0) return rc;
+    out->attributes = stx.stx_attributes;
+    out->attributes_mask = stx.stx_attributes_mask;
+    out->dev_major = stx.stx_dev_major;
+    out->dev_minor = stx.stx_dev_minor;
+    out->rdev_major = stx.stx_rdev_major;
+    out->rdev_minor = stx.stx_rdev_minor;
+    out->size = stx.stx_size;
+    out->mode = stx.stx_mode;
+    out->ino = stx.stx_ino;
+    return 0;
+}
+
+int dm_userfaultfd(int flags) {
+    return (int)syscall(SYS_userfaultfd, flags);  // glibc has no wrapper
+}
+
+int dm_userfaultfd_dev_new(int devfd, int flags) {
+    return ioctl(devfd, USERFAULTFD_IOC_NEW, flags);
+}
+
+int dm_uffdio_api(int fd, struct uffdio_api *api) {
+    return ioctl(fd, UFFDIO_API, api);
+}
+
+int dm_uffdio_register(int fd, struct uffdio_register *reg) {
+    return ioctl(fd, UFFDIO_REGISTER, reg);
+}
+
+int dm_uffdio_unregister(int fd, struct uffdio_range *range) {
+    return ioctl(fd, UFFDIO_UNREGISTER, range);
+}
+
+int dm_uffdio_wake(int fd, struct uffdio_range *range) {
+    return ioctl(fd, UFFDIO_WAKE, range);
+}
+
+int dm_uffdio_copy(int fd, struct uffdio_copy *copy) {
+    return ioctl(fd, UFFDIO_COPY, copy);
+}
+
+int dm_uffdio_zeropage(int fd, struct uffdio_zeropage *zp) {
+    return ioctl(fd, UFFDIO_ZEROPAGE, zp);
+}
+
+int dm_uffdio_writeprotect(int fd, struct uffdio_writeprotect *wp) {
+    return ioctl(fd, UFFDIO_WRITEPROTECT, wp);
+}
+
+int dm_uffdio_continue(int fd, struct uffdio_continue *c) {
+    return ioctl(fd, UFFDIO_CONTINUE, c);
+}
+
+int dm_uffdio_move(int fd, struct dm_uffdio_move *m) {
+    return ioctl(fd, DM_UFFDIO_MOVE, m);
+}
+
+int dm_uffdio_poison(int fd, struct dm_uffdio_poison *p) {
+    return ioctl(fd, DM_UFFDIO_POISON, p);
+}
+
+uint8_t dm_uffd_msg_event(const struct uffd_msg *m) { return m->event; }
+
+uint64_t dm_uffd_msg_pf_flags(const struct uffd_msg *m) { return m->arg.pagefault.flags; }
+
+uint64_t dm_uffd_msg_pf_address(const struct uffd_msg *m) { return m->arg.pagefault.address; }
+
+uint32_t dm_uffd_msg_pf_ptid(const struct uffd_msg *m) { return m->arg.pagefault.feat.ptid; }
+
+uint32_t dm_uffd_msg_fork_ufd(const struct uffd_msg *m) { return m->arg.fork.ufd; }
+
+uint64_t dm_uffd_msg_remap_from(const struct uffd_msg *m) { return m->arg.remap.from; }
+
+uint64_t dm_uffd_msg_remap_to(const struct uffd_msg *m) { return m->arg.remap.to; }
+
+uint64_t dm_uffd_msg_remap_len(const struct uffd_msg *m) { return m->arg.remap.len; }
+
+uint64_t dm_uffd_msg_remove_start(const struct uffd_msg *m) { return m->arg.remove.start; }
+
+uint64_t dm_uffd_msg_remove_end(const struct uffd_msg *m) { return m->arg.remove.end; }
+
+void dm_atomic_or_u64(uint64_t *p, uint64_t v) { __atomic_fetch_or(p, v, __ATOMIC_RELEASE); }
+
+void dm_atomic_and_u64(uint64_t *p, uint64_t v) { __atomic_fetch_and(p, v, __ATOMIC_RELEASE); }
+
+uint64_t dm_atomic_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+
+void dm_atomic_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+
+uint64_t dm_atomic_add_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
+
+long dm_pagemap_scan(int pagemap_fd, struct dm_pm_scan_arg *arg) {
+    return ioctl(pagemap_fd, DM_PAGEMAP_SCAN, arg);
+}
+
+long dm_fs_magic(int fd) {
+    struct statfs st;
+    return fstatfs(fd, &st) == 0 ? (long)st.f_type : -1;
+}
+
+int dm_procmap_query(int maps_fd, struct dm_procmap_query *q) {
+    return ioctl(maps_fd, DM_PROCMAP_QUERY, q);
+}
+
+pid_t dm_raw_fork(void) { return (pid_t)syscall(SYS_clone, (unsigned long)SIGCHLD, 0UL, 0UL, 0UL, 0UL); }
+
+int dm_fork_fill(void *addr, size_t len, int byte) {
+    pid_t pid = dm_raw_fork();
+    if (pid < 0) return -1;
+    if (pid == 0) { memset(addr, byte, len); _exit(0); }
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0) { if (errno != EINTR) return -1; }
+    return status;
+}
+
+int dm_set_extent_size_hint(int fd, uint32_t bytes) {
+    struct fsxattr fa;
+    if (ioctl(fd, FS_IOC_FSGETXATTR, &fa) < 0) return -1;
+    fa.fsx_xflags |= FS_XFLAG_EXTSIZE;
+    fa.fsx_extsize = bytes;
+    return ioctl(fd, FS_IOC_FSSETXATTR, &fa);
+}
+
+long dm_process_vm_read(int pid, void *local, const void *remote, size_t len) {
+    struct iovec l = { local, len }, r = { (void *)remote, len };
+    return process_vm_readv(pid, &l, 1, &r, 1, 0);
+}
+
+long dm_process_vm_write(int pid, const void *local, void *remote, size_t len) {
+    struct iovec l = { (void *)local, len }, r = { remote, len };
+    return process_vm_writev(pid, &l, 1, &r, 1, 0);
+}
+
+size_t dm_heap_bytes_in_use(void) { return mallinfo2().uordblks; }
+
+int dm_terminal_size(int fd, unsigned *rows, unsigned *columns) {
+    struct winsize w;
+    if (ioctl(fd, TIOCGWINSZ, &w) != 0) return -1;
+    *rows = w.ws_row;
+    *columns = w.ws_col;
+    return 0;
+}
+
+int dm_pidfd_open(int pid) { return pidfd_open(pid, 0); }
+
+int dm_hmm_read(int fd, struct dm_hmm_dmirror_cmd *cmd) { return ioctl(fd, DM_HMM_DMIRROR_READ, cmd); }
+
+int dm_hmm_write(int fd, struct dm_hmm_dmirror_cmd *cmd) { return ioctl(fd, DM_HMM_DMIRROR_WRITE, cmd); }
+
+int dm_hmm_snapshot(int fd, struct dm_hmm_dmirror_cmd *cmd) { return ioctl(fd, DM_HMM_DMIRROR_SNAPSHOT, cmd); }
 
 // ---------------------------------------------------------------------------
 // Guarded copies: a load or store through a file mapping whose page was

@@ -80,8 +80,3 @@ public struct DaxWriteProtectProbe: Sendable {
     }
 }
 
-public func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}

@@ -1,3 +1,5 @@
+import PageTables
+
 /// One entry of the simulated device's page table: what `hmm_range_fault`
 /// hands a driver for a page (PFN, WRITE, map order), plus whether the PFN is
 /// the kernel's zero page. A huge entry (order 9 or 18) is ONE entry for its
@@ -49,39 +51,3 @@ public struct DeviceEntry: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// The per-page codes of `lib/test_hmm_uapi.h` (HMM_DMIRROR_PROT_*) that
-/// apply outside device-private memory.
-public struct SnapshotCode: OptionSet, Sendable, Hashable, CustomStringConvertible {
-    public let rawValue: UInt8
-    public init(rawValue: UInt8) { self.rawValue = rawValue }
-    public static let none: SnapshotCode = []
-    public static let read = SnapshotCode(rawValue: 0x01)
-    public static let write = SnapshotCode(rawValue: 0x02)
-    public static let pmd = SnapshotCode(rawValue: 0x04)
-    public static let pud = SnapshotCode(rawValue: 0x08)
-    public static let zero = SnapshotCode(rawValue: 0x10)
-    public static let error = SnapshotCode(rawValue: 0xFF)
-
-    public var description: String {
-        if self == .error { return "ERROR" }
-        if isEmpty { return "NONE" }
-        return [(SnapshotCode.read, "READ"), (.write, "WRITE"), (.pmd, "PMD"), (.pud, "PUD"), (.zero, "ZERO")]
-            .filter { contains($0.0) }.map(\.1).joined(separator: "|")
-    }
-}
-
-extension Array where Element == SnapshotCode {
-    /// Run-length hex, e.g. "16*512,00*3,ff*1": code (two hex digits) * count.
-    public var runLengthHex: String {
-        var out: [String] = []
-        var i = 0
-        while i < count {
-            var j = i
-            while j < count && self[j] == self[i] { j += 1 }
-            let hex = String(self[i].rawValue, radix: 16)
-            out.append("\(hex.count == 1 ? "0" + hex : hex)*\(j - i)")
-            i = j
-        }
-        return out.joined(separator: ",")
-    }
-}

@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import PageTables
 import Glibc
 #endif
 import CDaxShim

@@ -58,7 +58,7 @@ extension Mirror {
     private func access(_ address: UInt64, _ count: Int, buffer: UnsafeMutableRawPointer, write: Bool) throws(MirrorError) -> Int {
         let (s, e) = try pages(address, UInt64(count))
         let end = address + UInt64(count)
-        let deadline = now() + busyTimeout
+        let deadline = monotonicSeconds() + busyTimeout
         var faults = 0
         var pos = s
         var lastFaultAt = UInt64.max
@@ -82,7 +82,7 @@ extension Mirror {
             try copy(runStart, runEnd, buffer, address, write: write)
             // A fault that left the same page missing raced with an
             // invalidation: retry, but not forever.
-            if vpn == lastFaultAt && now() > deadline {
+            if vpn == lastFaultAt && monotonicSeconds() > deadline {
                 throw MirrorError(.EBUSY, "the range kept changing under the device")
             }
             pos = vpn

@@ -36,7 +36,7 @@ extension Mirror {
     /// read-only mapping; pages before the failing 64-page window are
     /// mirrored, as dmirror's windowed walk leaves them.
     func rangeFault(_ startVPN: UInt64, _ endVPN: UInt64, write: Bool) throws(MirrorError) {
-        let deadline = now() + busyTimeout
+        let deadline = monotonicSeconds() + busyTimeout
         while true {
             let vmas = try synchronize()
             // After synchronize: what it applied is no race; anything from
@@ -64,7 +64,7 @@ extension Mirror {
             if goodEnd > startVPN, let e = cpu.populate(startVPN * pageSize, (goodEnd - startVPN) * pageSize, write: write) {
                 if e == .EINTR || e == .EAGAIN || e == .ENOMEM || e == .EINVAL {
                     // The layout changed under us (or a signal): walk again.
-                    if now() > deadline { throw MirrorError(.EBUSY, "the range kept changing while faulting it in") }
+                    if monotonicSeconds() > deadline { throw MirrorError(.EBUSY, "the range kept changing while faulting it in") }
                     continue
                 }
                 throw MirrorError(.EFAULT, "the CPU cannot fault in 0x\(String(startVPN * pageSize, radix: 16))+\((goodEnd - startVPN) * pageSize): \(e.name)")
@@ -77,7 +77,7 @@ extension Mirror {
                 }
                 let truthPages = try readTruth(hullStart, hullEnd, vmas, detail: .full)
                 if sequence != seq {
-                    if now() > deadline { throw MirrorError(.EBUSY, "invalidations kept racing the range fault") }
+                    if monotonicSeconds() > deadline { throw MirrorError(.EBUSY, "invalidations kept racing the range fault") }
                     continue
                 }
                 store(truthPages, hullStart: hullStart, startVPN, storeEnd, write: write)
@@ -147,9 +147,4 @@ extension Mirror {
         return (address / pageSize, (address + count + pageSize - 1) / pageSize)
     }
 
-    func now() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
 }

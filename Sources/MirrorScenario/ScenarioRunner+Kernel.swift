@@ -1,5 +1,6 @@
 import DaxCore
 import Mirror
+import PageTables
 
 /// Differential mode: the kernel's own HMM test driver as a twin of each
 /// device, and what "agree" means (same errno, bytes, fault rounds, codes).

@@ -39,10 +39,8 @@ public struct PageRun: Sendable, Equatable {
     public var start: UInt64
     public var end: UInt64
     public var pfn: UInt64?
-    /// dmirror's SNAPSHOT code (lib/test_hmm_uapi.h): the flags below.
+    /// dmirror's SNAPSHOT code (SnapshotCode's raw value).
     public var code: UInt8
-
-    public static let read: UInt8 = 0x01, write: UInt8 = 0x02, pmd: UInt8 = 0x04, pud: UInt8 = 0x08, zero: UInt8 = 0x10
 }
 
 public struct Inspection: Sendable {
@@ -228,7 +226,7 @@ public struct Inspection: Sendable {
             var writable = v.vma.writable
             if !v.vma.isShared { writable = writable && e.exclusive && !e.fileOrShared }
             else if v.backing == "file" { writable = writable && softDirty && e.softDirty }
-            codes[i] = (writable ? PageRun.write : PageRun.read) | (pud ? PageRun.pud : 0)
+            codes[i] = (writable ? SnapshotCode.write : SnapshotCode.read).rawValue | (pud ? SnapshotCode.pud.rawValue : 0)
         }
         // HUGE and PFNZERO come from PAGEMAP_SCAN (regions are sorted).
         // The first region ending past this VMA (binary search: --pages visits
@@ -240,10 +238,10 @@ public struct Inspection: Sendable {
             let reg = regions[r]
             let lo = Int((max(reg.start, base) - base) / 4096), hi = Int((min(reg.end, v.vma.end) - base) / 4096)
             for i in lo..<hi where codes[i] != 0 {
-                if reg.categories.contains(.pfnZero) { codes[i] = (codes[i] & ~PageRun.write) | PageRun.read }
+                if reg.categories.contains(.pfnZero) { codes[i] = (codes[i] & ~SnapshotCode.write.rawValue) | SnapshotCode.read.rawValue }
                 // dmirror's ZERO is the 4 KiB zero page only; the huge zero page is READ|PMD.
-                if reg.categories.contains(.pfnZero) && !reg.categories.contains(.huge) { codes[i] |= PageRun.zero }
-                if reg.categories.contains(.huge) && !pud { codes[i] |= PageRun.pmd }
+                if reg.categories.contains(.pfnZero) && !reg.categories.contains(.huge) { codes[i] |= SnapshotCode.zero.rawValue }
+                if reg.categories.contains(.huge) && !pud { codes[i] |= SnapshotCode.pmd.rawValue }
             }
             r += 1
         }

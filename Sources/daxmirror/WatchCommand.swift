@@ -73,7 +73,7 @@ struct WatchCommand: ParsableCommand {
                 emit(json ? InspectCommand.json(r).render(pretty: false) : InspectCommand.table(r))
                 return
             }
-            let now = monotonic()
+            let now = monotonicSeconds()
             var rates: [UInt64: (faults: Double, writes: Double?)] = [:]
             if let p = previous {
                 let dt = max(now - p.time, 1e-3)
@@ -149,9 +149,4 @@ struct WatchCommand: ParsableCommand {
 
     static func format1(_ v: Double) -> String { String((v * 10).rounded() / 10) }
 
-    private func monotonic() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
 }

@@ -3,7 +3,9 @@
 // Swift cannot import function-like macros (_IOWR and friends), cannot call the
 // variadic ioctl(2)/syscall(2), and sees packed unions (struct uffd_msg) badly.
 // Each wrapper below does exactly one kernel call and returns its raw result
-// (-1 with errno set on failure); all policy lives in Swift.
+// (-1 with errno set on failure); all policy lives in Swift. This header
+// declares and explains; daxshim.c (built with _GNU_SOURCE, so glibc's own
+// wrappers serve where glibc has one) holds the bodies.
 //
 // Debian 12 ships 6.1 uapi headers, older than the kernels we run on. Where a
 // newer interface is missing we define it here behind #ifndef with the values
@@ -25,6 +27,11 @@
 #include <linux/fs.h>
 #include <linux/stat.h>
 #include <linux/userfaultfd.h>
+#include <malloc.h>
+#include <signal.h>
+#include <sys/uio.h>
+#include <sys/vfs.h>
+#include <sys/wait.h>
 
 // ---------------------------------------------------------------------------
 // mmap / madvise flags (include/uapi/asm-generic/mman-common.h, mman.h)
@@ -59,31 +66,22 @@ static const int DM_MADV_POPULATE_WRITE = MADV_POPULATE_WRITE;
 /// mmap(2) with MAP_SHARED_VALIDATE|MAP_SYNC: the kernel maps the file only if
 /// writes through the mapping are durable once CPU caches are flushed (a DAX
 /// file); otherwise it fails with EOPNOTSUPP. Returns MAP_FAILED on failure.
-static inline void *dm_mmap_sync(void *addr, size_t len, int prot, int fd, off_t off) {
-    return mmap(addr, len, prot, MAP_SHARED_VALIDATE | MAP_SYNC, fd, off);
-}
+void *dm_mmap_sync(void *addr, size_t len, int prot, int fd, off_t off);
 
 /// mmap(2) MAP_SHARED|MAP_FIXED at `addr` (a range the caller reserved), with
 /// MAP_SHARED_VALIDATE|MAP_SYNC when `sync` (EOPNOTSUPP off DAX). MAP_FAILED on failure.
-static inline void *dm_mmap_shared_fixed(void *addr, size_t len, int prot, int fd, off_t off, int sync) {
-    int flags = MAP_FIXED | (sync ? (MAP_SHARED_VALIDATE | MAP_SYNC) : MAP_SHARED);
-    return mmap(addr, len, prot, flags, fd, off);
-}
+void *dm_mmap_shared_fixed(void *addr, size_t len, int prot, int fd, off_t off, int sync);
 
 static const unsigned int DM_MFD_CLOEXEC = 0x0001U;  // MFD_CLOEXEC (linux/memfd.h)
 /// eventfd(2), non-blocking and close-on-exec: a wake-up for threads in poll(2).
-static inline int dm_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
+int dm_eventfd(void);
 
 /// mremap(2) (variadic in glibc): with MREMAP_MAYMOVE|MREMAP_FIXED moves to new_addr.
-static inline void *dm_mremap(void *old_addr, size_t old_len, size_t new_len, int flags, void *new_addr) {
-    return (void *)syscall(SYS_mremap, old_addr, old_len, new_len, flags, new_addr);
-}
+void *dm_mremap(void *old_addr, size_t old_len, size_t new_len, int flags, void *new_addr);
 static const int DM_MREMAP_MAYMOVE = 1, DM_MREMAP_FIXED = 2;
 
 /// memfd_create(2): anonymous shared memory with a file (shmem) behind it.
-static inline int dm_memfd_create(const char *name, unsigned int flags) {
-    return (int)syscall(SYS_memfd_create, name, flags);
-}
+int dm_memfd_create(const char *name, unsigned int flags);
 
 // ---------------------------------------------------------------------------
 // statx(2) (include/uapi/linux/stat.h): STATX_ATTR_DAX says whether the file is
@@ -106,22 +104,7 @@ typedef struct dm_statx_result {
 } dm_statx_result;
 
 /// statx(2) for `path` relative to `dirfd` (AT_FDCWD), flags e.g. AT_SYMLINK_NOFOLLOW.
-static inline int dm_statx(int dirfd, const char *path, int flags, dm_statx_result *out) {
-    struct statx stx;
-    memset(&stx, 0, sizeof stx);
-    int rc = (int)syscall(SYS_statx, dirfd, path, flags, STATX_BASIC_STATS, &stx);
-    if (rc != 0) return rc;
-    out->attributes = stx.stx_attributes;
-    out->attributes_mask = stx.stx_attributes_mask;
-    out->dev_major = stx.stx_dev_major;
-    out->dev_minor = stx.stx_dev_minor;
-    out->rdev_major = stx.stx_rdev_major;
-    out->rdev_minor = stx.stx_rdev_minor;
-    out->size = stx.stx_size;
-    out->mode = stx.stx_mode;
-    out->ino = stx.stx_ino;
-    return 0;
-}
+int dm_statx(int dirfd, const char *path, int flags, dm_statx_result *out);
 
 // ---------------------------------------------------------------------------
 // userfaultfd (include/uapi/linux/userfaultfd.h). Values newer than 6.1:
@@ -172,66 +155,42 @@ static const int DM_UFFD_USER_MODE_ONLY = UFFD_USER_MODE_ONLY;
 static const uint64_t DM_UFFD_API = UFFD_API;
 
 /// userfaultfd(2). flags: O_CLOEXEC, O_NONBLOCK, UFFD_USER_MODE_ONLY.
-static inline int dm_userfaultfd(int flags) {
-    return (int)syscall(SYS_userfaultfd, flags);
-}
+int dm_userfaultfd(int flags);
 /// USERFAULTFD_IOC_NEW on an open /dev/userfaultfd (Linux 6.1+): a new uffd,
 /// governed by the device node's permissions instead of the sysctl.
-static inline int dm_userfaultfd_dev_new(int devfd, int flags) {
-    return ioctl(devfd, USERFAULTFD_IOC_NEW, flags);
-}
+int dm_userfaultfd_dev_new(int devfd, int flags);
 /// UFFDIO_API: the handshake. Allowed once per uffd; features in, features out.
-static inline int dm_uffdio_api(int fd, struct uffdio_api *api) {
-    return ioctl(fd, UFFDIO_API, api);
-}
+int dm_uffdio_api(int fd, struct uffdio_api *api);
 /// UFFDIO_REGISTER: arms a range for MISSING / WP / MINOR; out: allowed ioctls.
-static inline int dm_uffdio_register(int fd, struct uffdio_register *reg) {
-    return ioctl(fd, UFFDIO_REGISTER, reg);
-}
+int dm_uffdio_register(int fd, struct uffdio_register *reg);
 /// UFFDIO_UNREGISTER.
-static inline int dm_uffdio_unregister(int fd, struct uffdio_range *range) {
-    return ioctl(fd, UFFDIO_UNREGISTER, range);
-}
+int dm_uffdio_unregister(int fd, struct uffdio_range *range);
 /// UFFDIO_WAKE: wake threads blocked on faults in a range.
-static inline int dm_uffdio_wake(int fd, struct uffdio_range *range) {
-    return ioctl(fd, UFFDIO_WAKE, range);
-}
+int dm_uffdio_wake(int fd, struct uffdio_range *range);
 /// UFFDIO_COPY: resolve a MISSING fault by copying a page in.
-static inline int dm_uffdio_copy(int fd, struct uffdio_copy *copy) {
-    return ioctl(fd, UFFDIO_COPY, copy);
-}
+int dm_uffdio_copy(int fd, struct uffdio_copy *copy);
 /// UFFDIO_ZEROPAGE: resolve a MISSING fault with zeros.
-static inline int dm_uffdio_zeropage(int fd, struct uffdio_zeropage *zp) {
-    return ioctl(fd, UFFDIO_ZEROPAGE, zp);
-}
+int dm_uffdio_zeropage(int fd, struct uffdio_zeropage *zp);
 /// UFFDIO_WRITEPROTECT: set or clear write protection on a range.
-static inline int dm_uffdio_writeprotect(int fd, struct uffdio_writeprotect *wp) {
-    return ioctl(fd, UFFDIO_WRITEPROTECT, wp);
-}
+int dm_uffdio_writeprotect(int fd, struct uffdio_writeprotect *wp);
 /// UFFDIO_CONTINUE: resolve a MINOR fault by mapping the existing page-cache page.
-static inline int dm_uffdio_continue(int fd, struct uffdio_continue *c) {
-    return ioctl(fd, UFFDIO_CONTINUE, c);
-}
+int dm_uffdio_continue(int fd, struct uffdio_continue *c);
 /// UFFDIO_MOVE (6.8+): resolve a fault by moving a page from another range.
-static inline int dm_uffdio_move(int fd, struct dm_uffdio_move *m) {
-    return ioctl(fd, DM_UFFDIO_MOVE, m);
-}
+int dm_uffdio_move(int fd, struct dm_uffdio_move *m);
 /// UFFDIO_POISON (6.6+): mark a range as poisoned (SIGBUS on access).
-static inline int dm_uffdio_poison(int fd, struct dm_uffdio_poison *p) {
-    return ioctl(fd, DM_UFFDIO_POISON, p);
-}
+int dm_uffdio_poison(int fd, struct dm_uffdio_poison *p);
 
 // struct uffd_msg is packed with nested unions; read it through accessors.
-static inline uint8_t dm_uffd_msg_event(const struct uffd_msg *m) { return m->event; }
-static inline uint64_t dm_uffd_msg_pf_flags(const struct uffd_msg *m) { return m->arg.pagefault.flags; }
-static inline uint64_t dm_uffd_msg_pf_address(const struct uffd_msg *m) { return m->arg.pagefault.address; }
-static inline uint32_t dm_uffd_msg_pf_ptid(const struct uffd_msg *m) { return m->arg.pagefault.feat.ptid; }
-static inline uint32_t dm_uffd_msg_fork_ufd(const struct uffd_msg *m) { return m->arg.fork.ufd; }
-static inline uint64_t dm_uffd_msg_remap_from(const struct uffd_msg *m) { return m->arg.remap.from; }
-static inline uint64_t dm_uffd_msg_remap_to(const struct uffd_msg *m) { return m->arg.remap.to; }
-static inline uint64_t dm_uffd_msg_remap_len(const struct uffd_msg *m) { return m->arg.remap.len; }
-static inline uint64_t dm_uffd_msg_remove_start(const struct uffd_msg *m) { return m->arg.remove.start; }
-static inline uint64_t dm_uffd_msg_remove_end(const struct uffd_msg *m) { return m->arg.remove.end; }
+uint8_t dm_uffd_msg_event(const struct uffd_msg *m);
+uint64_t dm_uffd_msg_pf_flags(const struct uffd_msg *m);
+uint64_t dm_uffd_msg_pf_address(const struct uffd_msg *m);
+uint32_t dm_uffd_msg_pf_ptid(const struct uffd_msg *m);
+uint32_t dm_uffd_msg_fork_ufd(const struct uffd_msg *m);
+uint64_t dm_uffd_msg_remap_from(const struct uffd_msg *m);
+uint64_t dm_uffd_msg_remap_to(const struct uffd_msg *m);
+uint64_t dm_uffd_msg_remap_len(const struct uffd_msg *m);
+uint64_t dm_uffd_msg_remove_start(const struct uffd_msg *m);
+uint64_t dm_uffd_msg_remove_end(const struct uffd_msg *m);
 static const size_t DM_UFFD_MSG_SIZE = sizeof(struct uffd_msg);
 
 // ---------------------------------------------------------------------------
@@ -239,11 +198,11 @@ static const size_t DM_UFFD_MSG_SIZE = sizeof(struct uffd_msg);
 // allocate or take locks, because a thread in fork() holds the allocator's
 // locks while the kernel makes it wait for the handler to read the FORK event.
 // ---------------------------------------------------------------------------
-static inline void dm_atomic_or_u64(uint64_t *p, uint64_t v) { __atomic_fetch_or(p, v, __ATOMIC_RELEASE); }
-static inline void dm_atomic_and_u64(uint64_t *p, uint64_t v) { __atomic_fetch_and(p, v, __ATOMIC_RELEASE); }
-static inline uint64_t dm_atomic_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-static inline void dm_atomic_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
-static inline uint64_t dm_atomic_add_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
+void dm_atomic_or_u64(uint64_t *p, uint64_t v);
+void dm_atomic_and_u64(uint64_t *p, uint64_t v);
+uint64_t dm_atomic_load_u64(const uint64_t *p);
+void dm_atomic_store_u64(uint64_t *p, uint64_t v);
+uint64_t dm_atomic_add_u64(uint64_t *p, uint64_t v);
 
 // ---------------------------------------------------------------------------
 // PAGEMAP_SCAN (Linux 6.7+, include/uapi/linux/fs.h): an ioctl on
@@ -280,21 +239,15 @@ struct dm_pm_scan_arg {
 
 /// PAGEMAP_SCAN on an open /proc/PID/pagemap fd. Returns the number of regions
 /// filled (>= 0) or -1 (ENOTTY on kernels before 6.7).
-static inline long dm_pagemap_scan(int pagemap_fd, struct dm_pm_scan_arg *arg) {
-    return ioctl(pagemap_fd, DM_PAGEMAP_SCAN, arg);
-}
+long dm_pagemap_scan(int pagemap_fd, struct dm_pm_scan_arg *arg);
 
 // ---------------------------------------------------------------------------
 // The filesystem a descriptor's file lives on (fstatfs f_type, linux/magic.h):
 // Swift's Glibc module does not carry <sys/vfs.h>.
 // ---------------------------------------------------------------------------
-#include <sys/vfs.h>
 static const long DM_TMPFS_MAGIC = 0x01021994;
 /// fstatfs(2)'s f_type for `fd`, or -1 (errno).
-static inline long dm_fs_magic(int fd) {
-    struct statfs st;
-    return fstatfs(fd, &st) == 0 ? (long)st.f_type : -1;
-}
+long dm_fs_magic(int fd);
 
 // ---------------------------------------------------------------------------
 // PROCMAP_QUERY (include/uapi/linux/fs.h, Linux 6.11+): one VMA of a process
@@ -326,17 +279,13 @@ static const uint64_t DM_PROCMAP_QUERY_COVERING_OR_NEXT_VMA = 0x10;
 
 /// PROCMAP_QUERY on an open /proc/PID/maps fd. 0, or -1 with errno: ENOENT
 /// when no VMA covers (or follows) the address, ENOTTY before Linux 6.11.
-static inline int dm_procmap_query(int maps_fd, struct dm_procmap_query *q) {
-    return ioctl(maps_fd, DM_PROCMAP_QUERY, q);
-}
+int dm_procmap_query(int maps_fd, struct dm_procmap_query *q);
 
 // ---------------------------------------------------------------------------
 // fork with a child that only stores bytes (the mirror's COW-after-fork case).
 // The child runs nothing but memset and _exit: after fork() in a threaded
 // process only async-signal-safe code is allowed, so this cannot be Swift.
 // ---------------------------------------------------------------------------
-#include <sys/wait.h>
-#include <signal.h>
 /// fork(2) as the bare system call (clone with SIGCHLD), without glibc's
 /// fork(): that one runs the atfork handlers first and so holds the
 /// allocator's locks while the kernel makes the forking thread wait for
@@ -345,17 +294,10 @@ static inline int dm_procmap_query(int maps_fd, struct dm_procmap_query *q) {
 /// on first use — deadlocks against the forker (seen: `fork-write` in a
 /// scenario hung once in a few hundred runs). The child may only run
 /// async-signal-safe code and must leave with exit_group.
-static inline pid_t dm_raw_fork(void) { return (pid_t)syscall(SYS_clone, (unsigned long)SIGCHLD, 0UL, 0UL, 0UL, 0UL); }
+pid_t dm_raw_fork(void);
 /// fork(2); the child fills [addr, addr+len) with `byte` and exits 0; the
 /// parent waits for it. Returns the child's wait status, or -1 (errno).
-static inline int dm_fork_fill(void *addr, size_t len, int byte) {
-    pid_t pid = dm_raw_fork();
-    if (pid < 0) return -1;
-    if (pid == 0) { memset(addr, byte, len); syscall(SYS_exit_group, 0); }
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0) { if (errno != EINTR) return -1; }
-    return status;
-}
+int dm_fork_fill(void *addr, size_t len, int byte);
 
 // ---------------------------------------------------------------------------
 // XFS/ext4 extent-size hint (FS_IOC_FSGETXATTR / FS_IOC_FSSETXATTR,
@@ -364,52 +306,31 @@ static inline int dm_fork_fill(void *addr, size_t len, int byte) {
 // ---------------------------------------------------------------------------
 /// Sets FS_XFLAG_EXTSIZE with `bytes` on an open (empty) file. 0 or -1 (errno;
 /// ENOTTY or EOPNOTSUPP where the filesystem has no such hint).
-static inline int dm_set_extent_size_hint(int fd, uint32_t bytes) {
-    struct fsxattr fa;
-    if (ioctl(fd, FS_IOC_FSGETXATTR, &fa) < 0) return -1;
-    fa.fsx_xflags |= FS_XFLAG_EXTSIZE;
-    fa.fsx_extsize = bytes;
-    return ioctl(fd, FS_IOC_FSSETXATTR, &fa);
-}
+int dm_set_extent_size_hint(int fd, uint32_t bytes);
 
 // ---------------------------------------------------------------------------
 // process_vm_readv / process_vm_writev (glibc declares them only with
-// _GNU_SOURCE): the device's access path to anonymous memory, which has no
+// _GNU_SOURCE, which daxshim.c defines): the device's access path to anonymous memory, which has no
 // file it could map. One iovec each side.
 // ---------------------------------------------------------------------------
-#include <sys/uio.h>
 /// Copies `len` bytes from address `remote` of process `pid` to `local`.
-static inline long dm_process_vm_read(int pid, void *local, const void *remote, size_t len) {
-    struct iovec l = { local, len }, r = { (void *)remote, len };
-    return syscall(SYS_process_vm_readv, pid, &l, 1UL, &r, 1UL, 0UL);
-}
+long dm_process_vm_read(int pid, void *local, const void *remote, size_t len);
 /// Copies `len` bytes from `local` to address `remote` of process `pid`.
-static inline long dm_process_vm_write(int pid, const void *local, void *remote, size_t len) {
-    struct iovec l = { (void *)local, len }, r = { remote, len };
-    return syscall(SYS_process_vm_writev, pid, &l, 1UL, &r, 1UL, 0UL);
-}
+long dm_process_vm_write(int pid, const void *local, void *remote, size_t len);
 
 // ---------------------------------------------------------------------------
 // malloc's own count of heap bytes in use (mallinfo2(3), glibc 2.33+): how the
 // benchmark measures the device table's memory, rather than trusting the
 // table's own accounting.
 // ---------------------------------------------------------------------------
-#include <malloc.h>
-static inline size_t dm_heap_bytes_in_use(void) { return mallinfo2().uordblks; }
+size_t dm_heap_bytes_in_use(void);
 
 // ---------------------------------------------------------------------------
 // ioctl(TIOCGWINSZ) (tty_ioctl(4)): the terminal's rows and columns, so
 // `watch` draws one screen that fits and never scrolls. 0 when fd is not a
 // terminal.
 // ---------------------------------------------------------------------------
-#include <sys/ioctl.h>
-static inline int dm_terminal_size(int fd, unsigned *rows, unsigned *columns) {
-    struct winsize w;
-    if (ioctl(fd, TIOCGWINSZ, &w) != 0) return -1;
-    *rows = w.ws_row;
-    *columns = w.ws_col;
-    return 0;
-}
+int dm_terminal_size(int fd, unsigned *rows, unsigned *columns);
 
 // ---------------------------------------------------------------------------
 // pidfd_open(2) (Linux 5.3): a descriptor for one process that polls readable
@@ -417,10 +338,7 @@ static inline int dm_terminal_size(int fd, unsigned *rows, unsigned *columns) {
 // process exited mid-read" without re-reading /proc/PID/stat, and PID reuse
 // cannot fool it.
 // ---------------------------------------------------------------------------
-#ifndef SYS_pidfd_open
-#define SYS_pidfd_open 434
-#endif
-static inline int dm_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0U); }
+int dm_pidfd_open(int pid);
 
 // ---------------------------------------------------------------------------
 // The kernel's HMM test driver (lib/test_hmm.c, CONFIG_TEST_HMM): each open of
@@ -441,12 +359,12 @@ struct dm_hmm_dmirror_cmd {
 #define DM_HMM_DMIRROR_SNAPSHOT  _IOWR('H', 0x04, struct dm_hmm_dmirror_cmd)
 /// HMM_DMIRROR_READ: the device reads npages at addr into ptr, faulting
 /// (read) what its table lacks. -1 with errno as the driver returns it.
-static inline int dm_hmm_read(int fd, struct dm_hmm_dmirror_cmd *cmd) { return ioctl(fd, DM_HMM_DMIRROR_READ, cmd); }
+int dm_hmm_read(int fd, struct dm_hmm_dmirror_cmd *cmd);
 /// HMM_DMIRROR_WRITE: the device writes ptr to addr, faulting for write.
-static inline int dm_hmm_write(int fd, struct dm_hmm_dmirror_cmd *cmd) { return ioctl(fd, DM_HMM_DMIRROR_WRITE, cmd); }
+int dm_hmm_write(int fd, struct dm_hmm_dmirror_cmd *cmd);
 /// HMM_DMIRROR_SNAPSHOT: the CPU page table as hmm_range_fault sees it
 /// without faulting, one HMM_DMIRROR_PROT_* code per page.
-static inline int dm_hmm_snapshot(int fd, struct dm_hmm_dmirror_cmd *cmd) { return ioctl(fd, DM_HMM_DMIRROR_SNAPSHOT, cmd); }
+int dm_hmm_snapshot(int fd, struct dm_hmm_dmirror_cmd *cmd);
 
 // ---------------------------------------------------------------------------
 // Guarded copies (daxshim.c): memcpy / memset through a mapping that may meet
