@@ -49,9 +49,10 @@ public final class FaultTracker: @unchecked Sendable {
     private let pagemapScanAvailable: Bool
 
     /// Starts tracking [base, base+length). Invalidating events (unmap,
-    /// remove, remap, fork) are logged by the handler before the thread that
-    /// caused them continues (the kernel waits for them to be read); read them
-    /// with `invalidations(since:)` and compare `invalidationSequence`.
+    /// remove, remap, fork) are logged by the handler thread; the kernel lets
+    /// the thread that caused one continue once it is read, which can be
+    /// before it is logged: `settle()` waits for that. Read them with
+    /// `invalidations(since:)` and compare `invalidationSequence`.
     public init(base: UnsafeMutableRawPointer, length: Int, backing: MemoryBacking,
                 mechanism requested: TrackingMechanism? = nil, resolver: MissingResolver = .zero,
                 kernel: KernelFeatures = .probe()) throws(Failure) {
@@ -190,6 +191,12 @@ public final class FaultTracker: @unchecked Sendable {
         return (try? uffd.register(start: p, length: Int((hi - lo + pageSize - 1) / pageSize * pageSize),
                                    mode: registeredMode)) != nil
     }
+
+    /// Waits until every event the kernel has handed the handler is logged
+    /// (see FaultHandler.settle): after it, `invalidationSequence` counts
+    /// every munmap, mremap, madvise and fork that has returned.
+    @discardableResult
+    public func settle() -> Bool { handler?.settle() ?? true }
 
     /// Faults the handler resolved (MISSING, MINOR, sync WP); 0 for mechanisms
     /// where the kernel resolves faults itself.

@@ -38,6 +38,10 @@ public protocol CPUSide: AnyObject {
 
     /// Grows with every invalidation event (unmap, remove, remap, fork).
     var eventSequence: Int { get }
+    /// Waits until the events of every CPU-side change that has returned are
+    /// counted in `eventSequence` (the kernel's notifiers are synchronous;
+    /// user space hears of them a moment later).
+    func settleEvents()
     /// Events numbered `since` and later; `overflowed`: some were lost.
     func events(since: Int) -> (events: [Invalidation], overflowed: Bool)
     /// A new VMA in [start, end) must deliver events too.

@@ -93,6 +93,8 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
 
     public var eventSequence: Int { tracker?.invalidationSequence ?? 0 }
 
+    public func settleEvents() { tracker?.settle() }
+
     public func events(since: Int) -> (events: [Invalidation], overflowed: Bool) {
         guard let tracker, tracker.invalidationSequence != since else { return ([], false) }
         return tracker.invalidations(since: since)

@@ -70,6 +70,7 @@ extension Mirror {
         var replaced: [(UInt64, UInt64)] = []
         var forked = false
         let privateRegion = region.backing.sharedFD == nil
+        cpu.settleEvents()  // a munmap that returned has its event counted (one atomic load when idle)
         if cpu.eventSequence != eventsSeen {
             let (events, overflowed) = cpu.events(since: eventsSeen)
             eventsSeen = cpu.eventSequence

@@ -134,14 +134,12 @@ extension ScenarioRunner {
     func forkWrite(_ s: ScenarioCommand.Span, _ byte: UInt8) throws -> [(String, JSON)] {
         let m = try resolve(s)
         try cpuAccessible(m, s.offset, s.length, write: true)
-        let trackers = mirrors.values.compactMap { $0.tracker.map { ($0, $0.invalidationSequence) } }
         let status = dm_fork_fill(m.base + Int(s.offset), Int(s.length), Int32(byte))
         guard status >= 0 else { throw MirrorError(Errno.current, "fork") }
         // The kernel lets fork return once the FORK event is read, which
-        // can be before the handler thread logged it: wait (briefly) for
-        // the log, so the next command sees the fork as the kernel did.
-        var waited = 0
-        while trackers.contains(where: { $0.0.invalidationSequence == $0.1 }) && waited < 5000 { usleep(200); waited += 1 }
+        // can be before the handler thread logged it: the next command sees
+        // the fork as the kernel did once every tracker has settled.
+        for mirror in mirrors.values { mirror.tracker?.settle() }
         guard status & 0x7f == 0, (status >> 8) & 0xff == 0 else {
             throw ScenarioError(.EIO, "the child did not exit cleanly (wait status \(status))")
         }

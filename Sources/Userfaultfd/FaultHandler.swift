@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CDaxShim
 import DaxCore
 
 /// Serves a userfaultfd on its own thread: blocks in poll(2) on the uffd and
@@ -19,6 +20,9 @@ public final class FaultHandler: @unchecked Sendable {
     private var thread: JoinableThread?
     private let onEvent: @Sendable (UserfaultfdEvent, Userfaultfd) -> Void
     private let onError: @Sendable (SystemCallError) -> Void
+    /// 1 from before the handler reads the uffd until it has served all it
+    /// read; raw memory and atomics, as the handler may not allocate or lock.
+    private let busy: UnsafeMutablePointer<UInt64>
 
     /// Starts serving `uffd`. `onEvent` runs on the handler thread, one event at a time.
     public init(uffd: Userfaultfd,
@@ -28,7 +32,10 @@ public final class FaultHandler: @unchecked Sendable {
         self.onEvent = onEvent
         self.onError = onError
         wakeup = try WakeupEvent()
+        busy = .allocate(capacity: 1)
+        busy.initialize(to: 0)
         let (ufd, wfd) = (uffd.fd.rawValue, wakeup.fd.rawValue)
+        nonisolated(unsafe) let busy = busy
         thread = try JoinableThread { [onEvent, onError] in
             let buffer = Userfaultfd.eventBuffer()
             defer { buffer.deallocate() }
@@ -45,6 +52,8 @@ public final class FaultHandler: @unchecked Sendable {
                 }
                 if fds[1].revents != 0 { return }
                 if fds[0].revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 { return }
+                dm_atomic_store_u64(busy, 1)
+                defer { dm_atomic_store_u64(busy, 0) }
                 do throws(SystemCallError) {
                     try uffd.forEachEvent(in: buffer) { onEvent($0, uffd) }
                 } catch {
@@ -53,6 +62,22 @@ public final class FaultHandler: @unchecked Sendable {
                 }
             }
         }
+    }
+
+    /// Waits (at most `timeout` seconds) until every event already read from
+    /// the uffd has been served. The kernel lets munmap, mremap, madvise and
+    /// fork return once their event is *read*, which can be before the
+    /// handler served it; `busy` was set before that read, so once it is
+    /// seen clear, the event has been served. True unless the wait timed out.
+    @discardableResult
+    public func settle(timeout: Double = 1) -> Bool {
+        guard dm_atomic_load_u64(busy) != 0 else { return true }
+        let deadline = monotonicSeconds() + timeout
+        while dm_atomic_load_u64(busy) != 0 {
+            if monotonicSeconds() > deadline { return false }
+            sched_yield()
+        }
+        return true
     }
 
     /// Stops the loop, joins the thread, and (by default) closes the uffd so
@@ -64,5 +89,8 @@ public final class FaultHandler: @unchecked Sendable {
         if closeDescriptor { uffd.close() }
     }
 
-    deinit { stop() }
+    deinit {
+        stop()
+        busy.deallocate()
+    }
 }

@@ -96,6 +96,7 @@ final class FakeCPU: CPUSide {
     var eventSequence: Int { log.count }
     func events(since: Int) -> (events: [Invalidation], overflowed: Bool) { (Array(log[since...]), false) }
     func registerAgain(start: UInt64, end: UInt64) {}
+    func settleEvents() {}
 
     func deviceRead(_ address: UInt64, into buffer: UnsafeMutableRawPointer, count: Int) throws(MirrorError) {
         try eachPage(address, count) { (pfn, offset, at, n) throws(MirrorError) in
