@@ -48,6 +48,8 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
     public var thpEnabled: String?
     public var daxMounts: [MountEntry]
     public var namespaces: [Inventory.Namespace]
+    /// The regions holding them, each with what backs it (survives power-off?).
+    public var regions: [Inventory.Region] = []
     public var inventoryError: String?
     /// Whether --dir is on DAX (decides the file row of the tracker choice).
     public var directoryIsDAX: Bool = false
@@ -80,7 +82,9 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
             (kind, TrialMode.allCases.map { mode in (mode, probeRegistration(kind, mode, r.features, directory)) })
         }
         do {
-            r.namespaces = try Inventory.read().namespaces
+            let inventory = try Inventory.read()
+            r.namespaces = inventory.namespaces
+            r.regions = inventory.buses.flatMap(\.regions)
         } catch {
             r.inventoryError = "\(error)"
         }
@@ -232,6 +236,7 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
                          "source": .string(m.source), "dax": .string(m.daxMode.rawValue)])
             }),
             "namespaces": .array(namespaces.map(\.json)),
+            "regions": .array(regions.map(\.json)),
             "inventory_error": inventoryError.map { .string($0) },
             "registration_directory_dax": .bool(directoryIsDAX),
             "dax_write_protect": daxWriteProtect.map { p in

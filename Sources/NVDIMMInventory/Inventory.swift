@@ -27,11 +27,14 @@ public struct Inventory: Sendable, JSONRepresentable {
         public var persistenceDomain: String
         public var numaNode: Int?
         public var namespaces: [Namespace]
+        /// What backs it (its bus's kind): whether data survives power-off.
+        public var persistence: Persistence = .unknown
         public var json: JSON {
             .object([
                 "dev": .string(dev), "size": .uint(size), "available_size": .uint(availableSize),
                 "type": .string(type), "numa_node": numaNode.map { .int(Int64($0)) },
                 "persistence_domain": .string(persistenceDomain),
+                "persistence": persistence.json,
                 "namespaces": .array(namespaces.map(\.json)),
             ])
         }
@@ -86,6 +89,11 @@ public struct Inventory: Sendable, JSONRepresentable {
     /// Every namespace on every bus.
     public var namespaces: [Namespace] { buses.flatMap { $0.regions.flatMap(\.namespaces) } }
 
+    /// The region holding the namespace named `dev` (e.g. "namespace0.0").
+    public func region(ofNamespace dev: String) -> Region? {
+        buses.flatMap(\.regions).first { $0.namespaces.contains { $0.dev == dev } }
+    }
+
     /// The namespace whose block device is `name` (e.g. "pmem0"; a partition
     /// "pmem0p1" belongs to "pmem0").
     public func namespace(forBlockDevice name: String) -> Namespace? {
@@ -121,10 +129,12 @@ extension Inventory {
 
         var inv = Inventory()
         var bus = ndctl_bus_get_first(ctx)
+        let hypervisor = Persistence.underHypervisor
         while let b = bus {
-            inv.buses.append(Bus(dev: string(ndctl_bus_get_devname(b)),
-                                 provider: string(ndctl_bus_get_provider(b)),
-                                 regions: regions(of: b)))
+            let provider = string(ndctl_bus_get_provider(b))
+            var regions = regions(of: b)
+            for i in regions.indices { regions[i].persistence = .of(busProvider: provider, underHypervisor: hypervisor) }
+            inv.buses.append(Bus(dev: string(ndctl_bus_get_devname(b)), provider: provider, regions: regions))
             bus = ndctl_bus_get_next(b)
         }
 

@@ -19,6 +19,8 @@ public struct InspectedVMA: Sendable {
     public var blockDevice: String?
     public var namespace: String?
     public var region: String?
+    /// What backs that region: whether the data survives power-off.
+    public var persistence: Persistence?
     public var presentPages: UInt64 = 0
     /// Soft-dirty pages (written since the last --rearm); nil without PAGEMAP_SCAN.
     public var writtenPages: UInt64?
@@ -117,14 +119,16 @@ public struct Inspection: Sendable {
                     r.fileDAX = st.fileDAX
                     r.blockDevice = st.blockDevice
                     r.namespace = st.namespace?.dev
-                    r.region = inventory.flatMap { inv in
-                        inv.buses.flatMap(\.regions).first { $0.namespaces.contains { $0.dev == st.namespace?.dev } }?.dev
-                    }
+                    let region = st.namespace.flatMap { ns in inventory?.region(ofNamespace: ns.dev) }
+                    r.region = region?.dev
+                    r.persistence = region?.persistence
                 }
                 if r.backing == "devdax", let inv = inventory {
                     let name = String(v.path.split(separator: "/").last ?? "")
                     for region in inv.buses.flatMap(\.regions) {
-                        if let ns = region.namespaces.first(where: { $0.chardev == name }) { r.namespace = ns.dev; r.region = region.dev }
+                        if let ns = region.namespaces.first(where: { $0.chardev == name }) {
+                            r.namespace = ns.dev; r.region = region.dev; r.persistence = region.persistence
+                        }
                     }
                 }
             }

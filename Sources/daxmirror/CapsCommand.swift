@@ -89,6 +89,9 @@ struct CapsCommand: ParsableCommand {
         for ns in report.namespaces {
             t.row(ns.dev, "\(ns.mode) \(ByteSize.human(ns.size))" + (ns.blockdev.map { " /dev/\($0)" } ?? "")
                   + (ns.chardev.map { " /dev/\($0)" } ?? ""))
+            if let r = report.regions.first(where: { $0.namespaces.contains { $0.dev == ns.dev } }) {
+                t.row("  backing", "\(r.dev): \(r.persistence.sentence)")
+            }
         }
         emit(t.text)
     }

@@ -36,7 +36,8 @@ struct DevicesCommand: ParsableCommand {
         for bus in inventory.buses {
             t.section("\(bus.dev) (\(bus.provider))")
             for r in bus.regions {
-                t.row(r.dev, "\(r.type) \(ByteSize.human(r.size)), \(ByteSize.human(r.availableSize)) available, persistence \(r.persistenceDomain)")
+                t.row(r.dev, "\(r.type) \(ByteSize.human(r.size)), \(ByteSize.human(r.availableSize)) available, persistence domain \(r.persistenceDomain)")
+                t.row("  backing", r.persistence.sentence)
                 for ns in r.namespaces {
                     var v = "\(ns.mode) \(ByteSize.human(ns.size))"
                     if let b = ns.blockdev { v += " /dev/\(b)" }

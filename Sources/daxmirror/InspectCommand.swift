@@ -93,6 +93,10 @@ struct InspectCommand: ParsableCommand {
             if let b = v.blockDevice { pairs.append(("blockdev", .string(b))) }
             if let n = v.namespace { pairs.append(("namespace", .string(n))) }
             if let g = v.region { pairs.append(("region", .string(g))) }
+            if let p = v.persistence {
+                pairs.append(("persistence", .string(p.rawValue)))
+                pairs.append(("survives_power_off", p.survivesPowerOff.map { .bool($0) } ?? .null))
+            }
             pairs += [("rss", .uint(v.vma.rss)), ("present_pages", .uint(v.presentPages)),
                       ("written_pages", v.writtenPages.map { .uint($0) } ?? .null),
                       ("pmd", v.pmdKnown ? .int(Int64(v.pmdMappings)) : .null), ("pud", .int(Int64(v.pudMappings))),
@@ -136,6 +140,9 @@ struct InspectCommand: ParsableCommand {
             if let fs = v.filesystem { detail.append(fs + (v.mountDAX == true ? " -o dax" : "")) }
             if let b = v.blockDevice { detail.append(b) }
             if let n = v.namespace { detail.append(n) }
+            if let p = v.persistence, p.survivesPowerOff != true {
+                detail.append(p == .memmapRAM ? "memmap= RAM: lost at power-off" : p.rawValue)
+            }
             if !v.vma.userfaultfdFlags.isEmpty { detail.append("uffd " + v.vma.userfaultfdFlags.joined(separator: ",")) }
             if !detail.isEmpty && v.vma.inode != 0 { where_ += " (" + detail.joined(separator: ", ") + ")" }
             lines.append(pad(hex(v.vma.start) + "-" + hex(v.vma.end), 25) + " " + v.vma.perms + " "

@@ -132,8 +132,12 @@ struct MapCommand: ParsableCommand {
         let start = UInt64(UInt(bitPattern: base))
         let view = try KernelView.read(start: start, length: UInt64(map.length))
         var dax = map.daxStatus
+        // What backs the namespace: an NVDIMM, an emulated one, or memmap= RAM
+        // that a power-off erases (never to be called durable).
+        var backing: Persistence?
         if var d = dax, let blk = d.blockDevice, let inv = try? Inventory.read() {
             d.namespace = inv.namespace(forBlockDevice: blk)
+            backing = d.namespace.flatMap { inv.region(ofNamespace: $0.dev)?.persistence }
             dax = d
         }
         done = true
@@ -145,7 +149,7 @@ struct MapCommand: ParsableCommand {
                 "persist_method": .string(map.persistMethod.rawValue),
                 "map_sync": .string(map.mapSyncError.map(\.name) ?? "accepted"),
                 "touched_by": .string(touchedBy),
-                "dax": dax?.json, "kernel_view": view.json,
+                "dax": dax?.json, "kernel_view": view.json, "persistence": backing?.json,
             ]).render())
             return
         }
@@ -153,6 +157,7 @@ struct MapCommand: ParsableCommand {
         t.section(path)
         t.row("length", "\(ByteSize.human(UInt64(map.length))) (\(map.length) bytes)" + (map.created ? ", created" : ""))
         t.row("persistent memory", map.isPersistentMemory ? "yes" : "no")
+        if let backing { t.row("survives power-off", (backing.survivesPowerOff.map { $0 ? "yes" : "NO" } ?? "as its backing does") + " — " + backing.sentence) }
         t.row("why", map.reason)
         t.row("persist via", map.persistMethod == .cacheFlush ? "CPU cache flush (pmem_persist)" : "msync (pmem_msync)")
         t.row("MAP_SYNC", map.mapSyncError.map { "refused (\($0.name))" } ?? "accepted")
