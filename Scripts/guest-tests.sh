@@ -6,7 +6,7 @@ set -e
 here=$(cd "$(dirname "$0")/.." && pwd)
 bundle=$here/.build/debug/daxmirrorPackageTests.xctest
 [ -x "$bundle" ] || { echo "guest-tests.sh: $bundle is missing: run 'swift build --build-tests' on the host first" >&2; exit 2; }
-[ -n "$DAXMIRROR_DAX_DIR" ] || { echo "guest-tests.sh: DAXMIRROR_DAX_DIR is not set: run me through Scripts/guest.sh" >&2; exit 2; }
+[ -n "$DAXMIRROR_DAX_DIR" ] || { echo "guest-tests.sh: DAXMIRROR_DAX_DIR is not set: run me through Scripts/guest.sh (or Scripts/test.sh --host DIR on a DAX mount)" >&2; exit 2; }
 # The random stress runs 10,000 operations per memory type on the host; under
 # software emulation in the guest, 400 on the DAX file only (anonymous
 # memory and shmem behave as on the host): every operation kind some 40 times

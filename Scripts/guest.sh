@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs a command inside a QEMU guest that has real DAX: an emulated NVDIMM in
-# fsdax mode with ext4 or xfs mounted -o dax at /mnt (the command's working
-# directory). The host's root is shared read-only over 9p and the command runs
+# Runs a command inside a QEMU guest that has real DAX: an emulated NVDIMM (or
+# a memmap= region of the guest's RAM) in fsdax mode with ext4 or xfs mounted
+# -o dax at /mnt (the command's working directory). The host's root is shared read-only over 9p and the command runs
 # in a chroot of it, so host-built binaries (daxmirror, the test bundle) run
 # unchanged. The command's output streams to stdout; its exit status is ours.
 #
@@ -10,8 +10,17 @@
 #   --kernel stable|backports|newest|hmm  Debian's 6.1 / 6.12 (default) / newest packaged /
 #                                     6.12 built here with the kernel's HMM test driver
 #   --fs ext4|xfs                     filesystem on the pmem (default ext4)
+#   --pmem nvdimm|memmap              the pmem: QEMU's emulated NVDIMM backed by a host
+#                                     file (default), or memmap=SIZE!OFFSET: RAM the
+#                                     guest kernel hands to the pmem driver as a legacy
+#                                     e820 region (nd_e820; no NFIT, a raw namespace
+#                                     made fsdax) — lost at every power-off
+#   --memmap SIZE!OFFSET              the memmap= range (implies --pmem memmap); default
+#                                     --pmem-size at 1G, QEMU's RAM grown by that size
+#   --no-mkfs                         use the filesystem already on the pmem (a memmap=
+#                                     guest after a power-off finds none: exit 3)
 #   --pmem-size SIZE                  NVDIMM size for qemu, e.g. 1G (default 1G)
-#   --mem SIZE                        guest RAM (default 2G)
+#   --mem SIZE                        guest RAM the guest may use (default 2G)
 #   --nsmode fsdax|devdax             namespace mode (devdax: no filesystem, /dev/dax0.0)
 #   --align SIZE                      namespace alignment for ndctl (e.g. 1G for devdax PUDs)
 #   --keep-image PATH                 back the NVDIMM with PATH and keep it; an existing
@@ -26,12 +35,15 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 kernel=backports fs=ext4 pmem_size=1G mem=2G nsmode=fsdax align="" keep="" mkfs="" powercut=0
-timeout_s=900 accel=auto
+timeout_s=900 accel=auto pmem=nvdimm memmap=""
 die() { echo "guest.sh: $*" >&2; exit 125; }
 while (($#)); do
     case "$1" in
         --kernel) kernel=$2; shift 2 ;;
         --fs) fs=$2; shift 2 ;;
+        --pmem) pmem=$2; shift 2 ;;
+        --memmap) memmap=$2; pmem=memmap; shift 2 ;;
+        --no-mkfs) mkfs=0; shift ;;
         --pmem-size) pmem_size=$2; shift 2 ;;
         --mem) mem=$2; shift 2 ;;
         --nsmode) nsmode=$2; shift 2 ;;
@@ -49,6 +61,30 @@ done
 (($#)) || die "no command: Scripts/guest.sh [options] -- COMMAND"
 case "$fs" in ext4|xfs) ;; *) die "--fs must be ext4 or xfs" ;; esac
 case "$nsmode" in fsdax|devdax) ;; *) die "--nsmode must be fsdax or devdax" ;; esac
+case "$pmem" in nvdimm|memmap) ;; *) die "--pmem must be nvdimm or memmap" ;; esac
+bytes() { numfmt --from=iec "$1" 2>/dev/null || die "$2 $1 is not a size (e.g. 512M, 1G)"; }
+qemu_mem=$mem
+if [[ $pmem == memmap ]]; then
+    # The reserved range must be RAM the guest has and does not otherwise use:
+    # below it the kernel and its early allocations, above it the initramfs,
+    # which QEMU loads at the top of RAM, and the guest's own working memory.
+    [[ -z $keep ]] || die "--keep-image has no image to keep with --pmem memmap (it is RAM, lost at every power-off); drop one of them"
+    [[ $nsmode == fsdax ]] || die "--pmem memmap gives an fsdax namespace here; use --pmem nvdimm for --nsmode devdax"
+    [[ -n $memmap ]] || memmap="$pmem_size!1G"
+    [[ $memmap =~ ^([0-9]+[KMGT]?)!([0-9]+[KMGT]?)$ ]] || die "--memmap $memmap is not SIZE!OFFSET (e.g. 512M!1G)"
+    mm_size=$(bytes "${BASH_REMATCH[1]}" "--memmap size") mm_off=$(bytes "${BASH_REMATCH[2]}" "--memmap offset")
+    two_m=$((2 << 20)) low=$((1 << 30)) spare=$((512 << 20)) below_hole=$((3 << 30))
+    (( mm_size % two_m == 0 && mm_off % two_m == 0 && mm_size > 0 )) \
+        || die "--memmap $memmap is not 2 MiB-aligned (DAX maps 2 MiB pages): give a size and an offset that are multiples of 2M, e.g. 512M!1G"
+    (( mm_off >= low )) || die "--memmap $memmap starts below 1 GiB, where the guest kernel and its early allocations live: use an offset of 1G or more"
+    (( mm_off + mm_size <= below_hole )) || die "--memmap $memmap ends past 3 GiB, where the PC machine's RAM stops below 4 GiB: use a smaller size or offset"
+    # QEMU's RAM: the guest's own --mem plus the reserved range, and no less than the range's end plus room above it.
+    qemu_mem_b=$(( $(bytes "$mem" --mem) + mm_size ))
+    (( qemu_mem_b >= mm_off + mm_size + spare )) || qemu_mem_b=$(( mm_off + mm_size + spare ))
+    (( qemu_mem_b - mm_size >= low )) || die "--mem $mem leaves the guest under 1 GiB of its own RAM beside the memmap= range: give more --mem"
+    qemu_mem=$(( qemu_mem_b >> 20 ))M
+    pmem_size=${BASH_REMATCH[1]}
+fi
 
 "$here/Scripts/setup.sh" --guest >&2
 kdir=$("$here/Scripts/guest/fetch-kernel.sh" "$kernel") || die "cannot fetch the $kernel kernel"
@@ -67,7 +103,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if [[ -n $keep ]]; then
+if [[ $pmem == memmap ]]; then
+    :  # no image: the pmem is the guest's RAM
+elif [[ -n $keep ]]; then
     image=$keep
     if [[ -e $image ]]; then
         [[ -n $mkfs ]] || mkfs=0
@@ -94,7 +132,8 @@ fi
 } > "$run/cmd.sh"
 
 case "$here$run" in *" "*) die "the work tree's path contains a space; the guest's kernel command line cannot carry it" ;; esac
-cmdline="console=ttyS0 quiet loglevel=3 panic=-1 oops=panic dm.run=$run/cmd.sh dm.tree=$here dm.fs=$fs dm.nsmode=$nsmode"
+cmdline="console=ttyS0 quiet loglevel=3 panic=-1 oops=panic dm.run=$run/cmd.sh dm.tree=$here dm.fs=$fs dm.nsmode=$nsmode dm.pmem=$pmem"
+[[ $pmem == memmap ]] && cmdline+=" memmap=$memmap"
 [[ -n $align ]] && cmdline+=" dm.align=$align"
 # The NVDIMM's backing must be aligned at least as the namespace (1 GiB for PUDs).
 backend_align=2M
@@ -102,9 +141,14 @@ backend_align=2M
 [[ $mkfs == 0 ]] && cmdline+=" dm.mkfs=0"
 ((powercut)) && cmdline+=" dm.powercut=1"
 
-qemu_base=(qemu-system-x86_64 -machine pc,nvdimm=on -m "$mem,slots=2,maxmem=16G" -smp 2
-    -object "memory-backend-file,id=pmem1,share=on,mem-path=$image,size=$pmem_size,align=$backend_align"
-    -device nvdimm,id=nvdimm1,memdev=pmem1
+if [[ $pmem == nvdimm ]]; then
+    machine=(-machine pc,nvdimm=on -m "$mem,slots=2,maxmem=16G"
+        -object "memory-backend-file,id=pmem1,share=on,mem-path=$image,size=$pmem_size,align=$backend_align"
+        -device nvdimm,id=nvdimm1,memdev=pmem1)
+else
+    machine=(-machine pc -m "$qemu_mem")
+fi
+qemu_base=(qemu-system-x86_64 "${machine[@]}" -smp 2
     -kernel "$vmlinuz" -initrd "$initrd"
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
     -device isa-debug-exit,iobase=0xf4,iosize=0x04
@@ -148,7 +192,9 @@ else
     elif [[ -e /dev/kvm ]]; then why="/dev/kvm exists but a probe boot failed under it"
     else why="no /dev/kvm"; fi
 fi
-echo "guest.sh: kernel $release, $fs on $(numfmt --from=iec --to=iec "$pmem_size") NVDIMM ($nsmode), accel $chosen ($why), timeout ${timeout_s}s" >&2
+if [[ $pmem == memmap ]]; then what="memmap=$memmap RAM (lost at power-off; QEMU RAM $qemu_mem)"
+else what="$(numfmt --from=iec --to=iec "$pmem_size") NVDIMM"; fi
+echo "guest.sh: kernel $release, $fs on $what ($nsmode), accel $chosen ($why), timeout ${timeout_s}s" >&2
 
 start=$(date +%s.%N)
 # Boot, run, and wait; returns QEMU's exit status. The console streams to our

@@ -11,7 +11,12 @@ sync or unmount anything. The last boot only verifies. Every other round the
 records are written by the mirror's simulated device (`--through-mirror`:
 Mirror.write, acknowledged when it returns) instead of the CPU.
 
-usage: Scripts/powercut-test.py [--rounds 20] [--fs ext4|xfs] [--kernel NAME] [--seed N]
+With --pmem memmap the pmem is RAM (memmap=): daxmirror must say, before the
+cut, that what it maps there does not survive power-off, and the boot after
+the cut must find the writer's data gone (no filesystem at all: the RAM came
+back empty). One cut; --rounds is ignored.
+
+usage: Scripts/powercut-test.py [--rounds 20] [--fs ext4|xfs] [--kernel NAME] [--seed N] [--pmem nvdimm|memmap]
 """
 import argparse, os, random, re, signal, subprocess, sys, tempfile, time
 
@@ -25,10 +30,12 @@ ap.add_argument("--fs", default="ext4")
 ap.add_argument("--kernel", default="backports")
 ap.add_argument("--seed", type=int, default=None)
 ap.add_argument("--records", type=int, default=200000)
+ap.add_argument("--pmem", choices=["nvdimm", "memmap"], default="nvdimm")
 args = ap.parse_args()
 seed = args.seed if args.seed is not None else random.randrange(1 << 32)
 rng = random.Random(seed)
-print(f"powercut: seed {seed} (replay with --seed {seed}), {args.rounds} power cuts, {args.fs}, kernel {args.kernel}", flush=True)
+cuts = "1 power cut on memmap= pmem" if args.pmem == "memmap" else f"{args.rounds} power cuts"
+print(f"powercut: seed {seed} (replay with --seed {seed}), {cuts}, {args.fs}, kernel {args.kernel}", flush=True)
 if not os.access(daxmirror, os.X_OK):
     sys.exit("powercut: build first (swift build)")
 
@@ -40,9 +47,11 @@ passed = failed = 0
 def boot(command, first, kill_after_ack=None):
     """Runs COMMAND in the guest. With kill_after_ack, SIGKILLs QEMU once that
     ack was seen (plus a random few ms). Returns (exit code, highest ack seen, output)."""
-    argv = [guest, "--kernel", args.kernel, "--fs", args.fs, "--keep-image", image, "--timeout", "300"]
-    if first:
-        argv.append("--mkfs")
+    argv = [guest, "--kernel", args.kernel, "--fs", args.fs, "--timeout", "300"]
+    if args.pmem == "memmap":
+        argv += ["--pmem", "memmap"] + ([] if first else ["--no-mkfs"])
+    else:
+        argv += ["--keep-image", image] + (["--mkfs"] if first else [])
     argv += ["--", "sh", "-c", command]
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     highest, lines = -1, []
@@ -65,6 +74,28 @@ def boot(command, first, kill_after_ack=None):
             highest = max(highest, int(m.group(1)))
     return p.returncode, highest, "".join(lines)
 
+
+def memmap_cut():
+    """One cut on memmap= pmem: told beforehand, gone afterwards."""
+    said = f"{daxmirror} map /mnt/probe --create --size 4M --json"
+    write = f"{daxmirror} persist-writer /mnt/log --records {args.records} --overwrite --hold"
+    code, highest, out = boot(f"{said} && {write}", first=True, kill_after_ack=rng.randrange(20, 3000))
+    told = '"survives_power_off": false' in out or '"survives_power_off":false' in out
+    print(f"powercut (memmap): power cut after ack {highest}; daxmirror said beforehand that it does not survive power-off: {told}", flush=True)
+    code2, _, out2 = boot(f"{daxmirror} persist-verify /mnt/log --acked {max(highest, 0)}", first=False)
+    gone = code2 == 3 and "what was written before the power-off is gone" in out2
+    print(f"powercut (memmap): the boot after the cut: exit {code2}; the data is gone: {gone}", flush=True)
+    if not (told and highest >= 0 and gone):
+        print(f"powercut (memmap): FAILED (seed {seed}):\n{out[-3000:]}\n{out2[-2000:]}", flush=True)
+        return 0, 1
+    return 1, 0
+
+
+if args.pmem == "memmap":
+    passed, failed = memmap_cut()
+    subprocess.run(["rm", "-rf", workdir])
+    print(f"powercut: {passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
 
 acked = None
 for rnd in range(args.rounds + 1):

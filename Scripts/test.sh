@@ -9,6 +9,9 @@
 #   4. device-dax namespaces (1 GiB and 2 MiB alignment): the mirror's PUD and
 #      PMD entries against the device's base and pagemap;
 #   5. the power-cut crash test on real pmem (hard power-offs of the guest);
+#      memmap= pmem (one kernel, ext4 and xfs): daxmirror names it as RAM lost
+#      at power-off, and `demo.sh --host` and `test.sh --host` run inside it;
+#      a power cut there, with the data gone afterwards as daxmirror said;
 #   6. the kernel's own HMM test driver as the oracle: a 6.12 guest kernel built
 #      here with TEST_HMM (cached), and per filesystem one boot with the
 #      kernel's hmm-tests on DAX, the conformance table (every
@@ -20,10 +23,21 @@
 # It ends with every step's time, the total, and the summary line.
 # Environment: DAXMIRROR_KERNELS="stable backports newest" narrows the kernels;
 # DAXMIRROR_POWERCUTS (default 6; 20 for the long run), DAXMIRROR_DIFF_OPS
-# (default 10000) size the repetition; DAXMIRROR_HOST_ONLY=1 skips the guest
+# (default 10,000) size the repetition; DAXMIRROR_HOST_ONLY=1 skips the guest
 # (the DAX tests then report themselves skipped).
+#
+#   Scripts/test.sh --host DIR   on a machine whose own kernel has DAX (memmap=
+#                                or an NVDIMM): no QEMU; the whole suite with its
+#                                DAX tests on DIR, a directory on a DAX mount.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+host_dir=""
+if [[ ${1:-} == --host ]]; then
+    host_dir=${2:?"usage: Scripts/test.sh --host DIR (a directory on a DAX mount)"}
+    mnt=$(df --output=target "$host_dir" 2>/dev/null | tail -n 1)
+    grep -qE "^[^ ]+ $mnt [^ ]+ [^ ]*dax" /proc/mounts \
+        || { echo "test.sh: $host_dir is not on a DAX mount (see /proc/mounts): give a directory on one" >&2; exit 2; }
+fi
 passed=0 failed=0 failures=() rows=()
 logs=.cache/test-logs
 run_start=$SECONDS
@@ -83,11 +97,20 @@ devdax_scenario() {  # devdax_scenario ALIGN SCENARIO: runs it on /dev/dax0.0; a
     ((rc == 0)) && ! grep -q '"skipped"' <<<"$out"
 }
 
-Scripts/setup.sh --guest || exit 1
-step "build" swift build --build-tests
-step "host suite (swift test)" swift test --skip-build
+if [[ -n $host_dir ]]; then
+    Scripts/setup.sh || exit 1
+    # Inside a read-only tree (a pmem guest shares the host's root read-only)
+    # the bundle already built is used, and said to be.
+    if [[ -w . ]]; then step "build" swift build --build-tests
+    else echo "test.sh: $PWD is read-only: using the test bundle built there"; fi
+    step "test suite on the DAX mount of $host_dir" env DAXMIRROR_DAX_DIR="$host_dir" Scripts/guest-tests.sh
+else
+    Scripts/setup.sh --guest || exit 1
+    step "build" swift build --build-tests
+    step "host suite (swift test)" swift test --skip-build
+fi
 
-if [[ ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
+if [[ -z $host_dir && ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
     kernels=${DAXMIRROR_KERNELS:-stable backports newest}
     # Exit 0 is what every other guest step shows; these two can only be seen alone.
     step "guest: '-- false' exits non-zero (1)" expect_exit 1 Scripts/guest.sh -- false
@@ -104,6 +127,17 @@ if [[ ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
     step "guest newest/devdax 1G: one PUD entry, device base + offset" devdax_scenario 1G devdax_pud.scn
     step "guest newest/devdax 2M: PMD entries matching pagemap" devdax_scenario 2M devdax_pmd.scn
     step "power cuts on real pmem (ext4-DAX)" python3 Scripts/powercut-test.py --rounds "${DAXMIRROR_POWERCUTS:-6}"
+    # memmap= pmem (RAM the guest kernel hands to the pmem driver, lost at
+    # power-off), one kernel, both filesystems: daxmirror names it for what it
+    # is, and the two README commands run in their host mode inside it — the
+    # demo and the whole suite with its DAX tests and scenarios on the mount.
+    for fs in ext4 xfs; do
+        guest_steps "guest newest/memmap $fs" --pmem memmap --kernel newest --fs "$fs" --timeout 1500 -- \
+            "daxmirror names the e820 region and says memmap= RAM is lost at power-off=>$PWD/Scripts/guest/check-memmap.sh" \
+            "Scripts/demo.sh --host /mnt (no QEMU)=>$PWD/Scripts/demo.sh --host /mnt" \
+            "Scripts/test.sh --host /mnt: the suite on memmap= $fs-DAX=>$PWD/Scripts/test.sh --host /mnt"
+    done
+    step "power cut on memmap= pmem: said beforehand, gone after" python3 Scripts/powercut-test.py --pmem memmap --kernel newest
 
     # The kernel's own dmirror as the oracle.
     step "hmm: the guest kernel with the HMM test driver (built once, then cached)" Scripts/guest/build-hmm-kernel.sh

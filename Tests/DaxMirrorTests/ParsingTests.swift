@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import NVDIMMInventory
 @testable import DaxCore
 @testable import DaxDetection
 @testable import PageTables
@@ -188,5 +189,31 @@ struct VMAQueryTests {
         }
         // The whole reservation: every piece, hole and PROT_NONE remainder is there.
         #expect(try query.vmas(overlapping: b, b + 40 * pg).count >= 7)
+    }
+}
+
+/// What backs a pmem region, from its bus: memmap= RAM is never called durable.
+@Suite("pmem persistence")
+struct PersistenceTests {
+    @Test func theBusSaysWhatBacksTheRegion() {
+        #expect(Persistence.of(busProvider: "e820", underHypervisor: false) == .memmapRAM)
+        #expect(Persistence.of(busProvider: "e820", underHypervisor: true) == .memmapRAM)
+        #expect(Persistence.of(busProvider: "ACPI.NFIT", underHypervisor: false) == .nvdimm)
+        #expect(Persistence.of(busProvider: "ACPI.NFIT", underHypervisor: true) == .emulatedNVDIMM)
+        #expect(Persistence.of(busProvider: "nfit_test.0", underHypervisor: false) == .emulatedNVDIMM)
+        #expect(Persistence.of(busProvider: "something new", underHypervisor: false) == .unknown)
+        #expect(Persistence.memmapRAM.survivesPowerOff == false && Persistence.memmapRAM.sentence.contains("LOST AT POWER-OFF"))
+        #expect(Persistence.nvdimm.survivesPowerOff == true)
+        #expect(Persistence.emulatedNVDIMM.survivesPowerOff == nil && Persistence.unknown.survivesPowerOff == nil)
+    }
+
+    /// The inventory of this machine: every region's backing follows from its bus.
+    @Test func theInventoryNamesEachRegionsBacking() throws {
+        let inventory = try Inventory.read()
+        for bus in inventory.buses {
+            for region in bus.regions {
+                #expect(region.persistence == Persistence.of(busProvider: bus.provider, underHypervisor: Persistence.underHypervisor))
+            }
+        }
     }
 }
