@@ -13,6 +13,7 @@ import PackageDescription
 //   NVDIMMInventory libndctl / libdaxctl walk
 //   Mirror          the simulated device: table, range fault, invalidation, check
 //   Capabilities    what this kernel and machine offer (`daxmirror caps`)
+//   FleetMetrics    the host as Prometheus metrics (`daxmirror metrics`)
 //   daxmirror       the CLI
 let package = Package(
     name: "daxmirror",
@@ -22,6 +23,10 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        // The Prometheus text exposition format (HELP, TYPE, label escaping): swift-server's own.
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        // `metrics --listen`: a small HTTP/1.1 server on SwiftNIO (no framework needed for one route).
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         .target(name: "CDaxShim"),
@@ -45,6 +50,9 @@ let package = Package(
                 dependencies: ["DaxCore", "PageTables", "FaultTracking", "Mirror", "CDaxShim", "CPmem"]),
         .target(name: "ProcessInspection",
                 dependencies: ["CDaxShim", "DaxCore", "DaxDetection", "NVDIMMInventory", "PageTables"]),
+        .target(name: "FleetMetrics",
+                dependencies: ["DaxCore", "DaxDetection", "PageTables", "Userfaultfd", "NVDIMMInventory", "CDaxShim",
+                               .product(name: "Prometheus", package: "swift-prometheus")]),
         .target(name: "Capabilities",
                 dependencies: ["DaxCore", "DaxDetection", "PageTables", "Userfaultfd", "FaultTracking",
                                "NVDIMMInventory", "CDaxShim"]),
@@ -52,7 +60,9 @@ let package = Package(
             name: "daxmirror",
             dependencies: [
                 "DaxCore", "DaxDetection", "PageTables", "PersistentMemory",
-                "NVDIMMInventory", "Capabilities", "Mirror", "MirrorScenario", "FaultTracking", "ProcessInspection",
+                "NVDIMMInventory", "Capabilities", "Mirror", "MirrorScenario", "FaultTracking", "ProcessInspection", "FleetMetrics",
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(

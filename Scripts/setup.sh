@@ -6,7 +6,9 @@
 #   Scripts/setup.sh --hmm     and what building the HMM test kernel needs
 set -euo pipefail
 
-packages=(libpmem-dev libndctl-dev libdaxctl-dev pkg-config strace tmux)
+# prometheus: promtool checks `daxmirror metrics`, and the test command has a real
+# Prometheus server scrape it (curl queries its HTTP API).
+packages=(libpmem-dev libndctl-dev libdaxctl-dev pkg-config strace tmux prometheus curl)
 if [[ "${1:-}" == "--guest" || "${1:-}" == "--hmm" ]]; then
     packages+=(qemu-system-x86 busybox-static e2fsprogs xfsprogs ndctl daxctl cpio xz-utils zstd kmod)
 fi

@@ -13,6 +13,7 @@ public struct Inventory: Sendable, JSONRepresentable {
         public var dev: String
         public var provider: String
         public var regions: [Region]
+        public var dimms: [Dimm] = []
         public var json: JSON {
             .object(["provider": .string(provider), "dev": .string(dev),
                      "regions": .array(regions.map(\.json))])
@@ -60,6 +61,21 @@ public struct Inventory: Sendable, JSONRepresentable {
                 "chardev": chardev.map { .string($0) },
                 "numa_node": numaNode.map { .int(Int64($0)) },
             ])
+        }
+    }
+
+    /// An NVDIMM and, where its platform answers the SMART command, its
+    /// health (QEMU's emulated NVDIMM does not: health is then nil).
+    public struct Dimm: Sendable {
+        public var dev: String
+        public var health: Health?
+
+        public struct Health: Sendable {
+            /// "ok", "non-critical", "critical" or "fatal" (ndctl's names).
+            public var state: String?
+            public var temperatureCelsius: Double?
+            public var sparesPercent: UInt32?
+            public var lifeUsedPercent: UInt32?
         }
     }
 
@@ -134,7 +150,8 @@ extension Inventory {
             let provider = string(ndctl_bus_get_provider(b))
             var regions = regions(of: b)
             for i in regions.indices { regions[i].persistence = .of(busProvider: provider, underHypervisor: hypervisor) }
-            inv.buses.append(Bus(dev: string(ndctl_bus_get_devname(b)), provider: provider, regions: regions))
+            inv.buses.append(Bus(dev: string(ndctl_bus_get_devname(b)), provider: provider, regions: regions,
+                                 dimms: dimms(of: b)))
             bus = ndctl_bus_get_next(b)
         }
 
@@ -160,6 +177,39 @@ extension Inventory {
             region = daxctl_region_get_next(r)
         }
         return inv
+    }
+
+    /// Every DIMM of the bus, with SMART health where the DIMM supports it.
+    private static func dimms(of bus: OpaquePointer) -> [Dimm] {
+        var out: [Dimm] = []
+        var dimm = ndctl_dimm_get_first(bus)
+        while let d = dimm {
+            defer { dimm = ndctl_dimm_get_next(d) }
+            var item = Dimm(dev: string(ndctl_dimm_get_devname(d)))
+            if ndctl_dimm_is_cmd_supported(d, 1 /* ND_CMD_SMART, linux/ndctl.h */) != 0, let cmd = ndctl_dimm_cmd_new_smart(d) {
+                defer { ndctl_cmd_unref(cmd) }
+                if ndctl_cmd_submit(cmd) >= 0 {
+                    let flags = ndctl_cmd_smart_get_flags(cmd)
+                    var h = Dimm.Health()
+                    if flags & UInt32(ND_SMART_HEALTH_VALID) != 0 {
+                        let v = ndctl_cmd_smart_get_health(cmd)
+                        h.state = v & UInt32(ND_SMART_FATAL_HEALTH) != 0 ? "fatal"
+                            : v & UInt32(ND_SMART_CRITICAL_HEALTH) != 0 ? "critical"
+                            : v & UInt32(ND_SMART_NON_CRITICAL_HEALTH) != 0 ? "non-critical" : "ok"
+                    }
+                    if flags & UInt32(ND_SMART_MTEMP_VALID) != 0 {
+                        // 1/16 degree Celsius, bit 15 the sign (ndctl's decoding).
+                        let t = ndctl_cmd_smart_get_temperature(cmd)
+                        h.temperatureCelsius = Double(t & 0x7fff) / 16 * (t & 0x8000 != 0 ? -1 : 1)
+                    }
+                    if flags & UInt32(ND_SMART_SPARES_VALID) != 0 { h.sparesPercent = ndctl_cmd_smart_get_spares(cmd) }
+                    if flags & UInt32(ND_SMART_USED_VALID) != 0 { h.lifeUsedPercent = ndctl_cmd_smart_get_life_used(cmd) }
+                    item.health = h
+                }
+            }
+            out.append(item)
+        }
+        return out
     }
 
     private static func regions(of bus: OpaquePointer) -> [Region] {

@@ -23,7 +23,7 @@ struct DaxMirror: ParsableCommand {
             13 other system error, 15 file busy (a concurrent --overwrite), 64 usage error.
             """,
         subcommands: [CapsCommand.self, DevicesCommand.self, MapCommand.self, RunCommand.self, InspectCommand.self, WatchCommand.self,
-                      PersistWriterCommand.self, PersistVerifyCommand.self, ProbeDaxWPCommand.self])
+                      MetricsCommand.self, PersistWriterCommand.self, PersistVerifyCommand.self, ProbeDaxWPCommand.self])
 
     static func main() {
         do {

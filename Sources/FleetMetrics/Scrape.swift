@@ -1,0 +1,234 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import DaxCore
+import DaxDetection
+import NVDIMMInventory
+import PageTables
+import Prometheus
+import Userfaultfd
+
+/// One look at the host, as Prometheus metrics (`daxmirror metrics`): its
+/// pmem regions and namespaces, DIMM health where the platform reports it,
+/// its DAX mounts, the processes that map DAX files or device-dax, and what
+/// its kernel offers. Base units (bytes, seconds); names `daxmirror_…`. The
+/// exposition format itself is swift-prometheus's.
+public struct Scrape {
+    /// Why a process could not be read (a counted error, never a silent gap).
+    public enum ErrorReason: String, CaseIterable, Sendable {
+        case vanished, permission, other
+    }
+
+    /// Errors over the scraper's life (a server keeps them across scrapes).
+    public var errors: [ErrorReason: Int] = [:]
+    /// Processes looked at and DAX mappings found in the last scrape.
+    public private(set) var processesSeen = 0
+    public private(set) var daxMappingsSeen = 0
+    /// The write-protect-on-DAX probe's verdict ("read=…,write=…"), when the
+    /// caller ran it once (`metrics --wp-probe-dir`); scrapes never run it.
+    public var daxWriteProtect = "not_probed"
+
+    public init() {}
+
+    /// Collects everything and renders the text exposition format.
+    public mutating func collect() -> [UInt8] {
+        let started = monotonicSeconds()
+        let registry = PrometheusCollectorRegistry()
+        let inventory = try? Inventory.read()
+        regions(inventory, registry)
+        mounts(registry)
+        processes(inventory, registry)
+        kernel(registry)
+        for reason in ErrorReason.allCases {
+            registry.makeCounter(name: "daxmirror_scrape_errors_total", labels: [("reason", reason.rawValue)],
+                                 help: "Processes whose mappings could not be read (vanished mid-scrape, no permission, other), since the scraper started")
+                .increment(by: Int64(errors[reason] ?? 0))
+        }
+        registry.makeGauge(name: "daxmirror_scrape_processes", help: "Processes looked at by the last scrape")
+            .set(to: Double(processesSeen))
+        registry.makeGauge(name: "daxmirror_scrape_duration_seconds", help: "How long the scrape took")
+            .set(to: monotonicSeconds() - started)
+        return registry.emitToBuffer()
+    }
+
+    // MARK: - regions, namespaces, DIMMs
+
+    private func regions(_ inventory: Inventory?, _ registry: PrometheusCollectorRegistry) {
+        guard let inventory else { return }
+        for bus in inventory.buses {
+            for r in bus.regions {
+                let labels = [("bus", bus.dev), ("region", r.dev)]
+                registry.makeGauge(name: "daxmirror_region_info",
+                                   labels: labels + [("provider", bus.provider), ("type", r.type),
+                                                     ("persistence_domain", r.persistenceDomain),
+                                                     ("persistence", r.persistence.rawValue)],
+                                   help: "A pmem region (1): its bus provider, type, persistence domain, and what backs it (nvdimm, emulated-nvdimm, memmap-ram: lost at power-off)")
+                    .set(to: 1)
+                registry.makeGauge(name: "daxmirror_region_size_bytes", labels: labels, help: "Size of the region")
+                    .set(to: Double(r.size))
+                registry.makeGauge(name: "daxmirror_region_available_size_bytes", labels: labels,
+                                   help: "Space in the region not used by any namespace").set(to: Double(r.availableSize))
+                if let survives = r.persistence.survivesPowerOff {
+                    registry.makeGauge(name: "daxmirror_region_survives_power_off", labels: labels,
+                                       help: "1 if the region's contents survive a power-off, 0 if they are lost (memmap= RAM); absent where it depends on a hypervisor's backing")
+                        .set(to: survives ? 1 : 0)
+                }
+                for ns in r.namespaces {
+                    let nl = labels + [("namespace", ns.dev), ("mode", ns.mode),
+                                       ("blockdev", ns.blockdev ?? ""), ("chardev", ns.chardev ?? "")]
+                    registry.makeGauge(name: "daxmirror_namespace_size_bytes", labels: nl, help: "Usable size of the namespace")
+                        .set(to: Double(ns.size))
+                    if let a = ns.align {
+                        registry.makeGauge(name: "daxmirror_namespace_align_bytes", labels: nl,
+                                           help: "Alignment of the namespace's mappings (2 MiB: PMDs, 1 GiB: PUDs)").set(to: Double(a))
+                    }
+                }
+            }
+            // Only DIMMs that answer SMART: a platform without health (QEMU's
+            // emulated NVDIMM) has no such series at all, never zeros.
+            for d in bus.dimms {
+                guard let h = d.health else { continue }
+                let labels = [("bus", bus.dev), ("dimm", d.dev)]
+                if let s = h.state {
+                    for state in ["ok", "non-critical", "critical", "fatal"] {
+                        registry.makeGauge(name: "daxmirror_dimm_health_state", labels: labels + [("state", state)],
+                                           help: "1 for the DIMM's SMART health state, 0 for the others")
+                            .set(to: s == state ? 1 : 0)
+                    }
+                }
+                if let t = h.temperatureCelsius {
+                    registry.makeGauge(name: "daxmirror_dimm_temperature_celsius", labels: labels, help: "Media temperature (SMART)")
+                        .set(to: t)
+                }
+                if let s = h.sparesPercent {
+                    registry.makeGauge(name: "daxmirror_dimm_spares_ratio", labels: labels, help: "Spare blocks left, 0 to 1 (SMART)")
+                        .set(to: Double(s) / 100)
+                }
+                if let u = h.lifeUsedPercent {
+                    registry.makeGauge(name: "daxmirror_dimm_life_used_ratio", labels: labels, help: "Rated life used, 0 to 1 (SMART)")
+                        .set(to: Double(u) / 100)
+                }
+            }
+        }
+    }
+
+    // MARK: - DAX mounts
+
+    private func mounts(_ registry: PrometheusCollectorRegistry) {
+        guard let table = try? MountTable.current() else { return }
+        for m in table.daxMounts {
+            registry.makeGauge(name: "daxmirror_dax_mount_info",
+                               labels: [("device", m.source), ("mountpoint", m.mountPoint), ("fstype", m.fsType),
+                                        ("dax", m.daxMode.rawValue)],
+                               help: "A filesystem mounted with DAX (1): its device, filesystem and dax= mode")
+                .set(to: 1)
+        }
+    }
+
+    // MARK: - processes
+
+    /// One mapped DAX file (or device-dax) of one process.
+    struct Mapping {
+        var mapped: UInt64 = 0
+        var present: UInt64 = 0
+        var huge: UInt64?
+        var pud = false
+    }
+
+    private mutating func processes(_ inventory: Inventory?, _ registry: PrometheusCollectorRegistry) {
+        let daxDevices: Set<String> = Set(((try? MountTable.current())?.daxMounts ?? []).map { "\(hex2($0.major)):\(hex2($0.minor))" })
+        let pudDevices = Set((inventory?.daxDevices ?? []).filter { $0.align >= 1 << 30 }.map { "/dev/" + $0.chardev })
+        let scan = PagemapScanSupport.available
+        processesSeen = 0
+        daxMappingsSeen = 0
+        for pid in Self.pids() {
+            processesSeen += 1
+            let maps: String
+            do { maps = try readTextFile("/proc/\(pid)/maps") } catch {
+                count(error.errno)
+                continue
+            }
+            var found: [String: Mapping] = [:]
+            var vmas: [(start: UInt64, end: UInt64, path: String)] = []
+            for line in maps.split(separator: "\n") {
+                let f = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
+                guard f.count == 6, let dash = f[0].firstIndex(of: "-"),
+                      let start = UInt64(f[0][..<dash], radix: 16), let end = UInt64(f[0][f[0].index(after: dash)...], radix: 16)
+                else { continue }
+                let path = String(f[5].drop { $0 == " " })
+                guard path.hasPrefix("/dev/dax") || daxDevices.contains(String(f[3])) else { continue }
+                vmas.append((start, end, path))
+            }
+            guard !vmas.isEmpty else { continue }
+            let command = ((try? readTextFile("/proc/\(pid)/comm")) ?? "?").trimmingSpaces()
+            let pagemap: Pagemap?
+            do { pagemap = try Pagemap(pid: String(pid)) } catch { count(error.errno); pagemap = nil }
+            for v in vmas {
+                var m = found[v.path] ?? Mapping()
+                m.mapped += v.end - v.start
+                m.pud = pudDevices.contains(v.path)
+                if let pagemap, let entries = try? pagemap.entries(at: v.start, count: Int((v.end - v.start) / 4096)) {
+                    m.present += UInt64(entries.filter(\.present).count) * 4096
+                }
+                if scan, let pagemap, let regions = try? pagemap.scanAll(start: v.start, end: v.end, anyOf: [.huge], report: [.huge]) {
+                    m.huge = (m.huge ?? 0) + regions.reduce(0) { $0 + ($1.end - $1.start) }
+                }
+                found[v.path] = m
+            }
+            for (path, m) in found {
+                daxMappingsSeen += 1
+                let labels = [("pid", String(pid)), ("command", command), ("path", path)]
+                registry.makeGauge(name: "daxmirror_process_mapped_bytes", labels: labels,
+                                   help: "Bytes of a DAX file or device-dax a process maps").set(to: Double(m.mapped))
+                registry.makeGauge(name: "daxmirror_process_present_bytes", labels: labels,
+                                   help: "Of those, bytes with a page table entry now (pagemap)").set(to: Double(m.present))
+                if m.pud {
+                    registry.makeGauge(name: "daxmirror_process_pud_mapped_bytes", labels: labels,
+                                       help: "Bytes of device-dax aligned to 1 GiB, which the kernel maps only in 1 GiB PUD entries")
+                        .set(to: Double(m.mapped))
+                } else if let huge = m.huge {
+                    registry.makeGauge(name: "daxmirror_process_pmd_mapped_bytes", labels: labels,
+                                       help: "Bytes mapped in 2 MiB PMD entries (PAGEMAP_SCAN; absent on kernels without it)")
+                        .set(to: Double(huge))
+                }
+            }
+        }
+    }
+
+    private mutating func count(_ e: Errno) {
+        let reason: ErrorReason = (e == .ENOENT || e == .ESRCH) ? .vanished : ((e == .EACCES || e == .EPERM) ? .permission : .other)
+        errors[reason, default: 0] += 1
+    }
+
+    /// maps writes the device as two-digit hex major:minor at least.
+    private func hex2(_ v: UInt32) -> String {
+        let h = String(v, radix: 16)
+        return h.count == 1 ? "0" + h : h
+    }
+
+    /// Every process ID in /proc, now.
+    static func pids() -> [Int32] {
+        guard let dir = opendir("/proc") else { return [] }
+        defer { closedir(dir) }
+        var out: [Int32] = []
+        while let e = readdir(dir) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if let pid = Int32(name) { out.append(pid) }
+        }
+        return out
+    }
+
+    // MARK: - the kernel
+
+    private func kernel(_ registry: PrometheusCollectorRegistry) {
+        let features = (try? Userfaultfd.supportedFeatures()).map { "0x" + String($0.rawValue, radix: 16) } ?? "none"
+        let procmap = ((try? VMAQuery())?.method == .procmapQuery) ? "yes" : "no"
+        registry.makeGauge(name: "daxmirror_kernel_info",
+                           labels: [("release", Syscall.kernelRelease), ("uffd_features", features),
+                                    ("pagemap_scan", PagemapScanSupport.available ? "yes" : "no"),
+                                    ("procmap_query", procmap), ("soft_dirty", SoftDirty.available ? "yes" : "no"),
+                                    ("wp_on_dax", daxWriteProtect)],
+                           help: "What this kernel offers (1): userfaultfd features, PAGEMAP_SCAN, PROCMAP_QUERY, soft-dirty, and the write-protect-on-DAX probe's verdict if it was run at start (metrics --wp-probe-dir: it can wedge a kernel, so scrapes never run it)")
+            .set(to: 1)
+    }
+}
