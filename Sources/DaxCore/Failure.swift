@@ -15,7 +15,7 @@ public enum ExitCause: Int32, Sendable, CaseIterable {
     case unsupported = 11     // this kernel lacks a needed feature
     case processGone = 12     // the inspected process exited
     case systemError = 13     // any other failed system call
-    case busy = 15            // another process holds the file (a concurrent --overwrite)
+    case busy = 15            // another process holds the file (a concurrent --overwrite) or the port
     case usage = 64           // bad command line (swift-argument-parser's code)
 }
 
