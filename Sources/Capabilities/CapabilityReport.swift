@@ -10,10 +10,6 @@ import PageTables
 import Userfaultfd
 
 /// The memory types a trial registration is made on.
-public enum MemoryKind: String, CaseIterable, Sendable {
-    case anonymous, shmem, file
-}
-
 /// The registration modes tried on each memory type.
 public enum TrialMode: String, CaseIterable, Sendable {
     case missing = "MISSING", minor = "MINOR", wp = "WP", wpAsync = "WP+WP_ASYNC"
@@ -37,7 +33,7 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
     public var features: UserfaultfdFeatures?
     public var featuresError: String?
     /// registrations[kind][mode]
-    public var registrations: [(MemoryKind, [(TrialMode, ProbeResult)])]
+    public var registrations: [(MemoryBacking, [(TrialMode, ProbeResult)])]
     public var fileProbeDirectory: String
     public var pagemapScan: ProbeResult
     /// PROCMAP_QUERY (6.11+): the mirror asks for its region's VMAs only.
@@ -78,7 +74,7 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
         } catch {
             r.featuresError = "\(error)"
         }
-        r.registrations = MemoryKind.allCases.map { kind in
+        r.registrations = [MemoryBacking.anonymous, .shmem, .file(dax: false)].map { kind in
             (kind, TrialMode.allCases.map { mode in (mode, probeRegistration(kind, mode, r.features, directory)) })
         }
         do {
@@ -123,7 +119,7 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
         }
     }
 
-    static func probeRegistration(_ kind: MemoryKind, _ mode: TrialMode, _ supported: UserfaultfdFeatures?,
+    static func probeRegistration(_ kind: MemoryBacking, _ mode: TrialMode, _ supported: UserfaultfdFeatures?,
                                   _ directory: String) -> ProbeResult {
         guard let supported else { return .skipped("no userfaultfd") }
         if mode == .wpAsync && !supported.contains(.wpAsync) { return .skipped("kernel lacks WP_ASYNC") }
@@ -136,7 +132,7 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
             case .file: region = try .file(in: directory, length: length)
             }
         } catch {
-            return .skipped("cannot map a \(kind.rawValue) region: \(error)")
+            return .skipped("cannot map a \(kind.name) region: \(error)")
         }
         do {
             let uffd = try Userfaultfd(features: mode == .wpAsync ? [.wpAsync] : [])
@@ -223,7 +219,7 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
             ]),
             "registration_directory": .string(fileProbeDirectory),
             "registration": .object(registrations.map { kind, modes in
-                (kind.rawValue, JSON.object(modes.map { ($0.0.rawValue, $0.1.json) }))
+                (kind.name, JSON.object(modes.map { ($0.0.rawValue, $0.1.json) }))
             }),
             "pagemap_scan": pagemapScan.json,
             "procmap_query": procmapQuery.json,

@@ -1,19 +1,27 @@
 import DaxCore
 
-/// One VMA of /proc/PID/smaps (see proc(5)). Sizes are in bytes.
+/// One VMA's record in /proc/PID/smaps (see proc(5)): the VMA itself (the
+/// one type for a VMA, as PROCMAP_QUERY gives it too) plus what only smaps
+/// and maps say: the path and the counters. Sizes are in bytes.
 public struct SmapsEntry: Sendable, Equatable {
-    public var start: UInt64
-    public var end: UInt64
+    public var vma: VMA
+    /// The permissions as the kernel printed them ("rw-s").
     public var perms: String
-    public var offset: UInt64
-    public var device: String
-    public var inode: UInt64
     /// File path, or a pseudo name ("[heap]", "[anon:...]"), or "" for anonymous.
     public var path: String
     /// Every "Key: N kB" field, in bytes.
     public var fields: [String: UInt64]
     public var vmFlags: [String]
 
+    public var start: UInt64 { vma.start }
+    public var end: UInt64 { vma.end }
+    public var offset: UInt64 { vma.offset }
+    public var inode: UInt64 { vma.inode }
+    /// "major:minor" in hex, as maps prints it.
+    public var device: String {
+        func hex2(_ v: UInt64) -> String { let h = String(v, radix: 16); return h.count < 2 ? "0" + h : h }
+        return hex2(vma.device >> 32) + ":" + hex2(vma.device & 0xffff_ffff)
+    }
     public var size: UInt64 { end - start }
     public var rss: UInt64 { fields["Rss"] ?? 0 }
     public var kernelPageSize: UInt64 { fields["KernelPageSize"] ?? 0 }
@@ -22,7 +30,7 @@ public struct SmapsEntry: Sendable, Equatable {
     public var filePmdMapped: UInt64 { fields["FilePmdMapped"] ?? 0 }
     /// "sf": mapped with MAP_SYNC (synchronous page faults, i.e. DAX).
     public var isSync: Bool { vmFlags.contains("sf") }
-    public var isShared: Bool { perms.count >= 4 && perms.utf8.last == UInt8(ascii: "s") }
+    public var isShared: Bool { vma.shared }
     /// uffd registration flags: um (missing), uw (wp), ui (minor).
     public var userfaultfdFlags: [String] { vmFlags.filter { ["um", "uw", "ui"].contains($0) } }
 
@@ -156,8 +164,14 @@ struct ProcLine {
         guard let o = hex(), let dev = token(), let ino = decimal() else { return nil }
         if i < end && buf[i] != 32 { return nil }
         skipSpaces()
-        return SmapsEntry(start: s, end: e, perms: perms, offset: o, device: dev, inode: ino,
-                          path: text, fields: [:], vmFlags: [])
+        let p = Array(perms.utf8)
+        let colon = dev.firstIndex(of: ":")
+        let major = colon.flatMap { UInt64(dev[..<$0], radix: 16) } ?? 0
+        let minor = colon.flatMap { UInt64(dev[dev.index(after: $0)...], radix: 16) } ?? 0
+        let vma = VMA(start: s, end: e, readable: p.first == UInt8(ascii: "r"), writable: p.count > 1 && p[1] == UInt8(ascii: "w"),
+                      executable: p.count > 2 && p[2] == UInt8(ascii: "x"), shared: p.count > 3 && p[3] == UInt8(ascii: "s"),
+                      offset: o, device: major << 32 | minor, inode: ino)
+        return SmapsEntry(vma: vma, perms: perms, path: text, fields: [:], vmFlags: [])
     }
 }
 
@@ -203,7 +217,7 @@ public enum Maps {
 }
 
 extension SmapsEntry {
-    public var readable: Bool { perms.utf8.first == UInt8(ascii: "r") }
-    public var writable: Bool { perms.utf8.dropFirst().first == UInt8(ascii: "w") }
-    public var executable: Bool { perms.utf8.dropFirst(2).first == UInt8(ascii: "x") }
+    public var readable: Bool { vma.readable }
+    public var writable: Bool { vma.writable }
+    public var executable: Bool { vma.executable }
 }

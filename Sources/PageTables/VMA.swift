@@ -30,14 +30,3 @@ public struct VMA: Sendable, Equatable {
 
     public func contains(_ address: UInt64) -> Bool { address >= start && address < end }
 }
-
-extension VMA {
-    /// A maps (or smaps) line's VMA; the device "fd:01" becomes 0xfd << 32 | 1.
-    public init(_ e: SmapsEntry) {
-        let parts = e.device.split(separator: ":")
-        let major = parts.first.flatMap { UInt64($0, radix: 16) } ?? 0
-        let minor = parts.count > 1 ? UInt64(parts[1], radix: 16) ?? 0 : 0
-        self.init(start: e.start, end: e.end, readable: e.readable, writable: e.writable, executable: e.executable,
-                  shared: e.isShared, offset: e.offset, device: major << 32 | minor, inode: e.inode)
-    }
-}

@@ -46,7 +46,7 @@ public final class VMAQuery: @unchecked Sendable {
     public func vmas(overlapping start: UInt64, _ end: UInt64, into out: inout [VMA]) throws(SystemCallError) {
         out.removeAll(keepingCapacity: true)
         guard method == .procmapQuery else {
-            for e in try Maps.read(pid: pid, overlapping: start, end) { out.append(VMA(e)) }
+            for e in try Maps.read(pid: pid, overlapping: start, end) { out.append(e.vma) }
             return
         }
         var at = start

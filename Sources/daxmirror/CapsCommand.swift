@@ -64,7 +64,7 @@ struct CapsCommand: ParsableCommand {
         }
         t.section("trial registration (file trial in \(report.fileProbeDirectory))")
         for (kind, modes) in report.registrations {
-            for (mode, result) in modes { t.row("\(kind.rawValue) \(mode.rawValue)", result.text) }
+            for (mode, result) in modes { t.row("\(kind.name) \(mode.rawValue)", result.text) }
         }
         t.section("fault tracking (what the tracker would use)")
         for (kind, choice) in report.trackerChoices {

@@ -184,7 +184,7 @@ struct VMAQueryTests {
             let s = i == 0 ? b : b + UInt64.random(in: 0..<40, using: &rng) * pg + UInt64.random(in: 0..<pg, using: &rng)
             let e = i == 0 ? b + 40 * pg : s + UInt64.random(in: 1...(42 * pg), using: &rng)
             let fromIoctl = try query.vmas(overlapping: s, e)
-            let fromText = try Maps.read(overlapping: s, e).map(VMA.init)
+            let fromText = try Maps.read(overlapping: s, e).map(\.vma)
             #expect(fromIoctl == fromText, "range 0x\(String(s, radix: 16))-0x\(String(e, radix: 16))")
         }
         // The whole reservation: every piece, hole and PROT_NONE remainder is there.
