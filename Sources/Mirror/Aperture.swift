@@ -68,6 +68,13 @@ final class Aperture: @unchecked Sendable {
             base = p
             length = mapped
             isPmem = pmem != 0
+            // libpmem maps the file's size at that moment, which another
+            // party's truncate may have made smaller since the fstat above:
+            // never hand out an address past the mapping (SIGSEGV there, not
+            // the guarded SIGBUS of a page past the end of the file).
+            guard offset + UInt64(count) <= UInt64(mapped) else {
+                throw MirrorError(.EFAULT, "offset \(offset)+\(count) is beyond the end of the file (\(mapped) bytes: truncated meanwhile)")
+            }
         }
         return base! + Int(offset)
     }
