@@ -35,9 +35,10 @@ public struct Scrape {
         let started = monotonicSeconds()
         let registry = PrometheusCollectorRegistry()
         let inventory = try? Inventory.read()
+        let daxMounts = (try? MountTable.current())?.daxMounts ?? []
         regions(inventory, registry)
-        mounts(registry)
-        processes(inventory, registry)
+        mounts(daxMounts, registry)
+        processes(inventory, daxMounts, registry)
         kernel(registry)
         for reason in ErrorReason.allCases {
             registry.makeCounter(name: "daxmirror_scrape_errors_total", labels: [("reason", reason.rawValue)],
@@ -114,9 +115,8 @@ public struct Scrape {
 
     // MARK: - DAX mounts
 
-    private func mounts(_ registry: PrometheusCollectorRegistry) {
-        guard let table = try? MountTable.current() else { return }
-        for m in table.daxMounts {
+    private func mounts(_ daxMounts: [MountEntry], _ registry: PrometheusCollectorRegistry) {
+        for m in daxMounts {
             registry.makeGauge(name: "daxmirror_dax_mount_info",
                                labels: [("device", m.source), ("mountpoint", m.mountPoint), ("fstype", m.fsType),
                                         ("dax", m.daxMode.rawValue)],
@@ -135,30 +135,23 @@ public struct Scrape {
         var pud = false
     }
 
-    private mutating func processes(_ inventory: Inventory?, _ registry: PrometheusCollectorRegistry) {
-        let daxDevices: Set<String> = Set(((try? MountTable.current())?.daxMounts ?? []).map { "\(hex2($0.major)):\(hex2($0.minor))" })
+    private mutating func processes(_ inventory: Inventory?, _ daxMounts: [MountEntry], _ registry: PrometheusCollectorRegistry) {
+        // VMA.device is major << 32 | minor, as maps gives it.
+        let daxDevices = Set(daxMounts.map { UInt64($0.major) << 32 | UInt64($0.minor) })
         let pudDevices = Set((inventory?.daxDevices ?? []).filter { $0.align >= 1 << 30 }.map { "/dev/" + $0.chardev })
         let scan = PagemapScanSupport.available
         processesSeen = 0
         daxMappingsSeen = 0
         for pid in Self.pids() {
             processesSeen += 1
-            let maps: String
-            do { maps = try readTextFile("/proc/\(pid)/maps") } catch {
+            let maps: [SmapsEntry]
+            do { maps = try Maps.read(pid: String(pid)) } catch {
                 count(error.errno)
                 continue
             }
             var found: [String: Mapping] = [:]
-            var vmas: [(start: UInt64, end: UInt64, path: String)] = []
-            for line in maps.split(separator: "\n") {
-                let f = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
-                guard f.count == 6, let dash = f[0].firstIndex(of: "-"),
-                      let start = UInt64(f[0][..<dash], radix: 16), let end = UInt64(f[0][f[0].index(after: dash)...], radix: 16)
-                else { continue }
-                let path = String(f[5].drop { $0 == " " })
-                guard path.hasPrefix("/dev/dax") || daxDevices.contains(String(f[3])) else { continue }
-                vmas.append((start, end, path))
-            }
+            let vmas = maps.filter { $0.path.hasPrefix("/dev/dax") || daxDevices.contains($0.vma.device) }
+                .map { (start: $0.start, end: $0.end, path: $0.path) }
             guard !vmas.isEmpty else { continue }
             let command = ((try? readTextFile("/proc/\(pid)/comm")) ?? "?").trimmingSpaces()
             let pagemap: Pagemap?
@@ -198,12 +191,6 @@ public struct Scrape {
     private mutating func count(_ e: Errno) {
         let reason: ErrorReason = (e == .ENOENT || e == .ESRCH) ? .vanished : ((e == .EACCES || e == .EPERM) ? .permission : .other)
         errors[reason, default: 0] += 1
-    }
-
-    /// maps writes the device as two-digit hex major:minor at least.
-    private func hex2(_ v: UInt32) -> String {
-        let h = String(v, radix: 16)
-        return h.count == 1 ? "0" + h : h
     }
 
     /// Every process ID in /proc, now.

@@ -48,9 +48,10 @@ public enum Persistence: String, Sendable, CaseIterable {
                  ("meaning", .string(sentence))])
     }
 
-    /// The CPU's `hypervisor` flag (/proc/cpuinfo): set under KVM, QEMU/TCG, Xen, Hyper-V.
-    public static var underHypervisor: Bool {
+    /// The CPU's `hypervisor` flag (/proc/cpuinfo): set under KVM, QEMU/TCG,
+    /// Xen, Hyper-V. Read once: it cannot change while the process lives.
+    public static let underHypervisor: Bool = {
         guard let text = try? readTextFile("/proc/cpuinfo") else { return false }
         return text.split(separator: "\n").contains { $0.hasPrefix("flags") && $0.split(separator: " ").contains("hypervisor") }
-    }
+    }()
 }

@@ -75,17 +75,20 @@ func emitRaw(_ s: String) {
 }
 
 /// Writes all of `s`; nil, or the errno that stopped it.
-private func writeAll(_ fd: Int32, _ s: String) -> Errno? {
+func writeAll(_ fd: Int32, _ s: String) -> Errno? {
     var s = s
-    return s.withUTF8 { buf -> Errno? in
-        var done = 0
-        while done < buf.count {
-            let n = Glibc.write(fd, buf.baseAddress! + done, buf.count - done)
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 { return Errno.current }
-            if n == 0 { return .EIO }
-            done += n
-        }
-        return nil
+    return s.withUTF8 { writeAll(fd, UnsafeRawBufferPointer($0)) }
+}
+
+/// Writes all of `buf` (retrying short writes and EINTR); nil, or the errno.
+func writeAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer) -> Errno? {
+    var done = 0
+    while done < buf.count {
+        let n = Glibc.write(fd, buf.baseAddress! + done, buf.count - done)
+        if n < 0 && errno == EINTR { continue }
+        if n < 0 { return Errno.current }
+        if n == 0 { return .EIO }
+        done += n
     }
+    return nil
 }

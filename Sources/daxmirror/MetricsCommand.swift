@@ -100,12 +100,8 @@ enum TextfileWriter {
         var ok = false
         defer { if !ok { unlink(temp) } }
         defer { close(fd) }
-        var done = 0
-        while done < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, bytes.count - done) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw Failure.from(SystemCallError("write", temp), doing: "write metrics into") }
-            done += n
+        if let e = bytes.withUnsafeBytes({ writeAll(fd, $0) }) {
+            throw Failure.from(SystemCallError("write", temp, errno: e), doing: "write metrics into")
         }
         guard fsync(fd) == 0 else { throw Failure.from(SystemCallError("fsync", temp), doing: "write metrics into") }
         guard rename(temp, dir + "/" + name) == 0 else { throw Failure.from(SystemCallError("rename", temp), doing: "write metrics into") }
