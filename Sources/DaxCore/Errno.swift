@@ -19,12 +19,14 @@ public struct Errno: Error, Equatable, Hashable, Sendable, CustomStringConvertib
     public static let ENOTDIR = Errno(20), EISDIR = Errno(21), EINVAL = Errno(22), ENOSPC = Errno(28)
     public static let ENOSYS = Errno(38), ELOOP = Errno(40), ENOTTY = Errno(25)
     public static let EOPNOTSUPP = Errno(95), ETIMEDOUT = Errno(110), ENXIO = Errno(6)
+    public static let EPIPE = Errno(32), EFBIG = Errno(27), EMFILE = Errno(24), ENFILE = Errno(23)
+    public static let ENODEV = Errno(19), EROFS = Errno(30), ENAMETOOLONG = Errno(36), EDQUOT = Errno(122)
 
     private static let names: [Int32: String] = [
         1: "EPERM", 2: "ENOENT", 3: "ESRCH", 4: "EINTR", 5: "EIO", 6: "ENXIO", 7: "E2BIG",
         9: "EBADF", 11: "EAGAIN", 12: "ENOMEM", 13: "EACCES", 14: "EFAULT", 16: "EBUSY",
         17: "EEXIST", 18: "EXDEV", 19: "ENODEV", 20: "ENOTDIR", 21: "EISDIR", 22: "EINVAL",
-        24: "EMFILE", 25: "ENOTTY", 26: "ETXTBSY", 27: "EFBIG", 28: "ENOSPC", 30: "EROFS",
+        23: "ENFILE", 24: "EMFILE", 25: "ENOTTY", 26: "ETXTBSY", 27: "EFBIG", 28: "ENOSPC", 30: "EROFS", 32: "EPIPE",
         36: "ENAMETOOLONG", 38: "ENOSYS", 40: "ELOOP", 61: "ENODATA", 75: "EOVERFLOW",
         95: "EOPNOTSUPP", 110: "ETIMEDOUT", 122: "EDQUOT",
     ]

@@ -39,13 +39,24 @@ public struct Failure: Error, CustomStringConvertible, Sendable {
         case .EACCES, .EPERM: code = .permissionDenied
         case .EEXIST: code = .alreadyExists
         case .ELOOP: code = .symlinkRefused
-        case .ENOSPC: code = .noSpace
+        case .ENOSPC, .EFBIG, .EDQUOT: code = .noSpace
         case .EINVAL: code = .invalidArgument
         case .ENOTTY, .ENOSYS, .EOPNOTSUPP: code = .unsupported
         default: code = .systemError
         }
         let subject = e.subject.map { " \($0)" } ?? ""
-        return Failure(code, "cannot \(what)\(subject): \(e.errno.message.lowercased()) (\(e.errno.name))")
+        return Failure(code, "cannot \(what)\(subject): \(e.errno.message.lowercased()) (\(e.errno.name))" + (hint(e.errno).map { "; \($0)" } ?? ""))
+    }
+
+    /// The fix for errnos that come from the environment rather than the input.
+    static func hint(_ e: Errno) -> String? {
+        switch e {
+        case .EFBIG: return "a file-size limit (ulimit -f) or the filesystem's largest file is in the way"
+        case .EMFILE: return "this process may open no more files: raise its limit (ulimit -n)"
+        case .ENFILE: return "the system's table of open files is full: close files or raise fs.file-max"
+        case .EDQUOT: return "the disk quota is used up: free space or raise the quota"
+        default: return nil
+        }
     }
 }
 

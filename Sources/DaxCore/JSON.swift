@@ -69,7 +69,8 @@ public indirect enum JSON: Sendable, Equatable {
             case "\n": out += "\\n"
             case "\r": out += "\\r"
             case "\t": out += "\\t"
-            case _ where u.value < 0x20 || (0x7F...0x9F).contains(u.value):  // C1 too: inert in a terminal
+            // C1 and the direction overrides too (String.inert's set): inert in a terminal.
+            case _ where u.value < 0x20 || (0x7F...0x9F).contains(u.value) || String.isDirectionControl(u):
                 let hex = String(u.value, radix: 16)
                 out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
             default: out.unicodeScalars.append(u)

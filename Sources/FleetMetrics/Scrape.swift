@@ -27,18 +27,34 @@ public struct Scrape {
     /// The write-protect-on-DAX probe's verdict ("read=…,write=…"), when the
     /// caller ran it once (`metrics --wp-probe-dir`); scrapes never run it.
     public var daxWriteProtect = "not_probed"
+    /// What the kernel offers, probed once when the scraper starts: it does
+    /// not change while the process lives, and a probe that runs out of file
+    /// descriptors mid-scrape must never be reported as "the kernel has no".
+    public let offer: KernelOffer
 
-    public init() {}
+    /// Probes the kernel's offer; throws if the probe itself could not run.
+    public init() throws(SystemCallError) { offer = try KernelOffer.probe() }
 
-    /// Collects everything and renders the text exposition format.
-    public mutating func collect() -> [UInt8] {
+    /// Collects everything and renders the text exposition format. What
+    /// cannot be read is never reported as a measurement: a process that
+    /// cannot be read is counted in daxmirror_scrape_errors_total, and a
+    /// failure to read the host itself (the process list, the mount table,
+    /// the NVDIMM inventory for a reason other than having none) throws.
+    public mutating func collect() throws(SystemCallError) -> [UInt8] {
         let started = monotonicSeconds()
         let registry = PrometheusCollectorRegistry()
-        let inventory = try? Inventory.read()
-        let daxMounts = (try? MountTable.current())?.daxMounts ?? []
+        let inventory: Inventory?
+        do { inventory = try Inventory.read() } catch {
+            // No NVDIMM bus or no driver is an empty inventory; no descriptor
+            // or no memory to look is a failed scrape.
+            if Self.environmental(error.errno) { throw SystemCallError("ndctl_new", "the NVDIMM inventory", errno: error.errno) }
+            inventory = nil
+        }
+        let daxMounts = try MountTable.current().daxMounts
+        let pids = try Self.pids()
         regions(inventory, registry)
         mounts(daxMounts, registry)
-        processes(inventory, daxMounts, registry)
+        processes(pids, inventory, daxMounts, registry)
         kernel(registry)
         for reason in ErrorReason.allCases {
             registry.makeCounter(name: "daxmirror_scrape_errors_total", labels: [("reason", reason.rawValue)],
@@ -130,19 +146,22 @@ public struct Scrape {
     /// One mapped DAX file (or device-dax) of one process.
     struct Mapping {
         var mapped: UInt64 = 0
-        var present: UInt64 = 0
+        /// nil when the pagemap could not be read (counted as an error):
+        /// absent from the exposition, never a zero.
+        var present: UInt64? = 0
         var huge: UInt64?
         var pud = false
     }
 
-    private mutating func processes(_ inventory: Inventory?, _ daxMounts: [MountEntry], _ registry: PrometheusCollectorRegistry) {
+    private mutating func processes(_ pids: [Int32], _ inventory: Inventory?, _ daxMounts: [MountEntry],
+                                     _ registry: PrometheusCollectorRegistry) {
         // VMA.device is major << 32 | minor, as maps gives it.
         let daxDevices = Set(daxMounts.map { UInt64($0.major) << 32 | UInt64($0.minor) })
         let pudDevices = Set((inventory?.daxDevices ?? []).filter { $0.align >= 1 << 30 }.map { "/dev/" + $0.chardev })
-        let scan = PagemapScanSupport.available
+        let scan = offer.pagemapScan
         processesSeen = 0
         daxMappingsSeen = 0
-        for pid in Self.pids() {
+        for pid in pids {
             processesSeen += 1
             let maps: [SmapsEntry]
             do { maps = try Maps.read(pid: String(pid)) } catch {
@@ -160,11 +179,24 @@ public struct Scrape {
                 var m = found[v.path] ?? Mapping()
                 m.mapped += v.end - v.start
                 m.pud = pudDevices.contains(v.path)
-                if let pagemap, let entries = try? pagemap.entries(at: v.start, count: Int((v.end - v.start) / 4096)) {
-                    m.present += UInt64(entries.filter(\.present).count) * 4096
+                if let pagemap, let present = m.present {
+                    do {
+                        m.present = present + UInt64(try pagemap.presentCount(at: v.start, count: Int((v.end - v.start) / 4096))) * 4096
+                    } catch {
+                        count(error.errno)
+                        m.present = nil
+                    }
+                } else {
+                    m.present = nil
                 }
-                if scan, let pagemap, let regions = try? pagemap.scanAll(start: v.start, end: v.end, anyOf: [.huge], report: [.huge]) {
-                    m.huge = (m.huge ?? 0) + regions.reduce(0) { $0 + ($1.end - $1.start) }
+                if scan, let pagemap, m.present != nil {
+                    do {
+                        let regions = try pagemap.scanAll(start: v.start, end: v.end, anyOf: [.huge], report: [.huge])
+                        m.huge = (m.huge ?? 0) + regions.reduce(0) { $0 + ($1.end - $1.start) }
+                    } catch {
+                        count(error.errno)
+                        m.present = nil
+                    }
                 }
                 found[v.path] = m
             }
@@ -173,8 +205,9 @@ public struct Scrape {
                 let labels = [("pid", String(pid)), ("command", command), ("path", path)]
                 registry.makeGauge(name: "daxmirror_process_mapped_bytes", labels: labels,
                                    help: "Bytes of a DAX file or device-dax a process maps").set(to: Double(m.mapped))
+                guard let present = m.present else { continue }
                 registry.makeGauge(name: "daxmirror_process_present_bytes", labels: labels,
-                                   help: "Of those, bytes with a page table entry now (pagemap)").set(to: Double(m.present))
+                                   help: "Of those, bytes with a page table entry now (pagemap)").set(to: Double(present))
                 if m.pud {
                     registry.makeGauge(name: "daxmirror_process_pud_mapped_bytes", labels: labels,
                                        help: "Bytes of device-dax aligned to 1 GiB, which the kernel maps only in 1 GiB PUD entries")
@@ -193,9 +226,12 @@ public struct Scrape {
         errors[reason, default: 0] += 1
     }
 
+    /// Errors of the scraper's own environment, not of what it looks at.
+    static func environmental(_ e: Errno) -> Bool { e == .EMFILE || e == .ENFILE || e == .ENOMEM }
+
     /// Every process ID in /proc, now.
-    static func pids() -> [Int32] {
-        guard let dir = opendir("/proc") else { return [] }
+    static func pids() throws(SystemCallError) -> [Int32] {
+        guard let dir = opendir("/proc") else { throw SystemCallError("opendir", "/proc") }
         defer { closedir(dir) }
         var out: [Int32] = []
         while let e = readdir(dir) {
@@ -208,14 +244,47 @@ public struct Scrape {
     // MARK: - the kernel
 
     private func kernel(_ registry: PrometheusCollectorRegistry) {
-        let features = (try? Userfaultfd.supportedFeatures()).map { "0x" + String($0.rawValue, radix: 16) } ?? "none"
-        let procmap = ((try? VMAQuery())?.method == .procmapQuery) ? "yes" : "no"
         registry.makeGauge(name: "daxmirror_kernel_info",
-                           labels: [("release", Syscall.kernelRelease), ("uffd_features", features),
-                                    ("pagemap_scan", PagemapScanSupport.available ? "yes" : "no"),
-                                    ("procmap_query", procmap), ("soft_dirty", SoftDirty.available ? "yes" : "no"),
+                           labels: [("release", offer.release), ("uffd_features", offer.userfaultfdFeatures),
+                                    ("pagemap_scan", offer.pagemapScan ? "yes" : "no"),
+                                    ("procmap_query", offer.procmapQuery ? "yes" : "no"),
+                                    ("soft_dirty", offer.softDirty ? "yes" : "no"),
                                     ("wp_on_dax", daxWriteProtect)],
                            help: "What this kernel offers (1): userfaultfd features, PAGEMAP_SCAN, PROCMAP_QUERY, soft-dirty, and the write-protect-on-DAX probe's verdict if it was run at start (metrics --wp-probe-dir: it can wedge a kernel, so scrapes never run it)")
             .set(to: 1)
+    }
+}
+
+/// What the kernel offers, each answer a probe's: "no" only where the kernel
+/// said no (ENOTTY, EINVAL, ENOSYS), never where the probe could not run.
+public struct KernelOffer: Sendable {
+    public var release: String
+    /// "0x…" (UFFDIO_API's bits), or "none (EPERM)": the kernel's refusal.
+    public var userfaultfdFeatures: String
+    public var pagemapScan: Bool
+    public var procmapQuery: Bool
+    public var softDirty: Bool
+
+    public static func probe() throws(SystemCallError) -> KernelOffer {
+        let features: String
+        do {
+            features = "0x" + String(try Userfaultfd.supportedFeatures().rawValue, radix: 16)
+        } catch let e as UserfaultfdOpenError {
+            if let env = e.attempts.first(where: { Scrape.environmental($0.1) }) {
+                throw SystemCallError("userfaultfd", errno: env.1)
+            }
+            features = "none (" + (e.attempts.first?.1.name ?? "?") + ")"
+        } catch let e as SystemCallError {
+            if Scrape.environmental(e.errno) { throw e }
+            features = "none (" + e.errno.name + ")"
+        } catch {
+            features = "none"
+        }
+        // Both open a file of our own first: that failing is the environment.
+        _ = try Pagemap()
+        let procmap = try VMAQuery().method == .procmapQuery
+        return KernelOffer(release: Syscall.kernelRelease, userfaultfdFeatures: features,
+                           pagemapScan: PagemapScanSupport.available, procmapQuery: procmap,
+                           softDirty: SoftDirty.available)
     }
 }

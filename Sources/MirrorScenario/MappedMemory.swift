@@ -20,6 +20,8 @@ public final class MappedMemory: @unchecked Sendable {
     public let isPmem: Bool
     /// For a new huge file: "2M" if the extent-size hint took, else the errno.
     public private(set) var extentHint: String?
+    /// `map R file PATH`: this mapping created the file.
+    public let createdFile: Bool
     private let fd: Int32
 
     public var address: UInt64 { UInt64(UInt(bitPattern: base)) }
@@ -31,6 +33,10 @@ public final class MappedMemory: @unchecked Sendable {
         public var huge = false
         public var prot: Int32 = PROT_READ | PROT_WRITE
         public var privateFile = false
+        /// An existing file shorter than the mapping may be extended (the
+        /// scenario created it earlier). Otherwise such a file is EINVAL:
+        /// a file that is not the run's own is never resized.
+        public var mayResizeExisting = false
         public init() {}
     }
 
@@ -67,6 +73,7 @@ public final class MappedMemory: @unchecked Sendable {
         var openedFD: Int32 = -1
         var sync = false
         var hint: String?
+        var created = false
         do throws(MirrorError) {
             switch kind {
             case .anon:
@@ -86,26 +93,9 @@ public final class MappedMemory: @unchecked Sendable {
                 self.path = nil
             case .file:
                 guard let path, !path.isEmpty else { throw MirrorError(.EINVAL, "map ... file needs a PATH") }
-                openedFD = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
-                guard openedFD >= 0 else { throw MirrorError(Errno.current, "opening \(path)") }
-                var st = stat()
-                fstat(openedFD, &st)
-                guard st.st_mode & S_IFMT == S_IFREG else { throw MirrorError(.EINVAL, "\(path) is not a regular file") }
-                if options.huge && st.st_size == 0 {
-                    // ext4 and tmpfs have no such hint (and ext4 needs none).
-                    hint = dm_set_extent_size_hint(openedFD, 2 << 20) == 0 ? "2M" : Errno.current.name
-                }
-                if st.st_size < off_t(size) {
-                    guard ftruncate(openedFD, off_t(size)) == 0 else { throw MirrorError(Errno.current, "sizing \(path)") }
-                }
-                let shared = !options.privateFile
-                if shared, dm_mmap_shared_fixed(aligned, size, options.prot, openedFD, 0, 1) != MAP_FAILED {
-                    sync = true
-                } else if mmap(aligned, size, options.prot, (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_FIXED,
-                               openedFD, 0) == MAP_FAILED {
-                    throw MirrorError(Errno.current, "mapping \(path)")
-                }
-                backing = .file(path: path, fd: openedFD, shared: shared)
+                let f = try Self.mapFile(path, at: aligned, size: size, options: options)
+                (openedFD, sync, hint, created) = (f.fd, f.sync, f.hint, f.created)
+                backing = .file(path: path, fd: openedFD, shared: !options.privateFile)
                 self.path = path
             case .devdax:
                 openedFD = open(path!, O_RDWR | O_CLOEXEC)
@@ -124,6 +114,7 @@ public final class MappedMemory: @unchecked Sendable {
         }
         fd = openedFD
         extentHint = hint
+        createdFile = created
         base = aligned
         mapSync = sync
         // MAP_SYNC took: CPU cache flushes alone make stores durable.
@@ -134,6 +125,45 @@ public final class MappedMemory: @unchecked Sendable {
         if head > 0 { munmap(r, head) }
         let tail = reserveLen - head - size
         if tail > 0 { munmap(aligned + size, tail) }
+    }
+
+    /// Opens or creates `path` (O_EXCL first, so "created" is the kernel's
+    /// word) and maps `size` bytes of it at `at`, with MAP_SYNC where the
+    /// kernel takes it.
+    private static func mapFile(_ path: String, at: UnsafeMutableRawPointer, size: Int,
+                                options: Options) throws(MirrorError) -> (fd: Int32, sync: Bool, hint: String?, created: Bool) {
+        var fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        let created = fd >= 0
+        if !created && errno == EEXIST { fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY) }
+        guard fd >= 0 else { throw MirrorError(Errno.current, "opening \(path)") }
+        do throws(MirrorError) {
+            var st = stat()
+            guard fstat(fd, &st) == 0 else { throw MirrorError(Errno.current, "fstat of \(path)") }
+            guard st.st_mode & S_IFMT == S_IFREG else { throw MirrorError(.EINVAL, "\(path) is not a regular file") }
+            var hint: String?
+            if options.huge && st.st_size == 0 {
+                // ext4 and tmpfs have no such hint (and ext4 needs none).
+                hint = dm_set_extent_size_hint(fd, 2 << 20) == 0 ? "2M" : Errno.current.name
+            }
+            if st.st_size < off_t(size) {
+                guard created || options.mayResizeExisting else {
+                    throw MirrorError(.EINVAL, "\(path) exists and is \(st.st_size) bytes, less than \(size): a scenario never resizes a file it did not create (map at most its size, or use a relative path: the run's own file)")
+                }
+                guard ftruncate(fd, off_t(size)) == 0 else { throw MirrorError(Errno.current, "sizing \(path)") }
+            }
+            let shared = !options.privateFile
+            var sync = false
+            if shared, dm_mmap_shared_fixed(at, size, options.prot, fd, 0, 1) != MAP_FAILED {
+                sync = true
+            } else if mmap(at, size, options.prot, (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_FIXED, fd, 0) == MAP_FAILED {
+                throw MirrorError(Errno.current, "mapping \(path)")
+            }
+            return (fd, sync, hint, created)
+        } catch {
+            close(fd)
+            if created { unlink(path) }
+            throw error
+        }
     }
 
     deinit {

@@ -12,13 +12,15 @@ extension ScenarioRunner {
     func map(_ r: ScenarioCommand.MapRequest) throws -> [(String, JSON)] {
         guard memory[r.region] == nil else { throw ScenarioError(.EEXIST, "\(r.region) is already mapped") }
         var path = r.path
-        if let p = path, !p.hasPrefix("/") { path = directory + "/" + p }
+        if let p = path, !p.hasPrefix("/"), r.kind == .file { path = try workingDirectory() + "/" + p }
         var options = MappedMemory.Options()
         options.huge = r.huge
         options.prot = r.protection.prot
         options.privateFile = r.privateFile
+        options.mayResizeExisting = path.map { ownFiles.contains($0) } ?? false
         let m = try MappedMemory(name: r.region, kind: r.kind, path: path, size: Int(r.size), options: options)
         memory[r.region] = m
+        if m.createdFile, let path { ownFiles.insert(path) }
         return [("region", .string(r.region)), ("kind", .string(m.backing.name)),
                 ("address", .string("0x" + String(m.address, radix: 16))), ("size", .uint(r.size)),
                 ("map_sync", .bool(m.mapSync)), ("pmem", .bool(m.isPmem)),

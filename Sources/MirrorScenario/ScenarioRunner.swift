@@ -18,8 +18,14 @@ public final class ScenarioRunner {
     /// Device name -> the region it mirrors (a device is named after its
     /// region unless `mirror R as D` names it).
     var deviceRegion: [String: String] = [:]
-    /// Where relative file paths in `map R file PATH` resolve.
+    /// Under which relative file paths in `map R file PATH` resolve: each run
+    /// has a private directory there (workingDirectory), so two runs of one
+    /// scenario with the same --dir never share a file.
     public let directory: String
+    /// The run's private directory, made at the first relative file path.
+    var privateDirectory: String?
+    /// Files this run created: only those may be resized by a later `map`.
+    var ownFiles: Set<String> = []
     public let tracking: Bool
     /// Differential mode: every device gets a twin in the kernel's own HMM
     /// test driver, driven with the same commands and compared after each.
@@ -38,6 +44,31 @@ public final class ScenarioRunner {
         self.kernel = kernel
         self.environment = environment
     }
+
+    /// The run's private directory under `directory` (mkdtemp), made once.
+    func workingDirectory() throws(ScenarioError) -> String {
+        if let privateDirectory { return privateDirectory }
+        var template = Array((directory + "/.daxmirror-run.XXXXXX").utf8CString)
+        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
+        guard made != nil else { throw ScenarioError(Errno.current, "cannot make the run's directory in \(directory)") }
+        let path = String(cString: template)
+        privateDirectory = path
+        return path
+    }
+
+    /// Ends the run: unmaps everything and removes the private directory
+    /// with the files the run made in it.
+    public func finish() {
+        mirrors.removeAll()
+        kernelDevices.removeAll()
+        memory.removeAll()
+        guard let dir = privateDirectory else { return }
+        for f in ownFiles where f.hasPrefix(dir + "/") { unlink(f) }
+        rmdir(dir)
+        privateDirectory = nil
+    }
+
+    deinit { finish() }
 
     /// Usage line and help text of every command (from ScenarioCommand.specs).
     public static var commands: [(String, String)] {

@@ -56,6 +56,25 @@ public final class Pagemap: @unchecked Sendable {
         return got / 8
     }
 
+    /// How many of `count` pages from the page holding `address` are present,
+    /// read in pieces of 64 Ki entries: memory bounded (512 KiB) whatever
+    /// the range (a 1 TiB mapping is 2 GiB of entries).
+    public func presentCount(at address: UInt64, count: Int) throws(SystemCallError) -> Int {
+        let page = UInt64(Syscall.pageSize)
+        let piece = 1 << 16
+        var raw: [UInt64] = []
+        var present = 0
+        var done = 0
+        while done < count {
+            let want = min(piece, count - done)
+            let got = try read(at: address + UInt64(done) * page, count: want, into: &raw)
+            for i in 0..<got where raw[i] & (1 << 63) != 0 { present += 1 }
+            if got < want { break }
+            done += want
+        }
+        return present
+    }
+
     public func entry(at address: UInt64) throws(SystemCallError) -> PagemapEntry {
         guard let e = try entries(at: address, count: 1).first else {
             throw SystemCallError("pread", "/proc/\(pid)/pagemap", errno: .EIO)

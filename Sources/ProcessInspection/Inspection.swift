@@ -315,7 +315,11 @@ public struct Inspection: Sendable {
                 ? Failure(.notFound, "no process \(pid) (see `ps`)")
                 : Failure(.processGone, "process \(pid) exited while it was being inspected")
         case .EACCES, .EPERM:
-            return Failure(.permissionDenied, "cannot read /proc/\(pid)/\(file): permission denied; inspecting another user's process needs ptrace read access (run as that user or as root)")
+            // Root that is refused gains nothing from "run as root".
+            let fix = geteuid() == 0
+                ? "even root is refused by the kernel's ptrace access check (a process of another user namespace or container, Yama ptrace_scope 3, lockdown): inspect it from where it runs"
+                : "inspecting another user's process needs ptrace read access (run as that user or as root)"
+            return Failure(.permissionDenied, "cannot read /proc/\(pid)/\(file): permission denied; \(fix)")
         default:
             return Failure.from(e, doing: "read /proc/\(pid)/\(file)")
         }

@@ -29,19 +29,21 @@ struct CapsCommand: ParsableCommand {
               daxmirror caps --dir /mnt/pmem --json | jq .registration.file
             """)
 
-    @Option(help: "Directory for the regular-file trial registration (a DAX mount is the interesting case).")
-    var dir: String = "/tmp"
+    @Option(name: .customLong("dir"), help: ArgumentHelp("Directory for the regular-file trial registration (a DAX mount is the interesting case).", valueName: "dir"))
+    var dirPath = PathArgument(argument: "/tmp")!
 
     @Flag(help: "Print JSON instead of a table.")
     var json = false
 
     func validate() throws {
+        try dirPath.check("--dir")
         var st = stat()
-        guard stat(dir, &st) == 0 else { throw rejected(.notFound, "--dir \(dir) does not exist: give an existing directory") }
-        guard st.st_mode & S_IFMT == S_IFDIR else { throw rejected(.notRegularFile, "--dir \(dir) is not a directory") }
+        guard dirPath.path.withCString({ stat($0, &st) }) == 0 else { throw rejected(.notFound, "--dir \(dirPath) does not exist: give an existing directory") }
+        guard st.st_mode & S_IFMT == S_IFDIR else { throw rejected(.notRegularFile, "--dir \(dirPath) is not a directory") }
     }
 
     func run() throws {
+        let dir = try dirPath.directoryForModules()
         let report = CapabilityReport.gather(directory: dir, probeExecutable: readLink("/proc/self/exe"))
         if json {
             emit(report.json.render())
@@ -102,11 +104,13 @@ struct TextReport {
     private var lines: [(String, String)?] = []  // nil key = heading marker
     private var headings: [Int: String] = [:]
 
+    // Every title, key and value is one line, whatever it holds (a file's or
+    // a process's name): String.inert.
     mutating func section(_ title: String) {
-        headings[lines.count] = title
+        headings[lines.count] = title.inert
         lines.append(nil)
     }
-    mutating func row(_ key: String, _ value: String) { lines.append((key, value)) }
+    mutating func row(_ key: String, _ value: String) { lines.append((key.inert, value.inert)) }
 
     var text: String {
         let width = lines.compactMap { $0?.0.count }.max() ?? 0

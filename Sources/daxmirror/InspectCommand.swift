@@ -58,9 +58,13 @@ struct InspectCommand: ParsableCommand {
     }
 
     static func parseRange(_ text: String) -> ClosedRange<UInt64>? {
-        let parts = text.split(separator: "-")
+        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
         guard parts.count == 2 else { return nil }
-        func hex(_ s: Substring) -> UInt64? { UInt64(s.hasPrefix("0x") ? s.dropFirst(2) : s, radix: 16) }
+        func hex(_ s: Substring) -> UInt64? {
+            let digits = s.hasPrefix("0x") ? s.dropFirst(2) : s
+            guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isHexDigit }) else { return nil }
+            return UInt64(digits, radix: 16)
+        }
         guard let a = hex(parts[0]), let b = hex(parts[1]), a < b else { return nil }
         return a...(b - 1)
     }
@@ -125,7 +129,7 @@ struct InspectCommand: ParsableCommand {
             s.count >= n ? s : (right ? String(repeating: " ", count: n - s.count) + s : s + String(repeating: " ", count: n - s.count))
         }
         if r.kernelThread {
-            return "\(r.pid):   \(r.command)\nprocess \(r.pid) is a kernel thread: it has no user memory to inspect"
+            return "\(r.pid):   \(r.command.inert)\nprocess \(r.pid) is a kernel thread: it has no user memory to inspect"
         }
         var lines = ["\(r.pid):   \(r.command)",
                      pad("Address", 25) + " Perm " + pad("Size", 9, right: true) + pad("Rss", 9, right: true)
@@ -164,6 +168,7 @@ struct InspectCommand: ParsableCommand {
                      + pad(ByteSize.human(trss), 9, right: true) + pad(String(tp), 9, right: true)
                      + pad(r.softDirty ? String(tw) : "-", 9, right: true) + pad(String(tpmd), 5, right: true)
                      + pad(String(tpud), 4, right: true))
-        return lines.joined(separator: "\n")
+        // Each line is one line whatever a name holds (a newline, U+202E).
+        return lines.map(\.inert).joined(separator: "\n")
     }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CDaxShim
 import DaxCore
 #if canImport(Glibc)
 import Glibc
@@ -26,13 +27,17 @@ struct DaxMirror: ParsableCommand {
                       MetricsCommand.self, PersistWriterCommand.self, PersistVerifyCommand.self, ProbeDaxWPCommand.self])
 
     static func main() {
+        // Before anything opens a file: see dm_process_start (closed standard
+        // streams, SIGPIPE, SIGXFSZ, SIGQUIT).
+        _ = dm_process_start()
         do {
             var command = try parseAsRoot()
             try command.run()
         } catch let failure as Failure {
             fail(failure)
         } catch let interrupted as Interrupted {
-            writeStderr("daxmirror: interrupted by signal \(interrupted.signal) while \(interrupted.what)\n".terminalSafe)
+            writeStderr("daxmirror: interrupted by signal \(interrupted.signal) while \(interrupted.what.inert)\n")
+            ExitCleanup.run(failed: true)
             signal(interrupted.signal, SIG_DFL)
             raise(interrupted.signal)
             Glibc.exit(128 + interrupted.signal)
@@ -43,15 +48,32 @@ struct DaxMirror: ParsableCommand {
             if code == .success { exit(withError: error) }
             // Usage errors: one line, like every other failure, plus where to look.
             let text = message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid usage"
-            writeStderr("daxmirror: \(text.terminalSafe) (see 'daxmirror help')\n")
+            writeStderr("daxmirror: \(text.inert) (see 'daxmirror help')\n")
             Glibc.exit(code.rawValue)
         }
     }
 
     /// One line on stderr, the distinct exit code, nothing else.
     static func fail(_ failure: Failure) -> Never {
-        writeStderr("daxmirror: \(failure.message.terminalSafe)\n")
+        writeStderr("daxmirror: \(PathAliases.shown(failure.message).inert)\n")
+        ExitCleanup.run(failed: true)
         Glibc.exit(failure.code.rawValue)
+    }
+}
+
+/// What must happen however a command ends, exit() included (a scenario
+/// run's private directory; a file `map` created, if it then fails to
+/// report): run once, on the way out. `failureOnly` actions are skipped when
+/// the command ends well (a reader that went away).
+enum ExitCleanup {
+    nonisolated(unsafe) private static var actions: [(failureOnly: Bool, run: () -> Void)] = []
+    static func register(failureOnly: Bool = false, _ action: @escaping () -> Void) {
+        actions.append((failureOnly, action))
+    }
+    static func run(failed: Bool) {
+        let a = actions
+        actions = []
+        for x in a.reversed() where failed || !x.failureOnly { x.run() }
     }
 }
 
@@ -68,10 +90,17 @@ func emit(_ s: String) { emitRaw(s.terminalSafe + "\n") }
 
 /// Writes without a newline, as is: for the terminal control sequences of
 /// `watch` (whose text goes through String.terminalSafe first).
+/// A reader that went away (EPIPE: `daxmirror … | head`) ends the command
+/// at once, quietly, with exit 0: the reader has what it wanted, and more
+/// work would only produce into nowhere. Every subcommand writes through
+/// here, so every one ends the same way (README "Output and signals").
 func emitRaw(_ s: String) {
-    if let e = writeAll(1, s) {
-        DaxMirror.fail(Failure.from(SystemCallError("write", "standard output", errno: e), doing: "write the output"))
+    guard let e = writeAll(1, s) else { return }
+    if e == .EPIPE {
+        ExitCleanup.run(failed: false)
+        Glibc.exit(0)
     }
+    DaxMirror.fail(Failure.from(SystemCallError("write", "standard output", errno: e), doing: "write to"))
 }
 
 /// Writes all of `s`; nil, or the errno that stopped it.

@@ -14,18 +14,30 @@ struct NumberArgument: ExpressibleByArgument, Sendable {
     init(_ text: String) { self.text = text }
     var defaultValueDescription: String { text }
 
-    /// A whole number (decimal, or hex with 0x) within `range`.
+    /// A whole number in decimal, as people write PIDs, ports and counts:
+    /// digits only (a minus sign where `range` has negatives), no leading
+    /// zero, no `+`, no `0x` — `inspect 0x10` is not PID 16 and `019113` is
+    /// not a port — within `range`.
     func integer<T: FixedWidthInteger>(_ name: String, _ range: ClosedRange<T>) throws -> T {
-        let v = text.hasPrefix("0x") ? T(text.dropFirst(2), radix: 16) : T(text)
-        guard let v, range.contains(v) else {
-            throw invalidArgument("\(name) \(text) is not a whole number from \(range.lowerBound) to \(range.upperBound)")
+        let digits = range.lowerBound < 0 && text.hasPrefix("-") ? text.dropFirst() : Substring(text)
+        let plain = !digits.isEmpty && digits.utf8.allSatisfy { (0x30...0x39).contains($0) }
+            && (digits.count == 1 || digits.first != "0")
+        guard plain, let v = T(text), range.contains(v) else {
+            throw invalidArgument("\(name) \(text) is not a whole number from \(range.lowerBound) to \(range.upperBound) (decimal digits only)")
         }
         return v
     }
 
+    /// `0x` and hex digits only (no sign): the value, or nil.
+    private static func hex<T: FixedWidthInteger>(_ text: String, as: T.Type) -> T? {
+        let digits = text.dropFirst(2)
+        guard text.hasPrefix("0x"), !digits.isEmpty, digits.allSatisfy(\.isHexDigit), digits.allSatisfy(\.isASCII) else { return nil }
+        return T(digits, radix: 16)
+    }
+
     /// A size (4096, 64K, 2M, 1G, 0x hex) within `range`.
     func size(_ name: String, _ range: ClosedRange<UInt64>) throws -> UInt64 {
-        let v = text.hasPrefix("0x") ? UInt64(text.dropFirst(2), radix: 16) : ByteSize.parse(text)
+        let v = text.hasPrefix("0x") ? Self.hex(text, as: UInt64.self) : ByteSize.parse(text)
         guard let v else { throw invalidArgument("\(name) \(text) is not a size (examples: 4096, 64M, 1G)") }
         guard range.contains(v) else {
             throw invalidArgument("\(name) \(text) is outside \(ByteSize.human(range.lowerBound))-\(ByteSize.human(range.upperBound))")
@@ -35,7 +47,8 @@ struct NumberArgument: ExpressibleByArgument, Sendable {
 
     /// A byte: 0-255 or 0x00-0xff.
     func byte(_ name: String) throws -> UInt8 {
-        let v = text.hasPrefix("0x") ? UInt8(text.dropFirst(2), radix: 16) : UInt8(text)
+        let decimal = !text.isEmpty && text.utf8.allSatisfy { (0x30...0x39).contains($0) }
+        let v = text.hasPrefix("0x") ? Self.hex(text, as: UInt8.self) : decimal ? UInt8(text) : nil
         guard let v else { throw invalidArgument("\(name) \(text) is not a byte (0-255 or 0x00-0xff)") }
         return v
     }

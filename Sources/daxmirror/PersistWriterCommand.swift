@@ -26,7 +26,8 @@ struct PersistWriterCommand: ParsableCommand {
             """,
         shouldDisplay: false)
 
-    @Argument(help: "The file to write.") var path: String
+    @Argument(help: ArgumentHelp("The file to write.", valueName: "path")) var pathArgument: PathArgument
+    var path: FilePath { pathArgument.path }
     @Option(name: .customLong("records"), parsing: .unconditional, help: "Number of records.")
     var recordsText = NumberArgument("1000")
     @Option(name: .customLong("record-size"), parsing: .unconditional, help: "Bytes per record (8 to 64M).")
@@ -37,6 +38,7 @@ struct PersistWriterCommand: ParsableCommand {
     var throughMirror = false
 
     func validate() throws {
+        try pathArgument.check("PATH")
         let records = try recordsText.integer("--records", 1...Int.max)
         let recordSize = try recordSizeText.integer("--record-size", 8...(64 << 20))
         let (bytes, overflow) = records.multipliedReportingOverflow(by: recordSize)
@@ -74,7 +76,10 @@ struct PersistWriterCommand: ParsableCommand {
         let mem: MappedMemory
         let mirror: Mirror
         do {
-            mem = try MappedMemory(name: "log", kind: .file, path: path, size: size, options: .init())
+            guard let text = path.string else {
+                throw Failure(.invalidArgument, "--through-mirror needs a path that is UTF-8 (\(path) is not)")
+            }
+            mem = try MappedMemory(name: "log", kind: .file, path: text, size: size, options: .init())
             mirror = try Mirror(region: mem.region, dax: mem.mapSync)
         } catch let e as MirrorError {
             throw Failure(.systemError, "cannot mirror \(path): \(e)")
@@ -103,7 +108,8 @@ struct PersistVerifyCommand: ParsableCommand {
         abstract: "Crash-test helper: check that records 0..<N written by persist-writer are intact.",
         shouldDisplay: false)
 
-    @Argument(help: "The file persist-writer wrote.") var path: String
+    @Argument(help: ArgumentHelp("The file persist-writer wrote.", valueName: "path")) var pathArgument: PathArgument
+    var path: FilePath { pathArgument.path }
     @Option(name: .customLong("record-size"), parsing: .unconditional, help: "Bytes per record (8 to 64M).")
     var recordSizeText = NumberArgument("4096")
     @Option(name: .customLong("acked"), parsing: .unconditional,
@@ -111,6 +117,7 @@ struct PersistVerifyCommand: ParsableCommand {
     var ackedText: NumberArgument
 
     func validate() throws {
+        try pathArgument.check("PATH")
         let recordSize = try recordSizeText.integer("--record-size", 8...(64 << 20))
         _ = try ackedText.integer("--acked", -1...(Int(1 << 56) / recordSize - 1))
     }

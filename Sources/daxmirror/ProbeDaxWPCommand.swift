@@ -16,7 +16,8 @@ struct ProbeDaxWPCommand: ParsableCommand {
         abstract: "Child-process probe: does arming uffd write protection on DAX hang or SIGBUS? (run via caps)",
         shouldDisplay: false)
 
-    @Option(help: "A directory on a DAX mount.") var dir: String
+    @Option(name: .customLong("dir"), help: ArgumentHelp("A directory on a DAX mount.", valueName: "dir")) var dirPath: PathArgument
+    var dir: FilePath { dirPath.path }
     @Option(help: "read or write the untouched page.") var access: String = "read"
 
     func run() throws {
@@ -24,7 +25,7 @@ struct ProbeDaxWPCommand: ParsableCommand {
         let fd = try Failure.wrapping("create a file in \(dir)") { () throws(SystemCallError) -> OwnedFD in
             try OwnedFD.open(dir, DM_O_TMPFILE | O_RDWR, mode: 0o600)
         }
-        guard ftruncate(fd.rawValue, off_t(size)) == 0 else { throw Failure.from(SystemCallError("ftruncate", dir), doing: "size") }
+        guard ftruncate(fd.rawValue, off_t(size)) == 0 else { throw Failure.from(SystemCallError("ftruncate", dir.description), doing: "size") }
         // Reserve 2 MiB more and align, so the kernel may use PMD entries.
         let raw = mmap(nil, size + (2 << 20), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)!
         let aligned = UnsafeMutableRawPointer(bitPattern: (UInt(bitPattern: raw) + (2 << 20) - 1) & ~UInt((2 << 20) - 1))!

@@ -35,11 +35,12 @@ struct RunCommand: ParsableCommand {
               daxmirror run --text Scenarios/snapshot.scn              # for people: snapshot pictures
             """)
 
-    @Argument(help: "The scenario file, or - for standard input.")
-    var scenario: String
+    @Argument(help: ArgumentHelp("The scenario file, or - for standard input.", valueName: "scenario"))
+    var scenarioPath: PathArgument
+    var scenario: FilePath { scenarioPath.path }
 
-    @Option(help: "Directory for relative file paths in `map R file PATH`.")
-    var dir: String = "."
+    @Option(name: .customLong("dir"), help: ArgumentHelp("Directory under which relative file paths in `map R file PATH` resolve: each run makes a private directory there and removes it, with its files, when it ends.", valueName: "dir"))
+    var dirPath = PathArgument(argument: ".")!
 
     @Flag(help: "Do not register userfaultfd for invalidation events (revalidation only).")
     var untracked = false
@@ -59,19 +60,30 @@ struct RunCommand: ParsableCommand {
     /// from eating the machine's memory.
     static let largestScenario = 64 << 20
 
+    func validate() throws {
+        try scenarioPath.check("SCENARIO")
+        try dirPath.check("--dir")
+    }
+
     func run() throws {
         let script = try readScenario()
         var st = stat()
-        guard stat(dir, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
-            throw Failure(.notFound, "--dir \(dir) is not a directory")
+        guard dirPath.path.withCString({ stat($0, &st) }) == 0 else {
+            throw Failure.from(SystemCallError("stat", dirPath.description), doing: "use --dir")
         }
+        guard st.st_mode & S_IFMT == S_IFDIR else { throw Failure(.notRegularFile, "--dir \(dirPath) is not a directory") }
+        let dir = try dirPath.directoryForModules()
         if againstKernel && access(KernelDmirror.defaultPath, F_OK) != 0 {
             throw Failure(.unsupported, "--against-kernel needs \(KernelDmirror.defaultPath) (a kernel with CONFIG_TEST_HMM): run it in `Scripts/guest.sh --kernel hmm`")
         }
         let runner = ScenarioRunner(directory: dir, tracking: !untracked, againstKernel: againstKernel)
+        // The run's private directory goes however the command ends (a
+        // reader that went away, a write error).
+        ExitCleanup.register { runner.finish() }
         let failed = runner.run(script: script) { answer in
             emit(text ? ScenarioText.render(answer) : answer.render(pretty: pretty))
         }
+        runner.finish()
         if failed > 0 {
             writeStderr("daxmirror: \(failed) scenario command\(failed == 1 ? "" : "s") failed\n")
             Glibc.exit(ExitCause.failure.rawValue)
@@ -83,18 +95,19 @@ struct RunCommand: ParsableCommand {
     /// before a byte is read (a device, a directory).
     private func readScenario() throws -> [UInt8] {
         let fd: Int32
-        let name = scenario == "-" ? "standard input" : scenario
-        if scenario == "-" {
+        let stdin = scenario == "-"
+        let name = stdin ? "standard input" : scenario.description
+        if stdin {
             fd = 0
         } else {
-            fd = Glibc.open(scenario, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { throw Failure.from(SystemCallError("open", scenario), doing: "read scenario") }
+            fd = scenario.withCString { Glibc.open($0, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY) }
+            guard fd >= 0 else { throw Failure.from(SystemCallError("open", name), doing: "read scenario") }
         }
         defer { if fd != 0 { Glibc.close(fd) } }
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw Failure.from(SystemCallError("fstat", name), doing: "read scenario") }
         let type = st.st_mode & S_IFMT
-        guard type == S_IFREG || type == S_IFIFO || type == S_IFSOCK || (scenario == "-" && type == S_IFCHR) else {
+        guard type == S_IFREG || type == S_IFIFO || type == S_IFSOCK || (stdin && type == S_IFCHR) else {
             throw Failure(.notRegularFile, "scenario \(name) is not a regular file or a pipe: give a scenario file, or - for standard input")
         }
         var bytes: [UInt8] = []
@@ -102,6 +115,7 @@ struct RunCommand: ParsableCommand {
         while true {
             let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
+            if n < 0 && errno == EAGAIN { waitReadable(fd); continue }  // a FIFO opened O_NONBLOCK
             if n < 0 { throw Failure.from(SystemCallError("read", name), doing: "read scenario") }
             if n == 0 { break }
             guard bytes.count + n <= Self.largestScenario else {
@@ -110,5 +124,10 @@ struct RunCommand: ParsableCommand {
             bytes.append(contentsOf: chunk[0..<n])
         }
         return bytes
+    }
+
+    private func waitReadable(_ fd: Int32) {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        _ = poll(&p, 1, -1)
     }
 }

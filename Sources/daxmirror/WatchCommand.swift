@@ -104,9 +104,9 @@ struct WatchCommand: ParsableCommand {
                     var rows: UInt32 = 0, columns: UInt32 = 0
                     if dm_terminal_size(1, &rows, &columns) != 0 || rows == 0 { rows = 24; columns = 80 }
                     let lines = Self.view(r, rates: rates, interval: interval, fit: (Int(rows), Int(columns)))
-                    emitRaw("\u{1b}[H" + lines.map { $0.terminalSafe + "\u{1b}[K" }.joined(separator: "\r\n") + "\u{1b}[J")
+                    emitRaw("\u{1b}[H" + lines.map { $0.inert + "\u{1b}[K" }.joined(separator: "\r\n") + "\u{1b}[J")
                 } else {
-                    emit(Self.view(r, rates: rates, interval: interval, fit: nil).joined(separator: "\n") + "\n")
+                    emit(Self.view(r, rates: rates, interval: interval, fit: nil).map(\.inert).joined(separator: "\n") + "\n")
                 }
             }
             previous = (now, Dictionary(r.vmas.map { ($0.vma.start, $0.presentPages) }, uniquingKeysWith: { a, _ in a }),

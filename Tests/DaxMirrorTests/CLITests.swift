@@ -68,7 +68,7 @@ struct CLITests {
 
     @Test func mapReportsNotPmemWithReasonOnHost() throws {
         let dir = try ScratchDirectory()
-        let r = try CLI.daxmirror(["map", dir.file("f"), "--create", "--size", "4M", "--json"])
+        let r = try CLI.daxmirror(["map", dir.file("f"), "--create", "--size", "4M", "--fill", "1", "--json"])
         #expect(r.status == 0, "\(r.stderr)")
         let j = try CLI.json(r)
         #expect(j["is_pmem"] as? Bool == false)
@@ -77,7 +77,8 @@ struct CLITests {
         #expect(j["map_sync"] as? String == "EOPNOTSUPP")
         let view = try #require(j["kernel_view"] as? [String: Any])
         #expect(view["pages"] as? Int == 1024)
-        #expect(view["present_pages"] as? Int == 1024)  // touched by MADV_POPULATE_READ
+        #expect(view["present_pages"] as? Int == 1024)  // every page written by --fill
+        #expect(view["touched_pages"] as? Int == 1024)
         let req = try CLI.daxmirror(["map", dir.file("f"), "--require-pmem"])
         #expect(req.status == 10)
         #expect(req.stderrLines.count == 1)
@@ -92,7 +93,7 @@ struct CLITests {
         func msyncCalls(_ env: [String: String]) throws -> (Int, [String: Any]) {
             let log = dir.file("trace-\(env.count)")
             let r = try CLI.run(strace, ["-f", "-qq", "-e", "trace=msync", "-o", log, CLI.binary,
-                                         "map", path, "--fill", "0xab", "--json"], env: env)
+                                         "map", path, "--fill", "0xab", "--overwrite", "--json"], env: env)
             #expect(r.status == 0, "\(r.stderr)")
             let trace = try String(contentsOfFile: log, encoding: .utf8)
             return (trace.components(separatedBy: "msync(").count - 1, try CLI.json(r))

@@ -51,7 +51,7 @@ struct DaxTests {
         let dir = try ScratchDirectory(base: daxDir)
         #expect(try CLI.daxmirror(["map", dir.file("f"), "--create", "--size", "4M"]).status == 0)
         let log = dir.file("trace")
-        let r = try CLI.run(strace, ["-f", "-qq", "-e", "trace=msync", "-o", log, CLI.binary, "map", dir.file("f"), "--fill", "0x5c"])
+        let r = try CLI.run(strace, ["-f", "-qq", "-e", "trace=msync", "-o", log, CLI.binary, "map", dir.file("f"), "--fill", "0x5c", "--overwrite"])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(try String(contentsOfFile: log, encoding: .utf8).components(separatedBy: "msync(").count == 1)
         #expect(try fileBytes(dir.file("f")).allSatisfy { $0 == 0x5c })

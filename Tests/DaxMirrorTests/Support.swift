@@ -152,10 +152,19 @@ final class Spawned {
 
     /// Waits until its stdout holds `text` (true), or it ended or `timeout` passed (false).
     func waitForOutput(containing text: String, timeout: TimeInterval) -> Bool {
+        waitFor(text, in: { self.output }, timeout: timeout)
+    }
+
+    /// The same for its stderr.
+    func waitForErrorOutput(containing text: String, timeout: TimeInterval) -> Bool {
+        waitFor(text, in: { self.errorOutput }, timeout: timeout)
+    }
+
+    private func waitFor(_ text: String, in stream: () -> String, timeout: TimeInterval) -> Bool {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
-            if output.contains(text) { return true }
-            if !isRunning { return output.contains(text) }
+            if stream().contains(text) { return true }
+            if !isRunning { return stream().contains(text) }
             usleep(10_000)
         }
         return false

@@ -2,8 +2,10 @@
 //
 // Swift cannot import function-like macros (_IOWR and friends), cannot call the
 // variadic ioctl(2)/syscall(2), and sees packed unions (struct uffd_msg) badly.
-// Each wrapper below does exactly one kernel call and returns its raw result
-// (-1 with errno set on failure); all policy lives in Swift. This header
+// Each wrapper below does one kernel call and returns its raw result (-1 with
+// errno set on failure); all policy lives in Swift. The exceptions say so:
+// the guarded copies (a signal handler around a memcpy), dm_fork_fill (a
+// child's whole life) and dm_process_start (the environment at start). This header
 // declares and explains; daxshim.c (built with _GNU_SOURCE, so glibc's own
 // wrappers serve where glibc has one) holds the bodies.
 //
@@ -53,6 +55,11 @@
 #endif
 /// open(2) flag for an unnamed file in a directory (glibc hides it without _GNU_SOURCE).
 static const int DM_O_TMPFILE = O_TMPFILE;
+#ifndef O_PATH
+#define O_PATH 010000000
+#endif
+/// open(2) flag for a descriptor that only names a file (hidden the same way).
+static const int DM_O_PATH = O_PATH;
 static const int DM_MAP_SHARED_VALIDATE = MAP_SHARED_VALIDATE;
 static const int DM_MAP_SYNC = MAP_SYNC;
 #ifndef MAP_FIXED_NOREPLACE
@@ -375,5 +382,20 @@ int dm_hmm_snapshot(int fd, struct dm_hmm_dmirror_cmd *cmd);
 int dm_copy_guarded(void *dst, const void *src, size_t n);
 int dm_fill_guarded(void *dst, int byte, size_t n);
 void *dm_guard_fault_address(void);
+
+// ---------------------------------------------------------------------------
+// The process's environment, made safe before anything else runs (daxshim.c).
+// ---------------------------------------------------------------------------
+/// Called first thing in main. (1) A standard stream the parent left closed
+/// gets a placeholder, so nothing the program opens later becomes fd 0, 1 or
+/// 2 (a report written "to stdout" into the user's file): /dev/null opened
+/// for the *other* direction, so a write to a closed stdout or stderr fails
+/// with EBADF and a read of a closed stdin does too — an error, not a silent
+/// success. (2) SIGPIPE and SIGXFSZ are ignored: a reader that went away is
+/// EPIPE and a file-size limit is EFBIG, answered where they happen instead
+/// of killing the process mid-work. (3) SIGQUIT takes its default action
+/// (the Swift runtime's backtracer would print a crash report and carry on).
+/// Returns a bit mask of the streams that were closed (bit N: fd N).
+int dm_process_start(void);
 
 #endif // DAXSHIM_H
