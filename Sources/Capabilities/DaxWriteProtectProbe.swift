@@ -47,8 +47,18 @@ public struct DaxWriteProtectProbe: Sendable {
         let args = [exe, "probe-dax-wp", "--dir", dir, "--access", access]
         var argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
+        // The child starts with default dispositions: this process ignores
+        // SIGPIPE and SIGXFSZ (dm_process_start), which exec would pass on.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for s in [SIGPIPE, SIGXFSZ, SIGQUIT] { sigaddset(&defaults, s) }
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF))
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, exe, &actions, nil, &argv, environ)
+        let rc = posix_spawn(&pid, exe, &actions, &attributes, &argv, environ)
         close(pipeFDs[1])
         let out = OwnedFD(pipeFDs[0])
         guard rc == 0 else { return (.failed, "spawn \(exe): \(Errno(rc))") }

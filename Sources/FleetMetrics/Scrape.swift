@@ -202,7 +202,9 @@ public struct Scrape {
             }
             for (path, m) in found {
                 daxMappingsSeen += 1
-                let labels = [("pid", String(pid)), ("command", command), ("path", path)]
+                // Names are anyone's to choose: inert like every other output
+                // (a newline or U+202E in a label would show in a terminal).
+                let labels = [("pid", String(pid)), ("command", command.inert), ("path", path.inert)]
                 registry.makeGauge(name: "daxmirror_process_mapped_bytes", labels: labels,
                                    help: "Bytes of a DAX file or device-dax a process maps").set(to: Double(m.mapped))
                 guard let present = m.present else { continue }

@@ -60,19 +60,29 @@ public final class Pagemap: @unchecked Sendable {
     /// read in pieces of 64 Ki entries: memory bounded (512 KiB) whatever
     /// the range (a 1 TiB mapping is 2 GiB of entries).
     public func presentCount(at address: UInt64, count: Int) throws(SystemCallError) -> Int {
+        try tally(at: address, count: count).present
+    }
+
+    /// Present pages, and those present or swapped with soft-dirty set
+    /// (written since the last clear), counted the same bounded way.
+    public func tally(at address: UInt64, count: Int) throws(SystemCallError) -> (present: Int, written: Int) {
         let page = UInt64(Syscall.pageSize)
         let piece = 1 << 16
         var raw: [UInt64] = []
-        var present = 0
+        var present = 0, written = 0
         var done = 0
         while done < count {
             let want = min(piece, count - done)
             let got = try read(at: address + UInt64(done) * page, count: want, into: &raw)
-            for i in 0..<got where raw[i] & (1 << 63) != 0 { present += 1 }
+            for i in 0..<got {
+                let e = PagemapEntry(raw: raw[i])
+                if e.present { present += 1 }
+                if (e.present || e.swapped) && e.softDirty { written += 1 }
+            }
             if got < want { break }
             done += want
         }
-        return present
+        return (present, written)
     }
 
     public func entry(at address: UInt64) throws(SystemCallError) -> PagemapEntry {

@@ -59,6 +59,9 @@ public struct Inspection: Sendable {
     /// together. `range` limits the VMAs; `pages` adds per-page runs;
     /// `rearm` clears soft-dirty afterwards so the next `written` counts
     /// only later writes.
+    /// `--pages` lists at most this many pages (16 GiB of mappings).
+    public static let maxPagesShown: UInt64 = 4 << 20
+
     public static func read(pid: Int32, range: ClosedRange<UInt64>? = nil, pages: Bool = false,
                             rearm: Bool = false, inventory: Inventory? = nil) throws(Failure) -> Inspection {
         let proc = "/proc/\(pid)"
@@ -139,7 +142,6 @@ public struct Inspection: Sendable {
         // (PAGEMAP_SCAN refuses ranges outside the user address space: [vsyscall].)
         let userVMAs = out.filter { $0.vma.end <= 1 << 56 && !$0.vma.path.hasPrefix("[vsyscall]") }
         var regions: [PageRegion] = []
-        var entriesRead: [Int: [PagemapEntry]] = [:]
         if scan, let first = userVMAs.first?.vma.start, let last = userVMAs.last?.vma.end {
             do {
                 regions = try pagemap.scanAll(start: first, end: last, anyOf: [.present, .swapped],
@@ -173,24 +175,27 @@ public struct Inspection: Sendable {
         } else {
             // No PAGEMAP_SCAN (before 6.7): pagemap, a VMA at a time; PMDs from
             // smaps, which sees anonymous and page-cache THPs but not DAX.
+            // Counted in bounded pieces: a VMA of any size costs 512 KiB.
             for i in out.indices where out[i].vma.end <= 1 << 56 {
                 let v = out[i].vma
-                let e: [PagemapEntry]
-                do { e = try pagemap.entries(at: v.start, count: Int(v.size / 4096)) } catch { throw procFailure(error, pid, "pagemap") }
-                out[i].presentPages = UInt64(e.lazy.filter(\.present).count)
-                if softDirty { out[i].writtenPages = UInt64(e.lazy.filter { ($0.present || $0.swapped) && $0.softDirty }.count) }
+                let t: (present: Int, written: Int)
+                do { t = try pagemap.tally(at: v.start, count: Int(v.size / 4096)) } catch { throw procFailure(error, pid, "pagemap") }
+                out[i].presentPages = UInt64(t.present)
+                if softDirty { out[i].writtenPages = UInt64(t.written) }
                 out[i].pmdMappings = Int((v.anonHugePages + v.filePmdMapped) >> 21)
                 out[i].pmdKnown = !out[i].isDAX
-                if pages { entriesRead[i] = e }
             }
         }
         if pages {
+            // One entry and one code per page: bounded by what is asked.
+            let asked = out.reduce(UInt64(0)) { $0 + $1.vma.size / 4096 }
+            guard asked <= maxPagesShown else {
+                throw Failure(.invalidArgument, "--pages would list \(asked) pages (\(ByteSize.human(asked * 4096)) of mappings), more than \(maxPagesShown) (\(ByteSize.human(maxPagesShown * 4096))): narrow it with --range START-END")
+            }
             for i in out.indices {
                 let v = out[i].vma
                 let entries: [PagemapEntry]
-                if let e = entriesRead[i] { entries = e } else {
-                    do { entries = try pagemap.entries(at: v.start, count: Int(v.size / 4096)) } catch { throw procFailure(error, pid, "pagemap") }
-                }
+                do { entries = try pagemap.entries(at: v.start, count: Int(v.size / 4096)) } catch { throw procFailure(error, pid, "pagemap") }
                 let codes = pageCodes(out[i], entries, regions: regions, softDirty: softDirty)
                 out[i].runs = runs(codes, entries, base: v.start)
                 out[i].codes = codes

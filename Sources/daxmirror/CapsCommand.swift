@@ -44,6 +44,7 @@ struct CapsCommand: ParsableCommand {
 
     func run() throws {
         let dir = try dirPath.directoryForModules()
+        try Self.requireDescriptors(16)
         let report = CapabilityReport.gather(directory: dir, probeExecutable: readLink("/proc/self/exe"))
         if json {
             emit(report.json.render())
@@ -100,6 +101,23 @@ struct CapsCommand: ParsableCommand {
 }
 
 /// A two-column report with section headings, aligned.
+extension CapsCommand {
+    /// Each probe opens a few descriptors; with fewer free than `n` a probe
+    /// would fail for want of them and read as "the kernel has no". Checked
+    /// first, so that caps reports the kernel or nothing.
+    static func requireDescriptors(_ n: Int) throws {
+        var opened: [Int32] = []
+        defer { opened.forEach { _ = close($0) } }
+        for _ in 0..<n {
+            let fd = dup(2)
+            if fd < 0 {
+                throw Failure(.systemError, "cannot probe the kernel: \(opened.count) file descriptors are free and its probes need \(n) (\(Errno.current.name)); raise the open-file limit (ulimit -n)")
+            }
+            opened.append(fd)
+        }
+    }
+}
+
 struct TextReport {
     private var lines: [(String, String)?] = []  // nil key = heading marker
     private var headings: [Int: String] = [:]

@@ -36,11 +36,7 @@ struct DaxMirror: ParsableCommand {
         } catch let failure as Failure {
             fail(failure)
         } catch let interrupted as Interrupted {
-            writeStderr("daxmirror: interrupted by signal \(interrupted.signal) while \(interrupted.what.inert)\n")
-            ExitCleanup.run(failed: true)
-            signal(interrupted.signal, SIG_DFL)
-            raise(interrupted.signal)
-            Glibc.exit(128 + interrupted.signal)
+            end(interrupted)
         } catch {
             if let pendingFailure { fail(pendingFailure) }
             // --help and --version arrive here as "errors" with exit code 0.
@@ -51,6 +47,16 @@ struct DaxMirror: ParsableCommand {
             writeStderr("daxmirror: \(text.inert) (see 'daxmirror help')\n")
             Glibc.exit(code.rawValue)
         }
+    }
+
+    /// Work stopped by SIGINT/SIGTERM/SIGHUP: one line, the cleanups, then
+    /// the signal's own end (exit status 128+N to a shell).
+    static func end(_ interrupted: Interrupted) -> Never {
+        writeStderr("daxmirror: interrupted by signal \(interrupted.signal) while \(interrupted.what.inert)\n")
+        ExitCleanup.run(failed: true)
+        signal(interrupted.signal, SIG_DFL)
+        raise(interrupted.signal)
+        Glibc.exit(128 + interrupted.signal)
     }
 
     /// One line on stderr, the distinct exit code, nothing else.

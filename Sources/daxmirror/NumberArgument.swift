@@ -37,7 +37,9 @@ struct NumberArgument: ExpressibleByArgument, Sendable {
 
     /// A size (4096, 64K, 2M, 1G, 0x hex) within `range`.
     func size(_ name: String, _ range: ClosedRange<UInt64>) throws -> UInt64 {
-        let v = text.hasPrefix("0x") ? Self.hex(text, as: UInt64.self) : ByteSize.parse(text)
+        // As typed: no space or sign around it (ByteSize.parse forgives those).
+        let plain = text.first.map { ("0"..."9").contains($0) } == true && !text.contains(where: \.isWhitespace)
+        let v = !plain ? nil : text.hasPrefix("0x") ? Self.hex(text, as: UInt64.self) : ByteSize.parse(text)
         guard let v else { throw invalidArgument("\(name) \(text) is not a size (examples: 4096, 64M, 1G)") }
         guard range.contains(v) else {
             throw invalidArgument("\(name) \(text) is outside \(ByteSize.human(range.lowerBound))-\(ByteSize.human(range.upperBound))")

@@ -80,8 +80,12 @@ struct RunCommand: ParsableCommand {
         // The run's private directory goes however the command ends (a
         // reader that went away, a write error).
         ExitCleanup.register { runner.finish() }
+        // SIGINT/SIGTERM/SIGHUP stop the run between two lines, so that the
+        // private directory goes before the signal ends the process.
+        let signals = InterruptingSignals()
         let failed = runner.run(script: script) { answer in
             emit(text ? ScenarioText.render(answer) : answer.render(pretty: pretty))
+            if let s = signals.received { DaxMirror.end(Interrupted(signal: s, what: "running the scenario; its files were removed")) }
         }
         runner.finish()
         if failed > 0 {

@@ -30,23 +30,26 @@ struct WatchCommand: ParsableCommand {
             """)
 
     @Argument(help: "The process ID.") var pidText: NumberArgument
-    @Option(name: .customLong("interval"), parsing: .unconditional, help: "Milliseconds between samples (10 to 3600000).")
-    var intervalText = NumberArgument("1000")
+    @Option(name: .customLong("interval"), parsing: .unconditional, help: "Milliseconds between samples (10 to 3600000, default 1000).")
+    var intervalText: NumberArgument?
     @Flag(help: "Take one sample and exit.") var once = false
     @Flag(help: "One JSON object per interval.") var json = false
-    @Option(name: .customLong("count"), parsing: .unconditional, help: "Stop after N samples (0: until Ctrl-C or the process exits).")
-    var countText = NumberArgument("0")
+    @Option(name: .customLong("count"), parsing: .unconditional, help: "Stop after N samples (default 0: until Ctrl-C or the process exits).")
+    var countText: NumberArgument?
 
     func validate() throws {
         _ = try pidText.integer("PID", 1...Int32.max)
-        _ = try intervalText.integer("--interval", 10...3_600_000)
-        _ = try countText.integer("--count", 0...Int(Int32.max))
+        _ = try intervalText?.integer("--interval", 10...3_600_000)
+        _ = try countText?.integer("--count", 0...Int(Int32.max))
+        if once && (intervalText != nil || countText != nil) {
+            throw ValidationError("--once takes one sample: --interval and --count do nothing with it")
+        }
     }
 
     // Checked in validate().
     var pid: Int32 { (try? pidText.integer("PID", 1...Int32.max)) ?? 0 }
-    var interval: Int { (try? intervalText.integer("--interval", 10...3_600_000)) ?? 1000 }
-    var count: Int { (try? countText.integer("--count", 0...Int(Int32.max))) ?? 0 }
+    var interval: Int { intervalText.flatMap { try? $0.integer("--interval", 10...3_600_000) } ?? 1000 }
+    var count: Int { countText.flatMap { try? $0.integer("--count", 0...Int(Int32.max)) } ?? 0 }
 
     func run() throws {
         let inventory = try? Inventory.read()

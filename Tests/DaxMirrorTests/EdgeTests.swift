@@ -153,6 +153,85 @@ struct BoundedMapTests {
     }
 }
 
+@Suite("edges: a failure is never a measurement", .serialized)
+struct FailureNotMeasurementTests {
+    /// With few descriptors (stdin closed so the loader can start), caps
+    /// and metrics either report what the unlimited run reports about the
+    /// kernel, or fail with one line: never "none" or "no" for "could not look".
+    @Test func fewDescriptorsGiveTheTruthOrAnError() throws {
+        let prlimit = try #require(which("prlimit"))
+        let dir = try ScratchDirectory()
+        let reference = try CLI.daxmirror(["metrics"])
+        let kernelLine = { (text: String) in text.split(separator: "\n").first { $0.hasPrefix("daxmirror_kernel_info{") }.map(String.init) }
+        let refKernel = try #require(kernelLine(reference.stdout))
+        let refCaps = try CLI.json(try CLI.daxmirror(["caps", "--json"]))
+        var outcomes: [String] = []
+        // Only the standard streams: whatever else the test runner left open
+        // without close-on-exec would count against the limit.
+        let only012 = "exec python3 -c 'import os,sys; os.closerange(3, 1 << 16); os.execvp(sys.argv[1], sys.argv[1:])' "
+        for n in 3...24 {
+            let m = try bash(only012 + "\(prlimit) --nofile=\(n) \"$D\" metrics <&-", in: dir)
+            if m.status == 0 {
+                #expect(kernelLine(m.stdout) == refKernel, "nofile \(n): \(kernelLine(m.stdout) ?? "no kernel_info")")
+                let procs = m.stdout.split(separator: "\n").first { $0.hasPrefix("daxmirror_scrape_processes ") }
+                #expect(procs != nil && procs != "daxmirror_scrape_processes 0.0", "nofile \(n): \(procs ?? "absent")")
+            } else {
+                #expect(m.stderrLines.count == 1 && m.stdout.isEmpty, "nofile \(n): \(m.stderr)")
+            }
+            let c = try bash(only012 + "\(prlimit) --nofile=\(n) \"$D\" caps --json <&-", in: dir)
+            if c.status == 0 {
+                let j = try CLI.json(c)
+                #expect((j["features"] as? String) == (refCaps["features"] as? String), "nofile \(n)")
+                #expect(!c.stdout.contains("EMFILE"), "nofile \(n): a probe failed for want of descriptors and was reported")
+            } else {
+                #expect(c.status == 13 && c.stderrLines.count == 1, "nofile \(n): \(c.stderr)")
+            }
+            outcomes.append("\(n):\(m.status)/\(c.status)")
+        }
+        print("nofile: metrics/caps exit: " + outcomes.joined(separator: " "))
+    }
+
+    /// --wp-probe-dir that cannot run the probe is an error, not a label.
+    @Test func aProbeDirectoryThatCannotServeIsAnError() throws {
+        let dir = try ScratchDirectory()
+        try Data([1]).write(to: URL(fileURLWithPath: dir.file("file")))
+        for (path, code) in [(dir.file("missing"), Int32(3)), (dir.file("file"), 4)] {
+            let r = try CLI.daxmirror(["metrics", "--wp-probe-dir", path])
+            #expect(r.status == code && r.stderrLines.count == 1 && r.stdout.isEmpty, "\(path): \(r.status) \(r.stderr)")
+        }
+        if DaxEnvironment.directory == nil {
+            let r = try CLI.daxmirror(["metrics", "--wp-probe-dir", dir.path])
+            #expect(r.status == 10 && r.stdout.isEmpty, "not DAX: \(r.status) \(r.stderr)")
+        }
+    }
+}
+
+extension BoundedMapTests {
+    /// inspect of a process with a 1 TiB mapping: the counts in bounded
+    /// memory; --pages of it refused with the way out (--range).
+    @Test func inspectOfAHugeMappingIsBounded() throws {
+        let child = try Spawned("/usr/bin/python3", ["-c", """
+            import mmap, sys
+            m = mmap.mmap(-1, 1 << 40, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x4000, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            m[0:4096] = b"x" * 4096
+            print("mapped", flush=True); sys.stdin.read()
+            """], inputPipe: true)
+        guard child.waitForOutput(containing: "mapped", timeout: 30) else { try skip("no 1 TiB of address space here: \(child.errorOutput)") }
+        let r = try CLI.daxmirror(["inspect", String(child.pid), "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let vmas = try #require(try CLI.json(r)["vmas"] as? [[String: Any]])
+        let big = try #require(vmas.first { ($0["size"] as? Int ?? 0) >= 1 << 40 })
+        #expect((big["present_pages"] as? Int ?? 0) >= 1)
+        let pages = try CLI.daxmirror(["inspect", String(child.pid), "--pages"])
+        #expect(pages.status == 9 && pages.stderr.contains("--range"), "\(pages.stderr)")
+        let start = try #require(big["start"] as? String)
+        let from = try #require(UInt64(start.dropFirst(2), radix: 16))
+        let narrow = try CLI.daxmirror(["inspect", String(child.pid), "--range",
+                                        "\(String(from, radix: 16))-\(String(from + 4096, radix: 16))", "--json"])
+        #expect(narrow.status == 0 || narrow.status == 9, "\(narrow.stderr)")
+    }
+}
+
 @Suite("edges: paths are bytes", .serialized)
 struct BytePathTests {
     /// A name that is not UTF-8 reaches the kernel as given: found when it
@@ -213,6 +292,8 @@ struct OptionConsentTests {
         #expect(try fileBytes(path) == [UInt8](repeating: 0x41, count: 8192))
         let listenOnly = try CLI.daxmirror(["metrics", "--max-connections", "4"])
         #expect(listenOnly.status == 64, "\(listenOnly.stderr)")
+        let onceCount = try CLI.daxmirror(["watch", String(getpid()), "--once", "--count", "3"])
+        #expect(onceCount.status == 64, "\(onceCount.stderr)")
     }
 
     /// A scenario never resizes a file it did not create; its relative
@@ -234,6 +315,14 @@ struct OptionConsentTests {
         let script = "map A file shared.dat 64K\ncpu-write A 0 64K 9\nmirror A\ndev-read A 0 64K\n"
         let runs = try (0..<2).map { _ in try Spawned(CLI.binary, ["run", "-", "--dir", dir.path], input: Array(script.utf8)) }
         for r in runs { #expect(r.wait(timeout: 60) == 0, "\(r.output) \(r.errorOutput)") }
+        // A run ended by SIGTERM removes its private directory too.
+        let long = "map A file gone.dat 64K\n" + String(repeating: "cpu-write A 0 64K 1\n", count: 500_000)
+        let slow = try Spawned(CLI.binary, ["run", "-", "--dir", dir.path], input: Array(long.utf8))
+        defer { slow.kill() }
+        #expect(slow.waitForOutput(containing: "\"op\":\"cpu-write\"", timeout: 60))
+        slow.signal(SIGTERM)
+        let status = slow.wait(timeout: 30)
+        #expect(status.map { $0 & 0x7f } == SIGTERM, "status \(String(describing: status))")
         // And nothing of theirs is left behind.
         let left = try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted()
         #expect(left == ["theirs"], "\(left)")
@@ -287,6 +376,10 @@ struct StrictNumberTests {
             let r = try CLI.daxmirror(["metrics", "--listen", listen], timeout: 10)
             #expect(r.status == 9, "--listen '\(listen)': \(r.status) \(r.stderr)")
             #expect(!r.stderr.contains("Error") && !r.stderr.contains("error -"), "library internals: \(r.stderr)")
+        }
+        for size in [" 5M", "+5M", "5M ", "0x+5", "-5M", "5 M"] {
+            let r = try CLI.daxmirror(["map", "/nonexistent-dir/f", "--create", "--size", size])
+            #expect(r.status == 9, "--size '\(size)': \(r.status) \(r.stderr)")
         }
         for range in ["+10-20", "10-+20", "10-", "10-20-30", "0x-20"] {
             let r = try CLI.daxmirror(["inspect", String(getpid()), "--range", range])
