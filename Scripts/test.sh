@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: everything, from a fresh clone.
-#   1. installs what it needs (Scripts/setup.sh --guest), builds, runs the host suite;
+#   1. installs what it needs (Scripts/setup.sh --guest), builds, runs the host suite
+#      and the metrics server against hostile clients;
 #   2. the pmem guest harness checks: a failing command's exit status comes out,
 #      a hung guest is killed at its timeout;
 #   3. one boot per Debian kernel (6.1, 6.12, newest) x filesystem (ext4, xfs):
@@ -108,6 +109,9 @@ else
     Scripts/setup.sh --guest || exit 1
     step "build" swift build --build-tests
     step "host suite (swift test)" swift test --skip-build
+    # Hostile clients against `metrics --listen` (loopback only): memory,
+    # connections and descriptors bounded, the next good scrape answered.
+    step "metrics --listen under hostile clients (Scripts/hostile-scrape.py)" python3 Scripts/hostile-scrape.py .build/debug/daxmirror
 fi
 
 if [[ -z $host_dir && ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then

@@ -14,6 +14,10 @@
 //   bench memcpy MIB      memcpy of MIB from THP-backed memory; MB/s (median of 5)
 //   bench memcpy-file PATH MIB  memcpy of MIB out of a shared mapping of a file
 //                         written first (MAP_SYNC on DAX); MB/s (median of 5)
+//   bench census PATH     what `daxmirror map PATH` must do at least for an
+//                         existing file: map it shared, populate its data
+//                         extents (SEEK_DATA/SEEK_HOLE) and count their present
+//                         pages in pagemap; seconds
 //   bench dmirror VMAS N  the kernel's own device (/dev/hmm_dmirror0, the HMM
 //                         guest): HMM_DMIRROR_READ of one mirrored 4 KiB page of
 //                         anonymous memory, with VMAS other VMAs; median ns
@@ -273,6 +277,32 @@ static int bench_dmirror(long vmas, long n) {
     return 0;
 }
 
+static int bench_census(const char *path) {
+    double t0 = now();
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st)) { perror(path); return 1; }
+    char *p = mmap(NULL, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    int pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (p == MAP_FAILED || pm < 0) { perror("mmap/pagemap"); return 1; }
+    long present = 0;
+    static uint64_t entries[65536];
+    for (off_t at = lseek(fd, 0, SEEK_DATA); at >= 0 && at < st.st_size; at = lseek(fd, at, SEEK_DATA)) {
+        off_t end = lseek(fd, at, SEEK_HOLE);
+        if (end < 0 || end > st.st_size) end = st.st_size;
+        madvise(p + at, end - at, MADV_POPULATE_READ);
+        for (off_t o = at; o < end; o += 65536 * page) {
+            size_t n = (end - o) / page < 65536 ? (end - o + page - 1) / page : 65536;
+            ssize_t got = pread(pm, entries, n * 8, ((uintptr_t)(p + o) / page) * 8);
+            for (ssize_t i = 0; i < got / 8; i++) present += entries[i] >> 63;
+        }
+        at = end;
+    }
+    munmap(p, st.st_size);
+    printf("%.6f %ld\n", now() - t0, present);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     page = sysconf(_SC_PAGESIZE);
     if (argc >= 3 && !strcmp(argv[1], "missing")) return bench_missing(atol(argv[2]));
@@ -283,6 +313,7 @@ int main(int argc, char **argv) {
     if (argc >= 3 && !strcmp(argv[1], "memcpy")) return bench_memcpy(atol(argv[2]));
     if (argc >= 4 && !strcmp(argv[1], "memcpy-file")) return bench_memcpy_file(argv[2], atol(argv[3]));
     if (argc >= 4 && !strcmp(argv[1], "dmirror")) return bench_dmirror(atol(argv[2]), atol(argv[3]));
-    fprintf(stderr, "usage: bench missing PAGES | bench scan MIB PCT [ROUNDS] | bench rangefault MIB | bench vmas COUNT | bench copy anon|shmem VMAS N | bench memcpy MIB | bench dmirror VMAS N\n");
+    if (argc >= 3 && !strcmp(argv[1], "census")) return bench_census(argv[2]);
+    fprintf(stderr, "usage: bench missing PAGES | bench scan MIB PCT [ROUNDS] | bench rangefault MIB | bench vmas COUNT | bench copy anon|shmem VMAS N | bench memcpy MIB | bench dmirror VMAS N | bench census PATH\n");
     return 2;
 }

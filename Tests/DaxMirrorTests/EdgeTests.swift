@@ -169,7 +169,7 @@ struct FailureNotMeasurementTests {
         // Only the standard streams: whatever else the test runner left open
         // without close-on-exec would count against the limit.
         let only012 = "exec python3 -c 'import os,sys; os.closerange(3, 1 << 16); os.execvp(sys.argv[1], sys.argv[1:])' "
-        for n in 3...24 {
+        for n in [3, 4, 5, 6, 8, 12, 16, 18, 19, 24] {
             let m = try bash(only012 + "\(prlimit) --nofile=\(n) \"$D\" metrics <&-", in: dir)
             if m.status == 0 {
                 #expect(kernelLine(m.stdout) == refKernel, "nofile \(n): \(kernelLine(m.stdout) ?? "no kernel_info")")
