@@ -17,12 +17,16 @@
 #                                  one DAX mount exists and no option is given)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. Scripts/lib.sh
 host=""
 if [[ ${1:-} == --host ]]; then
     host=${2:?"usage: Scripts/demo.sh --host DIR (a directory on a DAX mount)"}
 elif (($# == 0)); then
     # This machine's own DAX mounts (memmap= or an NVDIMM): use one rather than boot a guest.
-    mapfile -t daxmounts < <(awk '$4 ~ /(^|,)dax(=always)?(,|$)/ {print $2}' /proc/mounts)
+    daxmounts=()
+    while read -r _ m _ opts _; do
+        if [[ $opts == *dax* ]] && is_dax_mount "$m"; then daxmounts+=("$m"); fi
+    done < /proc/mounts
     if ((${#daxmounts[@]} == 1)); then host=${daxmounts[0]}; echo "demo: this machine has a DAX mount, $host: running there (no QEMU)"; fi
     if ((${#daxmounts[@]} > 1)); then echo "demo: several DAX mounts (${daxmounts[*]}): pick one with --host DIR" >&2; exit 2; fi
 fi
@@ -32,9 +36,9 @@ build() {
     if [[ -w . ]]; then swift build "$@" 2>&1 | tail -n 1
     else echo "demo: $PWD is read-only: using the binaries built there"; fi
 }
-bin=$PWD/.build/debug/daxmirror
+bin=$daxmirror_bin
 if [[ -n $host ]]; then
-    grep -qE "^[^ ]+ $(df --output=target "$host" 2>/dev/null | tail -n 1) [^ ]+ [^ ]*dax" /proc/mounts \
+    is_dax_mount "$host" \
         || { echo "demo: $host is not on a DAX mount (see /proc/mounts): give a directory on one, or run without --host for the QEMU guest" >&2; exit 2; }
     Scripts/setup.sh
     build

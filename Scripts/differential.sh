@@ -10,12 +10,13 @@
 # cell disagrees. Cases that cannot apply to a memory type are listed with why.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
+. "$here/Scripts/lib.sh"
 kinds=anon,shmem,file
 [[ ${1:-} == --kinds ]] && kinds=$2
-bin=${DAXMIRROR_BIN:-$here/.build/debug/daxmirror}
+bin=$daxmirror_bin
 dir=${DAXMIRROR_DAX_DIR:-/mnt}
 [[ -e /dev/hmm_dmirror0 ]] || { echo "differential: no /dev/hmm_dmirror0 (boot Scripts/guest.sh --kernel hmm)" >&2; exit 2; }
-fs=$(awk -v d="$dir" '$2 == d {print $3 (($4 ~ /(^|,)dax/) ? "-DAX" : ""); exit}' /proc/mounts)
+fs=$(dax_label "$dir")
 # One row from a run's JSON answers.
 summarize=$(cat <<'PY'
 import json, sys

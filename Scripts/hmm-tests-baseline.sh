@@ -11,7 +11,8 @@ tests=${1:?usage: hmm-tests-baseline.sh HMM_TESTS_BINARY}
 dir=${DAXMIRROR_DAX_DIR:-/mnt}
 [[ -x $tests ]] || { echo "hmm-tests: $tests is not there (in the guest, a host path under /tmp is hidden by the guest's own /tmp)" >&2; exit 2; }
 [[ -e /dev/hmm_dmirror0 ]] || { echo "hmm-tests: no /dev/hmm_dmirror0 (boot Scripts/guest.sh --kernel hmm)" >&2; exit 2; }
-fs=$(awk -v d="$dir" '$2 == d {print $3 (($4 ~ /(^|,)dax/) ? "-DAX" : ""); exit}' /proc/mounts)
+. "$(dirname "$0")/lib.sh"
+fs=$(dax_label "$dir")
 # Cases that cannot pass on DAX, and why.
 declare -A not_on_dax=(
     [migrate_file_private]="migrate_vma_setup() refuses DAX VMAs (EINVAL): there is no page cache to migrate a DAX page out of"

@@ -32,11 +32,11 @@
 #                                DAX tests on DIR, a directory on a DAX mount.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. Scripts/lib.sh
 host_dir=""
 if [[ ${1:-} == --host ]]; then
     host_dir=${2:?"usage: Scripts/test.sh --host DIR (a directory on a DAX mount)"}
-    mnt=$(df --output=target "$host_dir" 2>/dev/null | tail -n 1)
-    grep -qE "^[^ ]+ $mnt [^ ]+ [^ ]*dax" /proc/mounts \
+    is_dax_mount "$host_dir" \
         || { echo "test.sh: $host_dir is not on a DAX mount (see /proc/mounts): give a directory on one" >&2; exit 2; }
 fi
 passed=0 failed=0 failures=() rows=()
@@ -92,7 +92,7 @@ devdax_scenario() {  # devdax_scenario ALIGN SCENARIO: runs it on /dev/dax0.0; a
     local size=1G mem=2G out
     [[ $1 == 1G ]] && { size=3G; mem=4G; }
     out=$(Scripts/guest.sh --kernel newest --nsmode devdax --align "$1" --pmem-size $size --mem $mem -- \
-          "$PWD/.build/debug/daxmirror" run "$PWD/Scenarios/$2")
+          "$daxmirror_bin" run "$PWD/Scenarios/$2")
     local rc=$?
     echo "$out"
     ((rc == 0)) && ! grep -q '"skipped"' <<<"$out"
@@ -111,7 +111,7 @@ else
     step "host suite (swift test)" swift test --skip-build
     # Hostile clients against `metrics --listen` (loopback only): memory,
     # connections and descriptors bounded, the next good scrape answered.
-    step "metrics --listen under hostile clients (Scripts/hostile-scrape.py)" python3 Scripts/hostile-scrape.py .build/debug/daxmirror
+    step "metrics --listen under hostile clients (Scripts/hostile-scrape.py)" python3 Scripts/hostile-scrape.py "$daxmirror_bin"
 fi
 
 if [[ -z $host_dir && ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
@@ -121,7 +121,7 @@ if [[ -z $host_dir && ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
     step "guest: a hung guest is killed at --timeout (124)" expect_exit 124 Scripts/guest.sh --timeout 20 -- sleep 600
     for k in $kernels; do
         for fs in ext4 xfs; do
-            specs=("/proc/mounts shows /dev/pmem0 mounted $fs with dax=>grep -E '^/dev/pmem0 /mnt $fs [^ ]*dax' /proc/mounts || { cat /proc/mounts; false; }"
+            specs=("/proc/mounts shows /dev/pmem0 mounted $fs with dax=>. $PWD/Scripts/lib.sh && is_dax_mount /mnt && grep -qE '^/dev/pmem0 /mnt $fs ' /proc/mounts || { cat /proc/mounts; false; }"
                    "test suite on $fs-DAX=>$PWD/Scripts/guest-tests.sh")
             # One boot also has a real Prometheus scrape `daxmirror metrics --listen`.
             [[ $k == backports && $fs == ext4 ]] && specs+=("a real Prometheus scrapes daxmirror metrics; PromQL agrees with ndctl and pagemap=>$PWD/Scripts/guest/prometheus-scrape.sh")

@@ -8,7 +8,8 @@
 #   - inspect of a process mapping that file: persistence memmap-ram;
 #   - caps: the namespace's backing.
 set -euo pipefail
-bin=$(cd "$(dirname "$0")/../.." && pwd)/.build/debug/daxmirror
+. "$(dirname "$0")/../lib.sh"
+bin=$daxmirror_bin
 fail() { echo "check-memmap: $*" >&2; exit 1; }
 grep -q "Persistent Memory (legacy)" /proc/iomem || fail "/proc/iomem has no legacy persistent memory range: not a memmap= guest"
 devices=$("$bin" devices --json)

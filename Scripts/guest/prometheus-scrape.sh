@@ -7,7 +7,8 @@
 # exposition too. Everything stays on 127.0.0.1 and stops by itself.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
-bin=$here/.build/debug/daxmirror
+. "$here/Scripts/lib.sh"
+bin=$daxmirror_bin
 dir=${DAXMIRROR_DAX_DIR:?run me in the pmem guest (Scripts/guest.sh)}
 work=$(mktemp -d /tmp/prom.XXXXXX)
 pids=()

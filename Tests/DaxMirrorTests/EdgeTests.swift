@@ -421,3 +421,24 @@ extension RunResult {
         return line.flatMap { Int32($0.dropFirst("status=".count)) } ?? -1
     }
 }
+
+/// Scripts/lib.sh's one rule for "is this a DAX mount": the exact option,
+/// never a word that merely contains "dax" (`dax=never` is not DAX).
+@Suite("scripts: is_dax_mount")
+struct ScriptLibraryTests {
+    @Test func onlyTheExactOptionIsDAX() throws {
+        let dir = try ScratchDirectory()
+        let lib = CLI.buildDirectory.appendingPathComponent("../../../Scripts/lib.sh").standardizedFileURL.path
+        let probe = try FileManager.default.createDirectory(atPath: dir.file("m"), withIntermediateDirectories: false)
+        _ = probe
+        let mountPoint = URL(fileURLWithPath: dir.file("m")).resolvingSymlinksInPath().path
+        for (options, dax) in [("rw,dax", true), ("rw,relatime,dax=always", true), ("dax=never", false),
+                               ("rw,nodax,relatime", false), ("rw,daxfoo", false), ("rw,dax=inode", false), ("rw", false)] {
+            try Data("/dev/pmem0 / ext4 rw 0 0\n/dev/pmem1 \(mountPoint) xfs \(options) 0 0\n".utf8)
+                .write(to: URL(fileURLWithPath: dir.file("mounts")))
+            let r = try CLI.run("/bin/bash", ["-c", ". \"$1\"; is_dax_mount \"$2\" && echo yes || echo no; dax_label \"$2\"",
+                                              "bash", lib, dir.file("m") + "/"], env: ["DAXMIRROR_MOUNTS": dir.file("mounts")])
+            #expect(r.stdout == (dax ? "yes\nxfs-DAX\n" : "no\nxfs\n"), "\(options): \(r.stdout) \(r.stderr)")
+        }
+    }
+}
