@@ -161,7 +161,8 @@ struct MirrorTests {
         // its neighbours, so the event is the only sign of new memory. Wait
         // for the log, as the scenario runner does after its forks.
         var waited = 0
-        while let seen, mirror.tracker?.invalidationSequence == seen, waited < 5000 { usleep(200); waited += 1 }
+        while let seen, mirror.tracker?.invalidationSequence == seen, waited < 50_000 { usleep(200); waited += 1 }
+        if let seen { try #require(mirror.tracker?.invalidationSequence != seen, "the UNMAP event of the MAP_FIXED was not logged within 10 s") }
         #expect(try mirror.read(a, 4096).faults == (writeBit == .softDirty ? 1 : 0))
         #expect(try mirror.read(a + UInt64(size / 2), 4096).bytes.allSatisfy { $0 == 0 }, "the new pages")
         #expect(try mirror.check().disagreements.isEmpty)  // not strict: anonymous pages migrate (khugepaged, compaction)
@@ -202,7 +203,9 @@ struct MirrorTests {
         stop.store(true, ordering: .relaxed)
         truncator.join()
         #expect(other.isEmpty, "\(other)")
-        #expect(ok + efault > 0)
+        // The truncate beat some accesses (no EFAULT would mean no race was
+        // run, and the claim untested); how many succeed depends on the load.
+        #expect(efault > 0, "\(ok) succeeded, \(efault) EFAULT: the race did not happen")
         print("truncate race (\(kind.rawValue)): \(ok) accesses succeeded, \(efault) EFAULT")
     }
 
@@ -260,7 +263,8 @@ struct MirrorTests {
         stop.store(true, ordering: .relaxed)
         truncator.join()
         #expect(other.isEmpty, "\(other)")
-        #expect(ok + signalled + refused > 0)
+        // A load or store met the truncate (SIGBUS, answered): the race ran.
+        #expect(signalled > 0, "\(ok) ok, \(signalled) SIGBUS answers, \(refused) refused: no access met the truncate")
         print("CPU truncate race: \(ok) ok, \(signalled) SIGBUS answers, \(refused) refused before the access")
     }
 
