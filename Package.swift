@@ -2,16 +2,21 @@
 import PackageDescription
 
 // Modules by concern (see README "Layout"):
-//   CDaxShim        thin C shim: ioctls, uffd/PAGEMAP_SCAN structs, MAP_SYNC, statx
+//   CDaxShim        thin C shim: ioctls, uffd/PAGEMAP_SCAN structs, MAP_SYNC, statx, guarded copies
 //   CPmem, CNdctl, CDaxctl   system libraries found with pkg-config
-//   DaxCore         errno, syscalls in one place, JSON writer (no Foundation)
+//   DaxCore         errno, failures and exit causes, syscalls, file paths as bytes, JSON, inert text
 //   DaxDetection    is this path on DAX? (mountinfo, statx, sysfs)
-//   PageTables      the kernel's page-table truth (smaps today; pagemap, PAGEMAP_SCAN)
+//   PageTables      the kernel's page-table truth (pagemap, PAGEMAP_SCAN, smaps, maps, PROCMAP_QUERY)
 //   Userfaultfd     typed userfaultfd
 //   FaultTracking   one tracker over uffd modes and pagemap, chosen per memory type
 //   PersistentMemory  libpmem mappings
 //   NVDIMMInventory libndctl / libdaxctl walk
-//   Mirror          the simulated device: table, range fault, invalidation, check
+//   MirrorPolicy    the simulated device's policy: table, range fault, invalidation, check; asks the
+//                   CPU side through a protocol and cannot call the kernel (no Glibc, shim or libpmem)
+//   MirrorKernel    the CPU side as the kernel tells it (KernelCPU, CPUTruth, the Aperture)
+//   KernelDmirror   the kernel's own HMM test driver (/dev/hmm_dmirror0), the mirror's twin
+//   MirrorScenario  the scenario language and its runner (`daxmirror run`)
+//   ProcessInspection  any process's mappings against its page table (`inspect`, `watch`)
 //   Capabilities    what this kernel and machine offer (`daxmirror caps`)
 //   FleetMetrics    the host as Prometheus metrics (`daxmirror metrics`)
 //   daxmirror       the CLI
@@ -44,10 +49,15 @@ let package = Package(
         .target(name: "PersistentMemory",
                 dependencies: ["DaxCore", "DaxDetection", "CDaxShim", "CPmem"]),
         .target(name: "NVDIMMInventory", dependencies: ["DaxCore", "CNdctl", "CDaxctl"]),
-        .target(name: "Mirror",
-                dependencies: ["DaxCore", "PageTables", "FaultTracking", "CDaxShim", "CPmem"]),
+        // Policy only: the build keeps the kernel out (no CDaxShim, CPmem; the
+        // test command greps its files for Glibc).
+        .target(name: "MirrorPolicy", dependencies: ["DaxCore", "PageTables"]),
+        .target(name: "MirrorKernel",
+                dependencies: ["DaxCore", "PageTables", "FaultTracking", "MirrorPolicy", "CDaxShim", "CPmem"]),
+        .target(name: "KernelDmirror", dependencies: ["DaxCore", "PageTables", "MirrorPolicy", "CDaxShim"]),
         .target(name: "MirrorScenario",
-                dependencies: ["DaxCore", "PageTables", "FaultTracking", "Mirror", "CDaxShim", "CPmem"]),
+                dependencies: ["DaxCore", "PageTables", "FaultTracking", "MirrorPolicy", "MirrorKernel", "KernelDmirror",
+                               "CDaxShim", "CPmem"]),
         .target(name: "ProcessInspection",
                 dependencies: ["CDaxShim", "DaxCore", "DaxDetection", "NVDIMMInventory", "PageTables"]),
         .target(name: "FleetMetrics",
@@ -60,19 +70,20 @@ let package = Package(
             name: "daxmirror",
             dependencies: [
                 "DaxCore", "DaxDetection", "PageTables", "PersistentMemory",
-                "NVDIMMInventory", "Capabilities", "Mirror", "MirrorScenario", "FaultTracking", "ProcessInspection", "FleetMetrics",
+                "NVDIMMInventory", "Capabilities", "MirrorPolicy", "MirrorKernel", "KernelDmirror", "MirrorScenario", "FaultTracking", "ProcessInspection", "FleetMetrics",
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(
             name: "daxmirror-bench",
-            dependencies: ["DaxCore", "FaultTracking", "PageTables", "Mirror", "CDaxShim"],
+            dependencies: ["DaxCore", "FaultTracking", "PageTables", "MirrorPolicy", "MirrorKernel", "CDaxShim"],
             path: "Benchmarks/DaxMirrorBench"),
         .testTarget(
             name: "DaxMirrorTests",
             dependencies: ["DaxCore", "DaxDetection", "PageTables", "Userfaultfd", "FaultTracking",
-                           "PersistentMemory", "NVDIMMInventory", "Capabilities", "CDaxShim", "Mirror", "MirrorScenario",
+                           "PersistentMemory", "NVDIMMInventory", "Capabilities", "CDaxShim", "MirrorPolicy", "MirrorKernel",
+                           "KernelDmirror", "MirrorScenario",
                            "daxmirror"]),
     ]
 )

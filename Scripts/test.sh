@@ -88,6 +88,14 @@ expect_exit() {  # expect_exit CODE COMMAND...
     "$@"; local got=$?
     [[ $got == "$want" ]] || { echo "expected exit $want, got $got"; return 1; }
 }
+policy_is_kernel_free() {
+    local found
+    found=$(grep -nE '^[[:space:]]*(@[a-z_]+[[:space:]]+)*import[[:space:]]+(Glibc|Musl|Foundation|CDaxShim|CPmem|CNdctl|CDaxctl)\b|canImport\((Glibc|Musl)\)' Sources/MirrorPolicy/*.swift)
+    [[ -z $found ]] || { echo "the policy module reaches for the kernel:"; echo "$found"; return 1; }
+    grep -q 'name: "MirrorPolicy", dependencies: \["DaxCore", "PageTables"\]' Package.swift \
+        || { echo "Package.swift: MirrorPolicy must depend on DaxCore and PageTables only"; return 1; }
+    echo "Sources/MirrorPolicy: $(ls Sources/MirrorPolicy | wc -l) files, no kernel import"
+}
 devdax_scenario() {  # devdax_scenario ALIGN SCENARIO: runs it on /dev/dax0.0; a skip is a failure
     local size=1G mem=2G out
     [[ $1 == 1G ]] && { size=3G; mem=4G; }
@@ -107,6 +115,9 @@ if [[ -n $host_dir ]]; then
     step "test suite on the DAX mount of $host_dir" env DAXMIRROR_DAX_DIR="$host_dir" Scripts/guest-tests.sh
 else
     Scripts/setup.sh --guest || exit 1
+    # The seam is a module boundary: the mirror's policy imports no way to
+    # the kernel (and its package target depends on none).
+    step "MirrorPolicy imports neither Glibc nor the C shim nor libpmem" policy_is_kernel_free
     step "build" swift build --build-tests
     step "host suite (swift test)" swift test --skip-build
     # Hostile clients against `metrics --listen` (loopback only): memory,

@@ -21,7 +21,8 @@ import Glibc
 import CDaxShim
 import DaxCore
 import FaultTracking
-import Mirror
+import MirrorPolicy
+import MirrorKernel
 import PageTables
 
 let page = Syscall.pageSize
@@ -72,7 +73,7 @@ func benchScan(mib: Int, pct: Int, rounds: Int) throws {
 func benchRangeFault(mib: Int) throws {
     let length = mib << 20
     let p = anonymous(length)
-    let mirror = try Mirror(region: Region(base: p, length: length, backing: .anonymous))
+    let mirror = try DeviceMirror(region: Region(base: p, length: length, backing: .anonymous))
     let t0 = now()
     try mirror.faultIn(UInt64(UInt(bitPattern: p)), UInt64(length), write: true)
     let dt = now() - t0
@@ -88,7 +89,7 @@ func benchTable(mib: Int, huge: Bool) throws {
     let p = UnsafeMutableRawPointer(bitPattern: (UInt(bitPattern: raw) + (2 << 20) - 1) & ~UInt((2 << 20) - 1))!
     madvise(p, length, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE)
     madvise(p, length, DM_MADV_POPULATE_WRITE)
-    let mirror = try Mirror(region: Region(base: p, length: length, backing: .anonymous), tracking: false)
+    let mirror = try DeviceMirror(region: Region(base: p, length: length, backing: .anonymous), tracking: false)
     let before = dm_heap_bytes_in_use()
     try mirror.faultIn(UInt64(UInt(bitPattern: p)), UInt64(length), write: true)
     let bytes = Int(dm_heap_bytes_in_use()) - Int(before)
@@ -125,7 +126,7 @@ func benchHit(kind: String, vmas: Int, iterations: Int) throws {
     }
     precondition(p != MAP_FAILED)
     unrelatedVMAs(vmas)
-    let mirror = try Mirror(region: Region(base: p, length: length, backing: backing))
+    let mirror = try DeviceMirror(region: Region(base: p, length: length, backing: backing))
     let at = UInt64(UInt(bitPattern: p)) + 64 * UInt64(page)
     p.storeBytes(of: 0x5a, toByteOffset: 64 * page, as: UInt8.self)
     var buffer = [UInt8](repeating: 0, count: page)
@@ -148,7 +149,7 @@ func benchBulk(mib: Int) throws {
     let p = UnsafeMutableRawPointer(bitPattern: (UInt(bitPattern: raw) + (2 << 20) - 1) & ~UInt((2 << 20) - 1))!
     madvise(p, length, MADV_HUGEPAGE)
     memset(p, 0x33, length)
-    let mirror = try Mirror(region: Region(base: p, length: length, backing: .anonymous))
+    let mirror = try DeviceMirror(region: Region(base: p, length: length, backing: .anonymous))
     var buffer = [UInt8](repeating: 0, count: length)
     _ = try mirror.read(UInt64(UInt(bitPattern: p)), into: &buffer)
     let entries = mirror.table.entryCount
@@ -183,7 +184,7 @@ func benchBulkFile(path: String, mib: Int) throws {
     let length = mib << 20
     let (p, fd, dax) = mappedFile(path, length)
     defer { unlink(path) }
-    let mirror = try Mirror(region: Region(base: p, length: length, backing: .file(path: path, fd: fd, shared: true)), dax: dax)
+    let mirror = try DeviceMirror(region: Region(base: p, length: length, backing: .file(path: path, fd: fd, shared: true)), dax: dax)
     var buffer = [UInt8](repeating: 0, count: length)
     _ = try mirror.read(UInt64(UInt(bitPattern: p)), into: &buffer)
     var samples: [Double] = []
@@ -197,12 +198,12 @@ func benchBulkFile(path: String, mib: Int) throws {
     print("\(Int(Double(length) / median(samples) / 1e6)) \(mirror.table.entryCount)")
 }
 
-func benchObserver(mib: Int, other: Int, writeBit: Mirror.WriteBitSource) throws -> String {
+func benchObserver(mib: Int, other: Int, writeBit: DeviceMirror.WriteBitSource) throws -> String {
     let length = mib << 20
     let p = anonymous(length), q = anonymous(other << 20)
     memset(p, 1, length)
     memset(q, 2, other << 20)
-    let mirror = try Mirror(region: Region(base: p, length: length, backing: .anonymous), writeBit: writeBit)
+    let mirror = try DeviceMirror(region: Region(base: p, length: length, backing: .anonymous), writeBit: writeBit)
     let a = UInt64(UInt(bitPattern: p))
     var buffer = [UInt8](repeating: 0, count: length)
     _ = try mirror.read(a, into: &buffer)

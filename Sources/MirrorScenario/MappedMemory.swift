@@ -4,7 +4,8 @@ import Glibc
 import CDaxShim
 import CPmem
 import DaxCore
-import Mirror
+import MirrorPolicy
+import MirrorKernel
 
 /// A mapping a scenario made (`map R ...`): owns the mapping and the file
 /// descriptor behind it, releases both when the scenario ends.

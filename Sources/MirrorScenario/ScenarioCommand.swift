@@ -2,7 +2,8 @@
 import Glibc
 #endif
 import DaxCore
-import Mirror
+import MirrorPolicy
+import MirrorKernel
 
 /// One scenario command, parsed: every word typed, every number checked
 /// (below 2^56, so no sum, rounding or conversion downstream can overflow).
@@ -11,7 +12,7 @@ import Mirror
 /// source of each command's name, usage line, help text and parser.
 public indirect enum ScenarioCommand: Equatable {
     case map(MapRequest)
-    case mirror(region: String, device: String?, untracked: Bool, writeBit: Mirror.WriteBitSource?)
+    case mirror(region: String, device: String?, untracked: Bool, writeBit: DeviceMirror.WriteBitSource?)
     case cpuRead(Span)
     case cpuWrite(Span, byte: UInt8)
     case devRead(Span)
@@ -245,13 +246,13 @@ extension ScenarioCommand {
         .init(name: "mirror", usage: "R [as D] [untracked] [write-bit soft-dirty|pagemap]",
               summary: "attach a simulated device to R, named R or D (untracked: no userfaultfd events; write-bit: where HMM's WRITE comes from, default soft-dirty where the kernel has it)") { w throws(ScenarioError) in
             let region = try w.word("R")
-            var device: String?, untracked = false, writeBit: Mirror.WriteBitSource?
+            var device: String?, untracked = false, writeBit: DeviceMirror.WriteBitSource?
             while let word = w.peek {
                 if w.take("as"), device == nil { device = try w.word("D") }
                 else if w.take("untracked"), !untracked { untracked = true }
                 else if w.take("write-bit"), writeBit == nil {
                     let v = try w.word("soft-dirty|pagemap")
-                    guard let source = Mirror.WriteBitSource(rawValue: v) else {
+                    guard let source = DeviceMirror.WriteBitSource(rawValue: v) else {
                         throw ScenarioError(.EINVAL, "write-bit takes soft-dirty or pagemap, not \(v)")
                     }
                     writeBit = source

@@ -2,13 +2,15 @@
 import Glibc
 #endif
 import DaxCore
-import Mirror
+import MirrorPolicy
+import MirrorKernel
+import KernelDmirror
 import PageTables
 
 /// The device side of a scenario: simulated devices, their accesses, and
 /// what they are checked against (pagemap, the kernel's own dmirror).
 extension ScenarioRunner {
-    func mirror(_ name: String, as deviceName: String?, untracked: Bool, writeBit: Mirror.WriteBitSource?) throws -> [(String, JSON)] {
+    func mirror(_ name: String, as deviceName: String?, untracked: Bool, writeBit: DeviceMirror.WriteBitSource?) throws -> [(String, JSON)] {
         let m = try region(name)
         let device = deviceName ?? name
         guard mirrors[device] == nil else { throw ScenarioError(.EEXIST, "device \(device) exists") }
@@ -17,7 +19,7 @@ extension ScenarioRunner {
         let other = deviceRegion.first { $0.value == name }?.key
         let track = tracking && !untracked && other == nil
         if truth == nil { truth = try CPUTruth(scanAvailable: kernel.pagemapScan) }
-        let mirror = try Mirror(region: m.region, tracking: track, dax: m.mapSync, truth: truth, kernel: kernel,
+        let mirror = try DeviceMirror(region: m.region, tracking: track, dax: m.mapSync, truth: truth, kernel: kernel,
                                 writeBit: writeBit)
         mirrors[device] = mirror
         deviceRegion[device] = name

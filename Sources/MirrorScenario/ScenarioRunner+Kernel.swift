@@ -1,5 +1,7 @@
 import DaxCore
-import Mirror
+import MirrorPolicy
+import MirrorKernel
+import KernelDmirror
 import PageTables
 
 /// Differential mode: the kernel's own HMM test driver as a twin of each

@@ -4,7 +4,8 @@ import Glibc
 import CDaxShim
 import CPmem
 import DaxCore
-import Mirror
+import MirrorPolicy
+import MirrorKernel
 import PageTables
 
 /// The CPU side of a scenario: mappings and what the CPU does to them.

@@ -3,7 +3,9 @@ import Glibc
 #endif
 import DaxCore
 import FaultTracking
-import Mirror
+import MirrorPolicy
+import MirrorKernel
+import KernelDmirror
 import PageTables
 
 /// The scenario language (README "Scenarios"): one command per line, `#`
@@ -14,7 +16,7 @@ import PageTables
 /// one handler (ScenarioRunner+Memory, +Device).
 public final class ScenarioRunner {
     public internal(set) var memory: [String: MappedMemory] = [:]
-    public internal(set) var mirrors: [String: Mirror] = [:]
+    public internal(set) var mirrors: [String: DeviceMirror] = [:]
     /// Device name -> the region it mirrors (a device is named after its
     /// region unless `mirror R as D` names it).
     var deviceRegion: [String: String] = [:]
@@ -227,7 +229,7 @@ public final class ScenarioRunner {
         return m
     }
 
-    func mirrorOf(_ name: String) throws(ScenarioError) -> Mirror {
+    func mirrorOf(_ name: String) throws(ScenarioError) -> DeviceMirror {
         _ = try region(name)
         if mirrors[name] == nil, let d = deviceRegion.first(where: { $0.value == name })?.key, let m = mirrors[d] { return m }
         guard let m = mirrors[name] else { throw ScenarioError(.ENOENT, "\(name) is not mirrored (mirror \(name) first)") }

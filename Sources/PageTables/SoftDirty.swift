@@ -21,7 +21,7 @@ import Synchronization
 /// A clear is also an invalidation: the kernel calls every mmu notifier of the
 /// process for the whole address space (MMU_NOTIFY_SOFT_DIRTY), so each device
 /// drops every entry. `epoch` counts the clears this process made through here
-/// so that every Mirror in it can do the same.
+/// so that every DeviceMirror in it can do the same.
 public enum SoftDirty {
     /// Whether this kernel keeps soft-dirty bits: a page written after a clear
     /// must show bit 55. (Probing clears once, and counts in `epoch`.)

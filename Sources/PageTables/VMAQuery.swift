@@ -34,6 +34,20 @@ public final class VMAQuery: @unchecked Sendable {
     /// Whether this kernel has PROCMAP_QUERY (what `caps` reports).
     public static var available: Bool { (try? VMAQuery())?.method == .procmapQuery }
 
+    /// The size of the kernel's entries for the VMA covering `address`
+    /// (PROCMAP_QUERY's vma_page_size: 1 GiB for such device-dax); nil
+    /// without PROCMAP_QUERY or without a VMA there.
+    public func pageSize(at address: UInt64) -> UInt64? {
+        guard method == .procmapQuery else { return nil }
+        var q = dm_procmap_query()
+        q.size = UInt64(MemoryLayout<dm_procmap_query>.size)
+        q.query_addr = address
+        while dm_procmap_query(maps.rawValue, &q) != 0 {
+            guard Errno.current == .EINTR || Errno.current == .EAGAIN else { return nil }
+        }
+        return q.vma_page_size
+    }
+
     /// The VMAs overlapping [start, end), sorted.
     public func vmas(overlapping start: UInt64, _ end: UInt64) throws(SystemCallError) -> [VMA] {
         var out: [VMA] = []

@@ -2,7 +2,8 @@ import ArgumentParser
 import DaxCore
 import NVDIMMInventory
 import PageTables
-import Mirror
+import MirrorPolicy
+import MirrorKernel
 import ProcessInspection
 #if canImport(Glibc)
 import Glibc

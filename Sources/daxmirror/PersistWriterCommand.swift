@@ -1,6 +1,7 @@
 import ArgumentParser
 import DaxCore
-import Mirror
+import MirrorPolicy
+import MirrorKernel
 import MirrorScenario
 import PersistentMemory
 #if canImport(Glibc)
@@ -34,7 +35,7 @@ struct PersistWriterCommand: ParsableCommand {
     var recordSizeText = NumberArgument("4096")
     @Flag(help: "Reuse an existing file (its contents are lost).") var overwrite = false
     @Flag(help: "After the last record, wait to be killed instead of exiting.") var hold = false
-    @Flag(help: "Write each record as the simulated device (Mirror.write: on a DAX file the kernel's DAX write path, pwrite, into blocks its fault allocated), not through the CPU's mapping.")
+    @Flag(help: "Write each record as the simulated device (DeviceMirror.write: on a DAX file the kernel's DAX write path, pwrite, into blocks its fault allocated), not through the CPU's mapping.")
     var throughMirror = false
 
     func validate() throws {
@@ -70,17 +71,17 @@ struct PersistWriterCommand: ParsableCommand {
 
     /// The device's writes: each record goes through the mirror (a fault the
     /// first time, then the device's own mapping) and is acknowledged when
-    /// Mirror.write returned, which is when it is durable.
+    /// DeviceMirror.write returned, which is when it is durable.
     private func runThroughMirror() throws {
         let size = records * recordSize
         let mem: MappedMemory
-        let mirror: Mirror
+        let mirror: DeviceMirror
         do {
             guard let text = path.string else {
                 throw Failure(.invalidArgument, "--through-mirror needs a path that is UTF-8 (\(path) is not)")
             }
             mem = try MappedMemory(name: "log", kind: .file, path: text, size: size, options: .init())
-            mirror = try Mirror(region: mem.region, dax: mem.mapSync)
+            mirror = try DeviceMirror(region: mem.region, dax: mem.mapSync)
         } catch let e as MirrorError {
             throw Failure(.systemError, "cannot mirror \(path): \(e)")
         }

@@ -1,7 +1,9 @@
 import ArgumentParser
 import DaxCore
 import FaultTracking
-import Mirror
+import MirrorPolicy
+import MirrorKernel
+import KernelDmirror
 import MirrorScenario
 #if canImport(Glibc)
 import Glibc

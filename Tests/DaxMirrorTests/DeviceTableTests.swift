@@ -1,5 +1,6 @@
 import Testing
-@testable import Mirror
+@testable import MirrorPolicy
+@testable import MirrorKernel
 
 @Suite("device table")
 struct DeviceTableTests {

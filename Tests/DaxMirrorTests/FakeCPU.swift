@@ -1,6 +1,7 @@
 import DaxCore
 import FaultTracking
-import Mirror
+import MirrorPolicy
+import MirrorKernel
 import PageTables
 
 /// An in-memory page table in place of the kernel: VMAs, one PTE per page

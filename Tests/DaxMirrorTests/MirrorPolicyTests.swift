@@ -1,7 +1,8 @@
 import Testing
 import DaxCore
 import FaultTracking
-@testable import Mirror
+@testable import MirrorPolicy
+@testable import MirrorKernel
 import PageTables
 
 /// The mirror's rules against an in-memory page table (FakeCPU): no root,
@@ -12,9 +13,9 @@ struct MirrorPolicyTests {
     static let base: UInt64 = 0x7f00_0000_0000  // 1 GiB aligned
     let page: UInt64 = 4096
 
-    func mirror(_ cpu: FakeCPU, pages: UInt64, shared: Bool = false, at base: UInt64 = MirrorPolicyTests.base) throws -> Mirror {
+    func mirror(_ cpu: FakeCPU, pages: UInt64, shared: Bool = false, at base: UInt64 = MirrorPolicyTests.base) throws -> DeviceMirror {
         let backing: RegionBacking = shared ? .shmem(fd: -1) : .anonymous
-        return try Mirror(region: Region(base: UnsafeMutableRawPointer(bitPattern: UInt(base))!, length: Int(pages * page),
+        return try DeviceMirror(region: Region(base: UnsafeMutableRawPointer(bitPattern: UInt(base))!, length: Int(pages * page),
                                          backing: backing), cpu: cpu)
     }
 

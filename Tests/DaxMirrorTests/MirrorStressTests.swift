@@ -1,7 +1,8 @@
 import Foundation
 import Testing
 import DaxCore
-import Mirror
+import MirrorPolicy
+import MirrorKernel
 import MirrorScenario
 
 /// Random operations against an oracle: after every step `check` must find

@@ -4,7 +4,8 @@ import Testing
 import CDaxShim
 import DaxCore
 import FaultTracking
-import Mirror
+import MirrorPolicy
+import MirrorKernel
 import MirrorScenario
 import PageTables
 
@@ -19,7 +20,7 @@ struct MirrorTests {
         for round in 0..<10 {
             let mem = try MappedMemory(name: "T", kind: .anon, path: nil, size: size, options: .init())
             memset(mem.base, Int32(round + 1), size)
-            let mirror = try Mirror(region: mem.region)
+            let mirror = try DeviceMirror(region: mem.region)
             let half = mem.base + size / 2
             nonisolated(unsafe) let target = half
             let t = try JoinableThread {
@@ -50,7 +51,7 @@ struct MirrorTests {
     @Test func truncateBehindTheMirrorsBackIsCaughtBeforeUse() throws {
         let dir = try ScratchDirectory(base: DaxEnvironment.directory ?? NSTemporaryDirectory())
         let mem = try MappedMemory(name: "F", kind: .file, path: dir.file("t.dat"), size: 64 << 10, options: .init())
-        let mirror = try Mirror(region: mem.region)
+        let mirror = try DeviceMirror(region: mem.region)
         #expect(try mirror.write(mem.address, [UInt8](repeating: 7, count: 64 << 10)) == 1)
         let fd = try #require(mem.fileDescriptor)
         #expect(ftruncate(fd, 16 << 10) == 0)
@@ -70,7 +71,7 @@ struct MirrorTests {
     @Test func deviceWriteReachesTheFileThroughTheAperture() throws {
         let dir = try ScratchDirectory(base: DaxEnvironment.directory ?? NSTemporaryDirectory())
         let mem = try MappedMemory(name: "F", kind: .file, path: dir.file("w.dat"), size: 1 << 20, options: .init())
-        let mirror = try Mirror(region: mem.region, dax: mem.mapSync)
+        let mirror = try DeviceMirror(region: mem.region, dax: mem.mapSync)
         try mirror.write(mem.address + 4096, [UInt8](repeating: 0x5a, count: 8192))
         var buf = [UInt8](repeating: 0, count: 8192)
         #expect(pread(try #require(mem.fileDescriptor), &buf, 8192, 4096) == 8192)
@@ -82,7 +83,7 @@ struct MirrorTests {
     @Test func entriesCarryTheKernelsPFNs() throws {
         let mem = try MappedMemory(name: "A", kind: .anon, path: nil, size: 64 << 10, options: .init())
         memset(mem.base, 1, 64 << 10)
-        let mirror = try Mirror(region: mem.region)
+        let mirror = try DeviceMirror(region: mem.region)
         _ = try mirror.read(mem.address, 64 << 10)
         let pm = try Pagemap()
         let truth = try pm.entries(at: mem.address, count: 16)
@@ -103,7 +104,7 @@ struct MirrorTests {
         defer { munmap(p, size) }
         memset(p, 0x11, size)
         let a = UInt64(UInt(bitPattern: p))
-        let mirror = try Mirror(region: Region(base: p, length: size, backing: .anonymous))
+        let mirror = try DeviceMirror(region: Region(base: p, length: size, backing: .anonymous))
         #expect(try mirror.read(a, size).faults == 1)
         #expect(try mirror.read(a, size).faults == 0, "a hit")
         // mprotect: the first 16 KiB read-only.
@@ -136,8 +137,8 @@ struct MirrorTests {
     /// every entry (a read far from the change faults again); pagemap's
     /// choice drops only the changed range. Soft-dirty is refused, with the
     /// way out named, where the kernel keeps no soft-dirty bits (this host).
-    @Test(arguments: Mirror.WriteBitSource.allCases)
-    func theWriteBitsCostIsTheUsersChoice(_ writeBit: Mirror.WriteBitSource) throws {
+    @Test(arguments: DeviceMirror.WriteBitSource.allCases)
+    func theWriteBitsCostIsTheUsersChoice(_ writeBit: DeviceMirror.WriteBitSource) throws {
         let size = 1 << 20
         let p = try mapped(mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
         try #require(p != MAP_FAILED)
@@ -145,11 +146,11 @@ struct MirrorTests {
         memset(p, 0x31, size)
         let region = Region(base: p, length: size, backing: .anonymous)
         guard writeBit == .pagemap || SoftDirty.available else {
-            do { _ = try Mirror(region: region, writeBit: writeBit); Issue.record("soft-dirty accepted without soft-dirty bits") }
+            do { _ = try DeviceMirror(region: region, writeBit: writeBit); Issue.record("soft-dirty accepted without soft-dirty bits") }
             catch { #expect(error.code == .unsupported && error.message.contains("write-bit pagemap"), "\(error)") }
             return
         }
-        let mirror = try Mirror(region: region, writeBit: writeBit)
+        let mirror = try DeviceMirror(region: region, writeBit: writeBit)
         #expect(mirror.writeBit == writeBit)
         let a = UInt64(UInt(bitPattern: p))
         #expect(try mirror.read(a, size).faults == 1)
@@ -178,7 +179,7 @@ struct MirrorTests {
         let size = 64 << 10
         let mem = try MappedMemory(name: "T", kind: kind, path: kind == .file ? dir.file("t.dat") : nil, size: size, options: .init())
         let fd = try #require(mem.fileDescriptor)
-        let mirror = try Mirror(region: mem.region, dax: mem.mapSync)
+        let mirror = try DeviceMirror(region: mem.region, dax: mem.mapSync)
         let stop = Atomic<Bool>(false)
         let truncator = try JoinableThread {
             var small = true

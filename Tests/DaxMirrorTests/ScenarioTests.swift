@@ -2,7 +2,9 @@ import Foundation
 import Testing
 import DaxCore
 import FaultTracking
-import Mirror
+import MirrorPolicy
+import MirrorKernel
+import KernelDmirror
 import MirrorScenario
 
 /// The shipped scenarios (one per hmm-tests case, plus the DAX cases), run

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import DaxCore
 
 /// What a mirrored range of this process's memory is, which decides how the
@@ -28,7 +25,7 @@ public enum RegionBacking: Sendable, Equatable {
     }
 
     /// The descriptor the device opens its own mapping through, if any.
-    var sharedFD: Int32? {
+    public var sharedFD: Int32? {
         switch self {
         case .anonymous: return nil
         case .shmem(let fd): return fd

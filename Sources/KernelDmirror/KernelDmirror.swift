@@ -1,13 +1,14 @@
 #if canImport(Glibc)
-import PageTables
 import Glibc
 #endif
 import CDaxShim
 import DaxCore
+import MirrorPolicy
+import PageTables
 
 /// The kernel's own simulated device (lib/test_hmm.c, `/dev/hmm_dmirrorN`):
 /// it mirrors this process through the kernel's hmm_range_fault and mmu
-/// notifiers. The differential runner drives it beside a `Mirror` and
+/// notifiers. The differential runner drives it beside a `DeviceMirror` and
 /// compares answers; it exists only on kernels built with CONFIG_TEST_HMM
 /// (Scripts/guest/build-hmm-kernel.sh). One instance is one device table.
 public final class KernelDmirror {

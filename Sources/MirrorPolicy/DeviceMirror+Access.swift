@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import DaxCore
 import PageTables
 
@@ -8,7 +5,7 @@ import PageTables
 /// one synchronization (one VMA query of the region), one pagemap read of
 /// the pages it uses, and one copy per run of contiguous pages, plus a range
 /// fault per miss — as HMM_DMIRROR_READ of npages costs one ioctl.
-extension Mirror {
+extension DeviceMirror {
     /// The device reads `count` bytes at `address`. Returns the bytes and the
     /// faults this call took.
     public func read(_ address: UInt64, _ count: Int) throws(MirrorError) -> (bytes: [UInt8], faults: Int) {
@@ -73,7 +70,7 @@ extension Mirror {
                 let lo = max(address, vpn * pageSize), hi = min(end, (vpn + 1) * pageSize)
                 if !write && entry.zero {
                     try copy(runStart, runEnd, buffer, address, write: write)
-                    memset(buffer + Int(lo - address), 0, Int(hi - lo))
+                    (buffer + Int(lo - address)).initializeMemory(as: UInt8.self, repeating: 0, count: Int(hi - lo))
                     runStart = hi
                 }
                 runEnd = hi

@@ -3,7 +3,7 @@ import PageTables
 
 /// What the kernel's page table says against what the device holds: dmirror's
 /// SNAPSHOT, and `check`, which lists every disagreement.
-extension Mirror {
+extension DeviceMirror {
     /// dmirror's SNAPSHOT: the CPU page table as the mirror's walk sees it,
     /// without faulting anything in — one code per page.
     public func snapshot(_ address: UInt64, _ count: UInt64) throws(MirrorError) -> [SnapshotCode] {

@@ -1,8 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import DaxCore
-import FaultTracking
 import PageTables
 
 /// A simulated device that mirrors one region of this process's address
@@ -20,7 +16,7 @@ import PageTables
 ///  2. no event exists for mprotect or mremap-in-place: before every device
 ///     operation the region's VMA layout is compared with the one last seen
 ///     and changed ranges are dropped, as the kernel's notifier would have
-///     dropped them (Mirror+Layout.swift);
+///     dropped them (DeviceMirror+Layout.swift);
 ///  3. no event exists for truncate, hole punch, writeback, COW or page
 ///     migration (compaction) either: before using entries, the device
 ///     checks each against the page table (same PFN, still present, still
@@ -28,10 +24,13 @@ import PageTables
 ///     (`staleDropped` counts them). This is what makes a stale entry
 ///     impossible to use, whatever the CPU did.
 /// Every question to the kernel goes through `cpu` (a `CPUSide`): this class
-/// and its extensions hold the policy only. The cost of an access follows
+/// and its extensions hold the policy only, in a module that cannot call
+/// the kernel (it imports neither Glibc nor the C shim nor libpmem; the
+/// test command checks). MirrorKernel makes the mirror for a region of
+/// this process (`DeviceMirror(region:)`, KernelCPU). The cost of an access follows
 /// the pages it touches: one VMA query of the region, one pagemap read of
-/// the pages used, and the copy (Mirror+Access.swift).
-public final class Mirror: @unchecked Sendable {
+/// the pages used, and the copy (DeviceMirror+Access.swift).
+public final class DeviceMirror: @unchecked Sendable {
     public let region: Region
     public let table = DeviceTable()
     public let cpu: any CPUSide
@@ -93,24 +92,6 @@ public final class Mirror: @unchecked Sendable {
     /// Soft-dirty must be cleared before the write bit means anything again.
     var softDirtyStale = false
 
-    /// Starts mirroring `region` of this process, asking the kernel
-    /// (`KernelCPU`). With `tracking`, userfaultfd events deliver the
-    /// kernel's invalidations; without them revalidation alone keeps the
-    /// table honest. `writeBit` nil: soft-dirty where the kernel has it.
-    public convenience init(region: Region, tracking: Bool = true, dax: Bool = false,
-                            truth: CPUTruth? = nil, kernel: KernelFeatures = .probe(),
-                            writeBit: WriteBitSource? = nil) throws(Failure) {
-        let cpu = try KernelCPU(region: region, tracking: tracking, dax: dax, truth: truth, kernel: kernel)
-        var order: UInt8?
-        if case .devdax = region.backing {
-            // The kernel's word on the entry size: smaps KernelPageSize.
-            let smaps = (try? Smaps.parse(Smaps.read())) ?? []
-            let kps = smaps.first { $0.contains(region.base) }?.kernelPageSize ?? 4096
-            order = kps >= 1 << 30 ? 18 : (kps >= 2 << 20 ? 9 : 0)
-        }
-        try self.init(region: region, cpu: cpu, dax: dax, devdaxOrder: order, writeBit: writeBit)
-    }
-
     /// Starts mirroring `region` as `cpu` shows it (the kernel, or a fake).
     public init(region: Region, cpu: any CPUSide, dax: Bool = false, devdaxOrder: UInt8? = nil,
                 writeBit: WriteBitSource? = nil) throws(Failure) {
@@ -142,9 +123,6 @@ public final class Mirror: @unchecked Sendable {
     }
 
     deinit { cpu.stop() }
-
-    /// The kernel's tracker, when the CPU side is the kernel and it has one.
-    public var tracker: FaultTracker? { (cpu as? KernelCPU)?.tracker }
 
     /// Grows with every invalidation the mirror learns of; a range fault that
     /// sees it change while it walked retries (HMM's sequence rule).

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CDaxShim
 import DaxCore
+import MirrorPolicy
 import FaultTracking
 import PageTables
 

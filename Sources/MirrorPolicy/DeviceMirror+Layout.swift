@@ -3,7 +3,7 @@ import PageTables
 /// The region's VMA layout, compared before every device operation: no event
 /// exists for mprotect or mremap in place, so a range whose VMAs changed is
 /// dropped as the kernel's notifier would have dropped it.
-extension Mirror {
+extension DeviceMirror {
     /// The VMAs clipped to the region, with what the kernel's notifier cares
     /// about, into `out` (its storage kept: a hit allocates nothing).
     func layout(_ vmas: [VMA], into out: inout [VMA]) {

@@ -1,5 +1,4 @@
 import DaxCore
-import FaultTracking
 import PageTables
 
 /// Everything a Mirror learns from, or does to, the CPU side of the process:

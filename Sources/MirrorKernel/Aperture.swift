@@ -4,6 +4,7 @@ import Glibc
 import CDaxShim
 import CPmem
 import DaxCore
+import MirrorPolicy
 
 /// The device's own way to its memory, never the CPU's virtual address when
 /// one exists: for a shared file or shmem, its own MAP_SHARED mapping of the
@@ -156,16 +157,4 @@ final class Aperture: @unchecked Sendable {
         let n = dm_process_vm_write(pid, src, UnsafeMutableRawPointer(bitPattern: UInt(address)), count)
         guard n == count else { throw MirrorError(n < 0 ? Errno.current : .EFAULT, "device write of 0x\(String(address, radix: 16))") }
     }
-}
-
-/// A mirror operation's failure, with the errno dmirror would return
-/// (EFAULT, EPERM, EBUSY, EINVAL) and a sentence for people.
-public struct MirrorError: Error, Sendable, CustomStringConvertible {
-    public let errno: Errno
-    public let message: String
-    public init(_ errno: Errno, _ message: String) {
-        self.errno = errno
-        self.message = message
-    }
-    public var description: String { "\(message) (\(errno.name))" }
 }

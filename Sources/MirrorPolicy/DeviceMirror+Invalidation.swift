@@ -1,10 +1,9 @@
 import DaxCore
-import FaultTracking
 import PageTables
 
 /// The mmu notifier's side of the mirror: what removes entries, and the
 /// synchronization every device operation starts with.
-extension Mirror {
+extension DeviceMirror {
     /// Removes [address, address+length) from the table: the notifier call for
     /// changes the mirror is told of (e.g. a truncate it performed). Exactly
     /// that range, as HMM's notifier ranges are exact. (The kernel's test

@@ -1,11 +1,8 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import DaxCore
 import PageTables
 
 /// The user-space hmm_range_fault, and what the CPU's page table says of a page.
-extension Mirror {
+extension DeviceMirror {
     /// Whether the CPU's PTE for `p` lets it write (HMM's WRITE bit).
     ///
     /// With soft-dirty (`writeBit == .softDirty`, see SoftDirty): writable is

@@ -1,0 +1,38 @@
+/// What the kernel's page table says of one page right now, read without
+/// faulting anything in (the CPU side that `check` and SNAPSHOT compare with).
+public struct CPUPage: Sendable, Equatable {
+    public enum State: Sendable, Equatable {
+        /// No VMA: hmm_range_fault would report ERROR / EFAULT.
+        case unmapped
+        /// A VMA without read permission (PROT_NONE): ERROR / EFAULT.
+        case inaccessible
+        /// Mapped VMA, no page table entry yet.
+        case notPresent
+        case present
+    }
+    public var state: State
+    public var pfn: UInt64 = 0
+    /// The order the kernel maps the page with (0, 9, 18).
+    public var order: UInt8 = 0
+    public var zero = false
+    /// pagemap PM_MMAP_EXCLUSIVE: an anonymous page no other process maps.
+    public var exclusive = false
+    /// pagemap PM_FILE: page cache / shmem / DAX rather than anonymous.
+    public var fileOrShared = false
+    /// pagemap bit 55: written since the last clear (or the VMA is new).
+    public var softDirty = false
+    /// pagemap bit 57: write-protected by userfaultfd.
+    public var uffdWriteProtected = false
+    public var vmaWritable = false
+    public var vmaShared = false
+
+    public init(state: State) { self.state = state }
+}
+
+/// How much of a page's truth a reader needs.
+public enum TruthDetail: Sendable {
+    /// Presence, PFN and the pagemap bits: one pagemap read.
+    case presence
+    /// Also the mapping order and the huge zero page (PAGEMAP_SCAN, where the kernel has it).
+    case full
+}
