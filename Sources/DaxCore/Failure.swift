@@ -24,9 +24,12 @@ public enum ExitCause: Int32, Sendable, CaseIterable {
 public struct Failure: Error, CustomStringConvertible, Sendable {
     public let code: ExitCause
     public let message: String
-    public init(_ code: ExitCause, _ message: String) {
+    /// The kernel's errno behind it, where one is (a scenario answers with it).
+    public let errno: Errno?
+    public init(_ code: ExitCause, _ message: String, errno: Errno? = nil) {
         self.code = code
         self.message = message
+        self.errno = errno
     }
     public var description: String { message }
 
@@ -45,7 +48,8 @@ public struct Failure: Error, CustomStringConvertible, Sendable {
         default: code = .systemError
         }
         let subject = e.subject.map { " \($0)" } ?? ""
-        return Failure(code, "cannot \(what)\(subject): \(e.errno.message.lowercased()) (\(e.errno.name))" + (hint(e.errno).map { "; \($0)" } ?? ""))
+        return Failure(code, "cannot \(what)\(subject): \(e.errno.message.lowercased()) (\(e.errno.name))" + (hint(e.errno).map { "; \($0)" } ?? ""),
+                       errno: e.errno)
     }
 
     /// The fix for errnos that come from the environment rather than the input.

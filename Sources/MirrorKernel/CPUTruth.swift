@@ -25,7 +25,7 @@ public final class CPUTruth: @unchecked Sendable {
         zeroPFN = CPUTruth.probeZeroPFN(pagemap)
         guard CPUTruth.pfnsVisible(pagemap) else {
             throw Failure(.permissionDenied,
-                          "pagemap hides PFNs from this process (needs CAP_SYS_ADMIN): run the mirror as root")
+                          "pagemap hides PFNs from this process (needs CAP_SYS_ADMIN): run the mirror as root", errno: .EPERM)
         }
     }
 

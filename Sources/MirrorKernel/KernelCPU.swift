@@ -80,7 +80,7 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
     public func pages(_ startVPN: UInt64, _ endVPN: UInt64, vmas: [VMA], detail: TruthDetail,
                       into out: inout [CPUPage]) throws(MirrorError) {
         do { try truth.read(startVPN, endVPN, vmas: vmas, detail: detail, into: &out) }
-        catch { throw MirrorError(.EIO, error.message) }
+        catch { throw MirrorError(error.errno ?? .EIO, error.message) }
     }
 
     public func populate(_ address: UInt64, _ length: UInt64, write: Bool) -> Errno? {

@@ -177,8 +177,31 @@ public final class ScenarioRunner {
         } catch let e as CheckFailed {
             return .object([("op", .string(op)), ("ok", .bool(false)), ("disagreements", .int(Int64(e.disagreements))),
                             ("list", .array(e.list))])
+        } catch let e as Failure {
+            // The kernel's errno where there is one (EPERM for "needs
+            // CAP_SYS_ADMIN", EMFILE, ENOMEM…), never a blanket EIO.
+            return failure(op, e.errno ?? Self.errno(of: e.code), e.message)
+        } catch let e as SystemCallError {
+            return failure(op, e.errno, e.description)
         } catch {
             return failure(op, .EIO, "\(error)")
+        }
+    }
+
+    /// The errno a Failure without one stands for (its exit cause's).
+    static func errno(of cause: ExitCause) -> Errno {
+        switch cause {
+        case .notFound: return .ENOENT
+        case .notRegularFile: return .EISDIR
+        case .permissionDenied: return .EPERM
+        case .alreadyExists: return .EEXIST
+        case .symlinkRefused: return .ELOOP
+        case .noSpace: return .ENOSPC
+        case .invalidArgument, .usage: return .EINVAL
+        case .notDAX, .unsupported: return .EOPNOTSUPP
+        case .processGone: return .ESRCH
+        case .busy: return .EBUSY
+        case .success, .failure, .systemError: return .EIO
         }
     }
 

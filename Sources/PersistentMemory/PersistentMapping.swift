@@ -422,6 +422,6 @@ public final class PersistentMapping: @unchecked Sendable {
 
 extension Failure {
     func withDetail(_ detail: String) -> Failure {
-        Failure(code, message + " [" + detail.trimmingSpaces() + "]")
+        Failure(code, message + " [" + detail.trimmingSpaces() + "]", errno: errno)
     }
 }

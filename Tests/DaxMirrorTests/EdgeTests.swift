@@ -442,3 +442,38 @@ struct ScriptLibraryTests {
         }
     }
 }
+
+/// Every JSON answer's errno is the one the kernel gave: EFAULT, EPERM,
+/// EINVAL, ENOMEM provoked one by one, and "needs CAP_SYS_ADMIN" is EPERM,
+/// not a blanket EIO.
+@Suite("errno carried to every answer", .serialized)
+struct ErrnoVocabularyTests {
+    func answers(_ script: String, as program: [String] = []) throws -> [(op: String, errno: String?)] {
+        let args = program.isEmpty ? ["run", "-"] : Array(program.dropFirst()) + [CLI.binary, "run", "-"]
+        let r = try CLI.run(program.first ?? CLI.binary, args, stdin: script)
+        return try r.stdout.split(separator: "\n").map { line in
+            let j = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            return (j["op"] as? String ?? "?", j["errno"] as? String)
+        }
+    }
+
+    @Test func eachErrnoAsTheKernelGaveIt() throws {
+        let a = try answers("""
+            map A anon 64K
+            mirror A
+            unmap A 0 4K
+            dev-read A 0 4K
+            protect A 16K 4K read
+            dev-write A 16K 4K 1
+            map B anon 0x7f000000000000
+            map C anon 5000
+            """)
+        #expect(a.map(\.errno) == [nil, nil, nil, "EFAULT", nil, "EPERM", "ENOMEM", "EINVAL"], "\(a)")
+    }
+
+    @Test func needingCapSysAdminIsEPERM() throws {
+        guard getuid() == 0, let setpriv = which("setpriv") else { try skip("needs root and setpriv to become nobody") }
+        let a = try answers("map A anon 64K\nmirror A\n", as: [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"])
+        #expect(a.last?.op == "mirror" && a.last?.errno == "EPERM", "\(a)")
+    }
+}
