@@ -36,6 +36,15 @@ func anonymous(_ length: Int) -> UnsafeMutableRawPointer {
     return p
 }
 
+/// Anonymous memory at a 2 MiB boundary (THP-capable), mapped over an
+/// aligned reservation.
+func alignedAnonymous(_ length: Int) throws -> UnsafeMutableRawPointer {
+    let window = try AlignedReservation(length: length, alignment: 2 << 20)
+    let p = mmap(window.base, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)!
+    precondition(p != MAP_FAILED)
+    return p
+}
+
 func benchMissing(pages: Int) throws {
     let p = anonymous(pages * page)
     let tracker = try FaultTracker(base: p, length: pages * page, backing: .anonymous, mechanism: .missing)
@@ -85,8 +94,7 @@ func benchRangeFault(mib: Int) throws {
 
 func benchTable(mib: Int, huge: Bool) throws {
     let length = mib << 20
-    let raw = anonymous(length + (2 << 20))
-    let p = UnsafeMutableRawPointer(bitPattern: (UInt(bitPattern: raw) + (2 << 20) - 1) & ~UInt((2 << 20) - 1))!
+    let p = try alignedAnonymous(length)
     madvise(p, length, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE)
     madvise(p, length, DM_MADV_POPULATE_WRITE)
     let mirror = try DeviceMirror(region: Region(base: p, length: length, backing: .anonymous), tracking: false)
@@ -145,8 +153,7 @@ func benchHit(kind: String, vmas: Int, iterations: Int) throws {
 
 func benchBulk(mib: Int) throws {
     let length = mib << 20
-    let raw = anonymous(length + (2 << 20))
-    let p = UnsafeMutableRawPointer(bitPattern: (UInt(bitPattern: raw) + (2 << 20) - 1) & ~UInt((2 << 20) - 1))!
+    let p = try alignedAnonymous(length)
     madvise(p, length, MADV_HUGEPAGE)
     memset(p, 0x33, length)
     let mirror = try DeviceMirror(region: Region(base: p, length: length, backing: .anonymous))
@@ -169,9 +176,7 @@ func benchBulk(mib: Int) throws {
 func mappedFile(_ path: String, _ length: Int) -> (UnsafeMutableRawPointer, Int32, Bool) {
     let fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
     precondition(fd >= 0 && posix_fallocate(fd, 0, off_t(length)) == 0, "cannot allocate \(path)")
-    let raw = mmap(nil, length + (2 << 20), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)!
-    precondition(raw != MAP_FAILED)
-    let at = UnsafeMutableRawPointer(bitPattern: (UInt(bitPattern: raw) + (2 << 20) - 1) & ~UInt((2 << 20) - 1))!
+    let at = try! AlignedReservation(length: length, alignment: 2 << 20).base
     var p = mmap(at, length, PROT_READ | PROT_WRITE, DM_MAP_SHARED_VALIDATE | DM_MAP_SYNC | MAP_FIXED, fd, 0)
     let sync = p != MAP_FAILED
     if !sync { p = mmap(at, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) }

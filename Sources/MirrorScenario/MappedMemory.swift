@@ -66,11 +66,11 @@ public final class MappedMemory: @unchecked Sendable {
             devdax = (r, sz, al)
         }
         let align = devdax.map { Int($0.align) } ?? (options.huge ? 2 << 20 : page)
-        // Reserve an aligned window, then map over it with MAP_FIXED.
-        let reserveLen = size + align
-        guard let r = mmap(nil, reserveLen, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
-              r != MAP_FAILED else { throw MirrorError(Errno.current, "reserving address space") }
-        let aligned = UnsafeMutableRawPointer(bitPattern: (UInt(bitPattern: r) + UInt(align - 1)) & ~UInt(align - 1))!
+        // An aligned window, then the mapping over it with MAP_FIXED.
+        let window: AlignedReservation
+        do { window = try AlignedReservation(length: size, alignment: align) }
+        catch { throw MirrorError(error.errno, "reserving address space") }
+        let aligned = window.base
         var openedFD: Int32 = -1
         var sync = false
         var hint: String?
@@ -110,7 +110,7 @@ public final class MappedMemory: @unchecked Sendable {
             }
         } catch {
             if openedFD >= 0 { close(openedFD) }
-            munmap(r, reserveLen)
+            window.release()
             throw error
         }
         fd = openedFD
@@ -121,11 +121,6 @@ public final class MappedMemory: @unchecked Sendable {
         // MAP_SYNC took: CPU cache flushes alone make stores durable.
         isPmem = sync
         if options.huge && kind != .file { _ = madvise(aligned, size, MADV_HUGEPAGE) }
-        // Give back the unused ends of the reservation.
-        let head = aligned - r
-        if head > 0 { munmap(r, head) }
-        let tail = reserveLen - head - size
-        if tail > 0 { munmap(aligned + size, tail) }
     }
 
     /// Opens or creates `path` (O_EXCL first, so "created" is the kernel's

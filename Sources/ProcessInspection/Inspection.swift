@@ -175,9 +175,18 @@ public struct Inspection: Sendable {
         } else {
             // No PAGEMAP_SCAN (before 6.7): pagemap, a VMA at a time; PMDs from
             // smaps, which sees anonymous and page-cache THPs but not DAX.
-            // Counted in bounded pieces: a VMA of any size costs 512 KiB.
+            // Counted in bounded pieces: a VMA of any size costs 512 KiB of
+            // memory, and time in its size (8 bytes of pagemap per page). A
+            // mapping past 4 GiB that smaps says holds nothing resident or
+            // swapped (an address-space reservation) is not read: off DAX,
+            // where smaps sees every page but the shared zero page.
             for i in out.indices where out[i].vma.end <= 1 << 56 {
                 let v = out[i].vma
+                if v.size > 4 << 30 && !out[i].isDAX && v.rss == 0 && (v.fields["Swap"] ?? 0) == 0 {
+                    out[i].pmdKnown = true
+                    if softDirty { out[i].writtenPages = 0 }
+                    continue
+                }
                 let t: (present: Int, written: Int)
                 do { t = try pagemap.tally(at: v.start, count: Int(v.size / 4096)) } catch { throw procFailure(error, pid, "pagemap") }
                 out[i].presentPages = UInt64(t.present)

@@ -26,10 +26,12 @@ struct ProbeDaxWPCommand: ParsableCommand {
             try OwnedFD.open(dir, DM_O_TMPFILE | O_RDWR, mode: 0o600)
         }
         guard ftruncate(fd.rawValue, off_t(size)) == 0 else { throw Failure.from(SystemCallError("ftruncate", dir.description), doing: "size") }
-        // Reserve 2 MiB more and align, so the kernel may use PMD entries.
-        let raw = mmap(nil, size + (2 << 20), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)!
-        let aligned = UnsafeMutableRawPointer(bitPattern: (UInt(bitPattern: raw) + (2 << 20) - 1) & ~UInt((2 << 20) - 1))!
-        guard let p = dm_mmap_sync(aligned, size, PROT_READ | PROT_WRITE, fd.rawValue, 0), p != MAP_FAILED else {
+        // 2 MiB-aligned, so the kernel may use PMD entries; MAP_FIXED over
+        // the reservation (a hint alone may be ignored, and leak it).
+        let window = try Failure.wrapping("reserve address space") { () throws(SystemCallError) in
+            try AlignedReservation(length: size, alignment: 2 << 20)
+        }
+        guard let p = dm_mmap_shared_fixed(window.base, size, PROT_READ | PROT_WRITE, fd.rawValue, 0, 1), p != MAP_FAILED else {
             throw Failure(.notDAX, "\(dir) refuses MAP_SYNC: not a DAX mount")
         }
         let base = UnsafeMutableRawPointer(mutating: p)

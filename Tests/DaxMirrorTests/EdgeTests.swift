@@ -207,13 +207,13 @@ struct FailureNotMeasurementTests {
 }
 
 extension BoundedMapTests {
-    /// inspect of a process with a 1 TiB mapping: the counts in bounded
-    /// memory; --pages of it refused with the way out (--range).
+    /// inspect of a process with a 1 TiB mapping (an address-space
+    /// reservation, as runtimes make): the counts in bounded memory and
+    /// time; --pages of it refused with the way out (--range).
     @Test func inspectOfAHugeMappingIsBounded() throws {
         let child = try Spawned("/usr/bin/python3", ["-c", """
             import mmap, sys
             m = mmap.mmap(-1, 1 << 40, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x4000, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-            m[0:4096] = b"x" * 4096
             print("mapped", flush=True); sys.stdin.read()
             """], inputPipe: true)
         guard child.waitForOutput(containing: "mapped", timeout: 30) else { try skip("no 1 TiB of address space here: \(child.errorOutput)") }
@@ -221,7 +221,7 @@ extension BoundedMapTests {
         #expect(r.status == 0, "\(r.stderr)")
         let vmas = try #require(try CLI.json(r)["vmas"] as? [[String: Any]])
         let big = try #require(vmas.first { ($0["size"] as? Int ?? 0) >= 1 << 40 })
-        #expect((big["present_pages"] as? Int ?? 0) >= 1)
+        #expect(big["present_pages"] as? Int == 0)
         let pages = try CLI.daxmirror(["inspect", String(child.pid), "--pages"])
         #expect(pages.status == 9 && pages.stderr.contains("--range"), "\(pages.stderr)")
         let start = try #require(big["start"] as? String)
