@@ -33,7 +33,11 @@ public enum Syscall {
         }
     }
 
-    public static var pageSize: Int { Int(sysconf(Int32(_SC_PAGESIZE))) }
+    /// The base page size (one name for it: every page count in daxmirror is
+    /// in these; huge entries are orders of it).
+    public static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+    /// The same as UInt64, for address arithmetic.
+    public static let pageBytes = UInt64(pageSize)
 
     /// `uname -r`.
     public static var kernelRelease: String {

@@ -181,7 +181,7 @@ public struct Scrape {
                 m.pud = pudDevices.contains(v.path)
                 if let pagemap, let present = m.present {
                     do {
-                        m.present = present + UInt64(try pagemap.presentCount(at: v.start, count: Int((v.end - v.start) / 4096))) * 4096
+                        m.present = present + UInt64(try pagemap.presentCount(at: v.start, count: Int((v.end - v.start) / Syscall.pageBytes))) * Syscall.pageBytes
                     } catch {
                         count(error.errno)
                         m.present = nil

@@ -27,6 +27,13 @@ public struct CPUPage: Sendable, Equatable {
     public var vmaShared = false
 
     public init(state: State) { self.state = state }
+
+    /// What the VMA and the page's sharing allow: the CPU may write it
+    /// without a fault only in a writable VMA, and there only if the mapping
+    /// is shared or the page is a private anonymous page no other process
+    /// maps (anything else is copy-on-write first). The one place this rule
+    /// is written; the write bit's source (soft-dirty, pagemap) narrows it.
+    public var writableWithoutCopyOnWrite: Bool { vmaWritable && (vmaShared || (exclusive && !fileOrShared)) }
 }
 
 /// How much of a page's truth a reader needs.

@@ -26,12 +26,7 @@ public struct DeviceEntry: Sendable, Equatable, CustomStringConvertible {
     public func pfn(at index: UInt64) -> UInt64 { pfn + index }
 
     /// The dmirror snapshot code of any page of this entry.
-    public var code: SnapshotCode {
-        var c: SnapshotCode = writable ? .write : .read
-        if zero && order == 0 { c.insert(.zero) }  // dmirror: is_zero_pfn(), the 4 KiB zero page only
-        if order == 9 { c.insert(.pmd) } else if order == 18 { c.insert(.pud) }
-        return c
-    }
+    public var code: SnapshotCode { .mapped(writable: writable, zero: zero, order: order) }
 
     public var description: String { "pfn 0x\(String(pfn, radix: 16)) order \(order) \(code)" }
 

@@ -118,9 +118,7 @@ extension DeviceMirror {
             while vpn < hi {
                 let p = pageScratch[Int(vpn - s)]
                 var ok = p.state == .present && p.pfn == entry.pfn(at: vpn - start)
-                if ok && entry.writable {
-                    ok = p.vmaWritable && (p.vmaShared || (p.exclusive && !p.fileOrShared))
-                }
+                if ok && entry.writable { ok = p.writableWithoutCopyOnWrite }
                 guard !ok else { vpn += 1; continue }
                 var runEnd = vpn + 1
                 while runEnd < hi {

@@ -16,13 +16,7 @@ extension DeviceMirror {
             case .notPresent: return .none
             case .present:
                 let dev = table.lookup(s + UInt64(i)).map { $0.entry.writable && $0.entry.pfn(at: $0.index) == p.pfn } ?? false
-                var c: SnapshotCode = cpuWritable(p, deviceWritable: dev) ? .write : .read
-                // dmirror's ZERO is is_zero_pfn(): the 4 KiB zero page only. The
-                // huge zero page (a DAX hole, an anonymous THP read) is READ|PMD,
-                // as the kernel's own HMM_DMIRROR_SNAPSHOT reports it.
-                if p.zero && p.order == 0 { c.insert(.zero) }
-                if p.order == 9 { c.insert(.pmd) } else if p.order == 18 { c.insert(.pud) }
-                return c
+                return .mapped(writable: cpuWritable(p, deviceWritable: dev), zero: p.zero, order: p.order)
             }
         }
     }
@@ -91,7 +85,7 @@ extension DeviceMirror {
                 // would reach pages the CPU no longer maps as one.
                 else if self.cpu.seesMapOrder && entry.order > p.order { note(vpn, "map order differs", dev, ker) }
                 else if p.zero != entry.zero { note(vpn, "zero page differs", dev, ker) }
-                else if entry.writable && !(p.vmaWritable && (p.vmaShared || (p.exclusive && !p.fileOrShared))) {
+                else if entry.writable && !p.writableWithoutCopyOnWrite {
                     note(vpn, "the device may write where the CPU may not", dev,
                          ker + (p.vmaWritable ? " shared-by-COW" : " read-only"))
                 }

@@ -18,7 +18,7 @@ extension DeviceMirror {
         guard p.state == .present, p.vmaWritable, !p.zero else { return false }
         if writeBit == .softDirty {
             guard p.softDirty, !p.uffdWriteProtected else { return false }
-            return p.vmaShared || (p.exclusive && !p.fileOrShared)
+            return p.writableWithoutCopyOnWrite
         }
         if !p.vmaShared { return p.exclusive && !p.fileOrShared }
         if case .shmem = region.backing { return true }

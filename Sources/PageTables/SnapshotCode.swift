@@ -19,6 +19,20 @@ public struct SnapshotCode: OptionSet, Sendable, Hashable, CustomStringConvertib
     }
 }
 
+extension SnapshotCode {
+    /// dmirror's code for a mapped page: WRITE or READ; ZERO for the 4 KiB
+    /// zero page only (is_zero_pfn(): the huge zero page — a DAX hole, an
+    /// anonymous THP read — is READ|PMD, as the kernel's own
+    /// HMM_DMIRROR_SNAPSHOT reports it); PMD for order 9, PUD for order 18.
+    /// The one place this rule is written.
+    public static func mapped(writable: Bool, zero: Bool, order: UInt8) -> SnapshotCode {
+        var c: SnapshotCode = writable ? .write : .read
+        if zero && order == 0 { c.insert(.zero) }
+        if order == 9 { c.insert(.pmd) } else if order == 18 { c.insert(.pud) }
+        return c
+    }
+}
+
 extension Array where Element == SnapshotCode {
     /// Run-length hex, e.g. "16*512,00*3,ff*1": code (two hex digits) * count.
     public var runLengthHex: String {

@@ -157,7 +157,7 @@ public struct Inspection: Sendable {
                     if v.start >= reg.end { break }
                     let lo = max(s, v.start), hi = min(reg.end, v.end)
                     if lo < hi {
-                        let n = (hi - lo) / 4096
+                        let n = (hi - lo) / Syscall.pageBytes
                         if reg.categories.contains(.present) {
                             out[vi].presentPages += n
                             if reg.categories.contains(.huge) {
@@ -188,7 +188,7 @@ public struct Inspection: Sendable {
                     continue
                 }
                 let t: (present: Int, written: Int)
-                do { t = try pagemap.tally(at: v.start, count: Int(v.size / 4096)) } catch { throw procFailure(error, pid, "pagemap") }
+                do { t = try pagemap.tally(at: v.start, count: Int(v.size / Syscall.pageBytes)) } catch { throw procFailure(error, pid, "pagemap") }
                 out[i].presentPages = UInt64(t.present)
                 if softDirty { out[i].writtenPages = UInt64(t.written) }
                 out[i].pmdMappings = Int((v.anonHugePages + v.filePmdMapped) >> 21)
@@ -197,14 +197,14 @@ public struct Inspection: Sendable {
         }
         if pages {
             // One entry and one code per page: bounded by what is asked.
-            let asked = out.reduce(UInt64(0)) { $0 + $1.vma.size / 4096 }
+            let asked = out.reduce(UInt64(0)) { $0 + $1.vma.size / Syscall.pageBytes }
             guard asked <= maxPagesShown else {
-                throw Failure(.invalidArgument, "--pages would list \(asked) pages (\(ByteSize.human(asked * 4096)) of mappings), more than \(maxPagesShown) (\(ByteSize.human(maxPagesShown * 4096))): narrow it with --range START-END")
+                throw Failure(.invalidArgument, "--pages would list \(asked) pages (\(ByteSize.human(asked * Syscall.pageBytes)) of mappings), more than \(maxPagesShown) (\(ByteSize.human(maxPagesShown * Syscall.pageBytes))): narrow it with --range START-END")
             }
             for i in out.indices {
                 let v = out[i].vma
                 let entries: [PagemapEntry]
-                do { entries = try pagemap.entries(at: v.start, count: Int(v.size / 4096)) } catch { throw procFailure(error, pid, "pagemap") }
+                do { entries = try pagemap.entries(at: v.start, count: Int(v.size / Syscall.pageBytes)) } catch { throw procFailure(error, pid, "pagemap") }
                 let codes = pageCodes(out[i], entries, regions: regions, softDirty: softDirty)
                 out[i].runs = runs(codes, entries, base: v.start)
                 out[i].codes = codes
@@ -254,7 +254,7 @@ public struct Inspection: Sendable {
         var r = lo
         while r < regions.count, regions[r].start < v.vma.end {
             let reg = regions[r]
-            let lo = Int((max(reg.start, base) - base) / 4096), hi = Int((min(reg.end, v.vma.end) - base) / 4096)
+            let lo = Int((max(reg.start, base) - base) / Syscall.pageBytes), hi = Int((min(reg.end, v.vma.end) - base) / Syscall.pageBytes)
             for i in lo..<hi where codes[i] != 0 {
                 if reg.categories.contains(.pfnZero) { codes[i] = (codes[i] & ~SnapshotCode.write.rawValue) | SnapshotCode.read.rawValue }
                 // dmirror's ZERO is the 4 KiB zero page only; the huge zero page is READ|PMD.
@@ -270,15 +270,15 @@ public struct Inspection: Sendable {
     static func runs(_ codes: [UInt8], _ entries: [PagemapEntry], base: UInt64) -> [PageRun] {
         var out: [PageRun] = []
         for (i, e) in entries.enumerated() {
-            let addr = base + UInt64(i) * 4096
+            let addr = base + UInt64(i) * Syscall.pageBytes
             let code = codes[i]
             let pfn = e.pfn.flatMap { $0 == 0 ? nil : $0 }
             if var last = out.last, last.end == addr, last.code == code,
-               (pfn == nil && last.pfn == nil) || (pfn != nil && last.pfn.map { $0 + (addr - last.start) / 4096 } == pfn) {
-                last.end += 4096
+               (pfn == nil && last.pfn == nil) || (pfn != nil && last.pfn.map { $0 + (addr - last.start) / Syscall.pageBytes } == pfn) {
+                last.end += Syscall.pageBytes
                 out[out.count - 1] = last
             } else {
-                out.append(PageRun(start: addr, end: addr + 4096, pfn: pfn, code: code))
+                out.append(PageRun(start: addr, end: addr + Syscall.pageBytes, pfn: pfn, code: code))
             }
         }
         return out

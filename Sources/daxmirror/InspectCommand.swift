@@ -159,8 +159,8 @@ struct InspectCommand: ParsableCommand {
                 lines += SnapshotPicture.rows(v.codes).map { "    " + $0 }
             }
             for run in v.runs where run.code != 0 {
-                let pfn = run.pfn.map { "pfn " + hex($0) + "-" + hex($0 + (run.end - run.start) / 4096 - 1) } ?? "pfn hidden"
-                lines.append("    " + hex(run.start) + "-" + hex(run.end) + "  " + String((run.end - run.start) / 4096) + " pages  "
+                let pfn = run.pfn.map { "pfn " + hex($0) + "-" + hex($0 + (run.end - run.start) / Syscall.pageBytes - 1) } ?? "pfn hidden"
+                lines.append("    " + hex(run.start) + "-" + hex(run.end) + "  " + String((run.end - run.start) / Syscall.pageBytes) + " pages  "
                              + String(SnapshotPicture.glyph(run.code)) + "  " + pfn)
             }
         }

@@ -129,7 +129,7 @@ struct WatchCommand: ParsableCommand {
         var lines = ["daxmirror watch \(r.pid) (\(r.command)) every \(interval) ms   # present  = PMD-mapped   Ctrl-C to stop"]
         let width = 32
         for v in r.vmas where v.presentPages > 0 {
-            let pages = max(v.vma.size / 4096, 1)
+            let pages = max(v.vma.size / Syscall.pageBytes, 1)
             let filled = Int((v.presentPages * UInt64(width) + pages - 1) / pages)
             let pmd = min(filled, Int((UInt64(v.pmdMappings) * 512 * UInt64(width)) / pages))
             let bar = String(repeating: "=", count: pmd) + String(repeating: "#", count: max(filled - pmd, 0))
