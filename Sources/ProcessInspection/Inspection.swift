@@ -34,6 +34,42 @@ public struct InspectedVMA: Sendable {
     public var codes: [UInt8] = []
 
     public var isDAX: Bool { fileDAX ?? mountDAX ?? (backing == "devdax") }
+
+    /// What backs the file: its mount, DAX state, block device, namespace
+    /// and the namespace's region.
+    mutating func describe(_ st: DaxStatus, _ inventory: Inventory?) {
+        filesystem = st.mount?.fsType
+        mountDAX = st.mountMode.isDAX
+        fileDAX = st.fileDAX
+        blockDevice = st.blockDevice
+        namespace = st.namespace?.dev
+        let region = st.namespace.flatMap { ns in inventory?.region(ofNamespace: ns.dev) }
+        self.region = region?.dev
+        persistence = region?.persistence
+    }
+
+    /// A device-dax's namespace and region, by its character device's name.
+    mutating func describeDeviceDAX(_ inventory: Inventory) {
+        let name = String(vma.path.split(separator: "/").last ?? "")
+        for region in inventory.buses.flatMap(\.regions) {
+            if let ns = region.namespaces.first(where: { $0.chardev == name }) {
+                namespace = ns.dev; self.region = region.dev; persistence = region.persistence
+            }
+        }
+    }
+
+    /// One PAGEMAP_SCAN region's pages [lo, hi) inside this VMA.
+    mutating func count(_ reg: PageRegion, _ lo: UInt64, _ hi: UInt64) {
+        let n = (hi - lo) / Syscall.pageBytes
+        if reg.categories.contains(.present) {
+            presentPages += n
+            if reg.categories.contains(.huge) {
+                // The 2 MiB spans this huge run covers.
+                pmdMappings += Int(((hi - 1) >> 21) - (lo >> 21) + 1)
+            }
+        }
+        if reg.categories.contains(.softDirty) { writtenPages = (writtenPages ?? 0) + n }
+    }
 }
 
 /// A run of pages with the same snapshot code and consecutive PFNs.
@@ -55,29 +91,17 @@ public struct Inspection: Sendable {
     /// A kernel thread (PF_KTHREAD): it has no user memory, so no VMAs.
     public var kernelThread = false
 
+    /// `--pages` lists at most this many pages (16 GiB of mappings).
+    public static let maxPagesShown: UInt64 = 4 << 20
+
     /// Reads /proc/PID/{smaps,mountinfo,pagemap} once each and ties them
     /// together. `range` limits the VMAs; `pages` adds per-page runs;
     /// `rearm` clears soft-dirty afterwards so the next `written` counts
     /// only later writes.
-    /// `--pages` lists at most this many pages (16 GiB of mappings).
-    public static let maxPagesShown: UInt64 = 4 << 20
-
     public static func read(pid: Int32, range: ClosedRange<UInt64>? = nil, pages: Bool = false,
                             rearm: Bool = false, inventory: Inventory? = nil) throws(Failure) -> Inspection {
-        let proc = "/proc/\(pid)"
-        // Held across the reads: it polls readable if the process exits
-        // meanwhile. Kernels before 5.3 have no pidfd: compare the start time
-        // in /proc/PID/stat before and after instead.
-        let pidfd = dm_pidfd_open(pid)
-        var startTime: String?
-        if pidfd < 0 {
-            let e = Errno.current
-            if e == .ESRCH { throw Failure(.notFound, "no process \(pid) (see `ps`)") }
-            guard e == .ENOSYS else { throw Failure(.systemError, "pidfd_open(\(pid)) failed: \(e.name)") }
-            do { startTime = try readTextFile("\(proc)/stat") } catch { throw procFailure(error, pid, "stat-first") }
-        }
-        defer { if pidfd >= 0 { close(pidfd) } }
-        let command = (try? readTextFile("\(proc)/comm"))?.trimmingSpaces() ?? "?"
+        let watch = try ExitWatch(pid)
+        let command = (try? readTextFile("/proc/\(pid)/comm"))?.trimmingSpaces() ?? "?"
         // A zombie has exited (its memory is gone) though its PID remains; a
         // kernel thread never had user memory. Neither is "exited meanwhile".
         let (state, flags) = try processState(pid)
@@ -88,6 +112,59 @@ public struct Inspection: Sendable {
             return Inspection(pid: pid, command: command, vmas: [], pagemapScan: PagemapScanSupport.available,
                               softDirty: SoftDirty.available, kernelThread: true)
         }
+        var out = try describeVMAs(pid, range: range, inventory: inventory)
+        let pagemap: Pagemap
+        do { pagemap = try Pagemap(pid: String(pid)) } catch { throw procFailure(error, pid, "pagemap") }
+        let scan = PagemapScanSupport.available
+        let softDirty = SoftDirty.available
+        var regions: [PageRegion] = []
+        if scan {
+            regions = try countScanned(&out, pagemap, pid, softDirty: softDirty)
+        } else {
+            try countFromPagemap(&out, pagemap, pid, softDirty: softDirty)
+        }
+        if pages { try addPageViews(&out, pagemap, pid, regions: regions, softDirty: softDirty) }
+        // A process that exited (or whose PID was reused) mid-read is not a
+        // table to present as complete.
+        guard !watch.exited else { throw Failure(.processGone, "process \(pid) exited while it was being inspected") }
+        if rearm { try clearSoftDirty(pid) }
+        return Inspection(pid: pid, command: command, vmas: out, pagemapScan: scan, softDirty: softDirty)
+    }
+
+    /// Knows whether the process exited (or its PID was reused) since it was
+    /// made: a pidfd polls readable then; kernels before 5.3 have none, and
+    /// the start time in /proc/PID/stat is compared instead.
+    struct ExitWatch: ~Copyable {
+        let pid: Int32
+        let pidfd: Int32
+        var startTime: String?
+
+        init(_ pid: Int32) throws(Failure) {
+            self.pid = pid
+            pidfd = dm_pidfd_open(pid)
+            guard pidfd < 0 else { return }
+            let e = Errno.current
+            if e == .ESRCH { throw Failure(.notFound, "no process \(pid) (see `ps`)") }
+            guard e == .ENOSYS else { throw Failure(.systemError, "pidfd_open(\(pid)) failed: \(e.name)") }
+            do { startTime = try readTextFile("/proc/\(pid)/stat") } catch { throw procFailure(error, pid, "stat-first") }
+        }
+
+        deinit { if pidfd >= 0 { close(pidfd) } }
+
+        var exited: Bool {
+            if pidfd >= 0 {
+                var p = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+                return poll(&p, 1, 0) != 0
+            }
+            return (try? processStartTime(pid)) != (try? processStartTime(text: startTime ?? "", pid))
+        }
+    }
+
+    /// The process's VMAs (those overlapping `range`), each with what backs
+    /// it: filesystem, DAX mode and attribute, block device, namespace,
+    /// region and its persistence.
+    static func describeVMAs(_ pid: Int32, range: ClosedRange<UInt64>?, inventory: Inventory?) throws(Failure) -> [InspectedVMA] {
+        let proc = "/proc/\(pid)"
         let smapsText = try readProc(pid, "smaps")
         var all: [SmapsEntry]
         do { all = try Smaps.parse(smapsText) } catch { throw Failure(.systemError, "cannot parse \(proc)/smaps: \(error)") }
@@ -96,14 +173,8 @@ public struct Inspection: Sendable {
             throw Failure(.invalidArgument, "no mapping of process \(pid) overlaps the range; see `daxmirror inspect \(pid)` for its mappings")
         }
         let mounts = MountTable(parsing: (try? readTextFile("\(proc)/mountinfo")) ?? "")
-        let pagemap: Pagemap
-        do { pagemap = try Pagemap(pid: String(pid)) } catch { throw procFailure(error, pid, "pagemap") }
-        let scan = PagemapScanSupport.available
-        let softDirty = SoftDirty.available
-        var out: [InspectedVMA] = []
-        out.reserveCapacity(all.count)
         var statusCache: [String: DaxStatus] = [:]
-        for v in all {
+        return all.map { v in
             var r = InspectedVMA(vma: v, backing: backingName(v))
             if r.backing == "shmem" {
                 r.filesystem = "tmpfs"
@@ -116,117 +187,91 @@ public struct Inspection: Sendable {
                     statusCache[key] = (try? DaxStatus.inspect(path: mapFile, mounts: mounts, inventory: inventory))
                         ?? (try? DaxStatus.inspect(path: v.path, mounts: mounts, inventory: inventory))
                 }
-                if let st = statusCache[key] {
-                    r.filesystem = st.mount?.fsType
-                    r.mountDAX = st.mountMode.isDAX
-                    r.fileDAX = st.fileDAX
-                    r.blockDevice = st.blockDevice
-                    r.namespace = st.namespace?.dev
-                    let region = st.namespace.flatMap { ns in inventory?.region(ofNamespace: ns.dev) }
-                    r.region = region?.dev
-                    r.persistence = region?.persistence
-                }
-                if r.backing == "devdax", let inv = inventory {
-                    let name = String(v.path.split(separator: "/").last ?? "")
-                    for region in inv.buses.flatMap(\.regions) {
-                        if let ns = region.namespaces.first(where: { $0.chardev == name }) {
-                            r.namespace = ns.dev; r.region = region.dev; r.persistence = region.persistence
-                        }
-                    }
-                }
+                if let st = statusCache[key] { r.describe(st, inventory) }
+                if r.backing == "devdax", let inv = inventory { r.describeDeviceDAX(inv) }
             }
             if v.kernelPageSize >= 1 << 30 { r.pudMappings = Int(v.size >> 30) }  // pagemap cannot see PUDs
-            out.append(r)
+            return r
         }
-        // Page-table truth: one PAGEMAP_SCAN walk over all the VMAs, or pagemap.
-        // (PAGEMAP_SCAN refuses ranges outside the user address space: [vsyscall].)
+    }
+
+    /// Page-table truth from one PAGEMAP_SCAN walk over all the VMAs
+    /// (which refuses ranges outside the user address space: [vsyscall]):
+    /// present, PMD-mapped and written pages. Returns the scan's regions.
+    static func countScanned(_ out: inout [InspectedVMA], _ pagemap: Pagemap, _ pid: Int32,
+                             softDirty: Bool) throws(Failure) -> [PageRegion] {
         let userVMAs = out.filter { $0.vma.end <= 1 << 56 && !$0.vma.path.hasPrefix("[vsyscall]") }
-        var regions: [PageRegion] = []
-        if scan, let first = userVMAs.first?.vma.start, let last = userVMAs.last?.vma.end {
-            do {
-                regions = try pagemap.scanAll(start: first, end: last, anyOf: [.present, .swapped],
-                                              report: [.present, .huge, .softDirty, .pfnZero])
-            } catch { throw procFailure(error, pid, "pagemap") }
-            var vi = 0
-            for reg in regions {
-                var s = reg.start
-                while s < reg.end {
-                    while vi < out.count && out[vi].vma.end <= s { vi += 1 }
-                    guard vi < out.count else { break }
-                    let v = out[vi].vma
-                    if v.start >= reg.end { break }
-                    let lo = max(s, v.start), hi = min(reg.end, v.end)
-                    if lo < hi {
-                        let n = (hi - lo) / Syscall.pageBytes
-                        if reg.categories.contains(.present) {
-                            out[vi].presentPages += n
-                            if reg.categories.contains(.huge) {
-                                // Count the 2 MiB spans this huge run covers.
-                                let spans = Set(stride(from: lo & ~0x1fffff, to: hi, by: 0x200000))
-                                out[vi].pmdMappings += spans.count
-                            }
-                        }
-                        if reg.categories.contains(.softDirty) { out[vi].writtenPages = (out[vi].writtenPages ?? 0) + n }
-                    }
-                    s = hi
-                }
-            }
-            for i in out.indices { out[i].writtenPages = softDirty ? (out[i].writtenPages ?? 0) : nil }
-        } else {
-            // No PAGEMAP_SCAN (before 6.7): pagemap, a VMA at a time; PMDs from
-            // smaps, which sees anonymous and page-cache THPs but not DAX.
-            // Counted in bounded pieces: a VMA of any size costs 512 KiB of
-            // memory, and time in its size (8 bytes of pagemap per page). A
-            // mapping past 4 GiB that smaps says holds nothing resident or
-            // swapped (an address-space reservation) is not read: off DAX,
-            // where smaps sees every page but the shared zero page.
-            for i in out.indices where out[i].vma.end <= 1 << 56 {
-                let v = out[i].vma
-                if v.size > 4 << 30 && !out[i].isDAX && v.rss == 0 && (v.fields["Swap"] ?? 0) == 0 {
-                    out[i].pmdKnown = true
-                    if softDirty { out[i].writtenPages = 0 }
-                    continue
-                }
-                let t: (present: Int, written: Int)
-                do { t = try pagemap.tally(at: v.start, count: Int(v.size / Syscall.pageBytes)) } catch { throw procFailure(error, pid, "pagemap") }
-                out[i].presentPages = UInt64(t.present)
-                if softDirty { out[i].writtenPages = UInt64(t.written) }
-                out[i].pmdMappings = Int((v.anonHugePages + v.filePmdMapped) >> 21)
-                out[i].pmdKnown = !out[i].isDAX
+        guard let first = userVMAs.first?.vma.start, let last = userVMAs.last?.vma.end else { return [] }
+        let regions: [PageRegion]
+        do {
+            regions = try pagemap.scanAll(start: first, end: last, anyOf: [.present, .swapped],
+                                          report: [.present, .huge, .softDirty, .pfnZero])
+        } catch { throw procFailure(error, pid, "pagemap") }
+        var vi = 0
+        for reg in regions {
+            var s = reg.start
+            while s < reg.end {
+                while vi < out.count && out[vi].vma.end <= s { vi += 1 }
+                guard vi < out.count else { break }
+                let v = out[vi].vma
+                if v.start >= reg.end { break }
+                let lo = max(s, v.start), hi = min(reg.end, v.end)
+                if lo < hi { out[vi].count(reg, lo, hi) }
+                s = hi
             }
         }
-        if pages {
-            // One entry and one code per page: bounded by what is asked.
-            let asked = out.reduce(UInt64(0)) { $0 + $1.vma.size / Syscall.pageBytes }
-            guard asked <= maxPagesShown else {
-                throw Failure(.invalidArgument, "--pages would list \(asked) pages (\(ByteSize.human(asked * Syscall.pageBytes)) of mappings), more than \(maxPagesShown) (\(ByteSize.human(maxPagesShown * Syscall.pageBytes))): narrow it with --range START-END")
+        for i in out.indices { out[i].writtenPages = softDirty ? (out[i].writtenPages ?? 0) : nil }
+        return regions
+    }
+
+    /// No PAGEMAP_SCAN (before 6.7): pagemap, a VMA at a time; PMDs from
+    /// smaps, which sees anonymous and page-cache THPs but not DAX. Counted
+    /// in bounded pieces: a VMA of any size costs 512 KiB of memory, and
+    /// time in its size (8 bytes of pagemap per page). A mapping past 4 GiB
+    /// that smaps says holds nothing resident or swapped (an address-space
+    /// reservation) is not read: off DAX, where smaps sees every page but
+    /// the shared zero page.
+    static func countFromPagemap(_ out: inout [InspectedVMA], _ pagemap: Pagemap, _ pid: Int32, softDirty: Bool) throws(Failure) {
+        for i in out.indices where out[i].vma.end <= 1 << 56 {
+            let v = out[i].vma
+            if v.size > 4 << 30 && !out[i].isDAX && v.rss == 0 && (v.fields["Swap"] ?? 0) == 0 {
+                out[i].pmdKnown = true
+                if softDirty { out[i].writtenPages = 0 }
+                continue
             }
-            for i in out.indices {
-                let v = out[i].vma
-                let entries: [PagemapEntry]
-                do { entries = try pagemap.entries(at: v.start, count: Int(v.size / Syscall.pageBytes)) } catch { throw procFailure(error, pid, "pagemap") }
-                let codes = pageCodes(out[i], entries, regions: regions, softDirty: softDirty)
-                out[i].runs = runs(codes, entries, base: v.start)
-                out[i].codes = codes
-            }
+            let t: (present: Int, written: Int)
+            do { t = try pagemap.tally(at: v.start, count: Int(v.size / Syscall.pageBytes)) } catch { throw procFailure(error, pid, "pagemap") }
+            out[i].presentPages = UInt64(t.present)
+            if softDirty { out[i].writtenPages = UInt64(t.written) }
+            out[i].pmdMappings = Int((v.anonHugePages + v.filePmdMapped) >> 21)
+            out[i].pmdKnown = !out[i].isDAX
         }
-        // A process that exited (or whose PID was reused) mid-read is not a
-        // table to present as complete.
-        var exited: Bool
-        if pidfd >= 0 {
-            var p = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
-            exited = poll(&p, 1, 0) != 0
-        } else {
-            exited = (try? processStartTime(pid)) != (try? processStartTime(text: startTime ?? "", pid))
+    }
+
+    /// `--pages`: one entry and one code per page, bounded by what is asked.
+    static func addPageViews(_ out: inout [InspectedVMA], _ pagemap: Pagemap, _ pid: Int32,
+                             regions: [PageRegion], softDirty: Bool) throws(Failure) {
+        let asked = out.reduce(UInt64(0)) { $0 + $1.vma.size / Syscall.pageBytes }
+        guard asked <= maxPagesShown else {
+            throw Failure(.invalidArgument, "--pages would list \(asked) pages (\(ByteSize.human(asked * Syscall.pageBytes)) of mappings), more than \(maxPagesShown) (\(ByteSize.human(maxPagesShown * Syscall.pageBytes))): narrow it with --range START-END")
         }
-        guard !exited else { throw Failure(.processGone, "process \(pid) exited while it was being inspected") }
-        if rearm {
-            let fd = open("\(proc)/clear_refs", O_WRONLY | O_CLOEXEC)
-            guard fd >= 0 else { throw procFailure(SystemCallError("open", "\(proc)/clear_refs", errno: .current), pid, "clear_refs") }
-            defer { close(fd) }
-            guard write(fd, "4", 1) == 1 else { throw Failure(.systemError, "cannot clear soft-dirty bits of process \(pid): \(Errno.current.name)") }
+        for i in out.indices {
+            let v = out[i].vma
+            let entries: [PagemapEntry]
+            do { entries = try pagemap.entries(at: v.start, count: Int(v.size / Syscall.pageBytes)) } catch { throw procFailure(error, pid, "pagemap") }
+            let codes = pageCodes(out[i], entries, regions: regions, softDirty: softDirty)
+            out[i].runs = runs(codes, entries, base: v.start)
+            out[i].codes = codes
         }
-        return Inspection(pid: pid, command: command, vmas: out, pagemapScan: scan, softDirty: softDirty)
+    }
+
+    /// `--rearm`: the process's soft-dirty bits cleared (clear_refs 4).
+    static func clearSoftDirty(_ pid: Int32) throws(Failure) {
+        let path = "/proc/\(pid)/clear_refs"
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw procFailure(SystemCallError("open", path, errno: .current), pid, "clear_refs") }
+        defer { close(fd) }
+        guard write(fd, "4", 1) == 1 else { throw Failure(.systemError, "cannot clear soft-dirty bits of process \(pid): \(Errno.current.name)") }
     }
 
     /// dmirror's SNAPSHOT codes for the CPU side of one VMA, from pagemap
