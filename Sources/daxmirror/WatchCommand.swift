@@ -51,23 +51,19 @@ struct WatchCommand: ParsableCommand {
     var interval: Int { intervalText.flatMap { try? $0.integer("--interval", 10...3_600_000) } ?? 1000 }
     var count: Int { countText.flatMap { try? $0.integer("--count", 0...Int(Int32.max)) } ?? 0 }
 
+    /// One sample's counts, by VMA start, for the next one's rates.
+    typealias Sample = (time: Double, present: [UInt64: UInt64], written: [UInt64: UInt64])
+    typealias Rates = [UInt64: (faults: Double, writes: Double?)]
+
     func run() throws {
         let inventory = try? Inventory.read()
         var tty = isatty(1) == 1 && !json
-        // A parent may hand us SIGINT blocked (threads of a test runner
-        // block signals, and the mask is inherited): unblock what ends us.
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, SIGINT)
-        sigaddset(&set, SIGTERM)
-        pthread_sigmask(SIG_UNBLOCK, &set, nil)
-        signal(SIGINT) { _ in stopRequested = 1 }
-        signal(SIGTERM) { _ in stopRequested = 1 }
+        Self.stopOnSIGINTAndSIGTERM()
         // The alternate screen (as top and less use it): redrawing never
         // scrolls the user's history, and leaving it restores what was there.
         if tty { emitRaw("\u{1b}[?1049h\u{1b}[?25l") }
         defer { if tty { emitRaw("\u{1b}[?25h\u{1b}[?1049l") } }
-        var previous: (time: Double, present: [UInt64: UInt64], written: [UInt64: UInt64])?
+        var previous: Sample?
         var samples = 0
         while stopRequested == 0 {
             let r = try Inspection.read(pid: pid, inventory: inventory)
@@ -77,41 +73,8 @@ struct WatchCommand: ParsableCommand {
                 return
             }
             let now = monotonicSeconds()
-            var rates: [UInt64: (faults: Double, writes: Double?)] = [:]
-            if let p = previous {
-                let dt = max(now - p.time, 1e-3)
-                for v in r.vmas {
-                    let f = Double(v.presentPages) - Double(p.present[v.vma.start] ?? 0)
-                    let w = v.writtenPages.map { Double($0) - Double(p.written[v.vma.start] ?? 0) }
-                    rates[v.vma.start] = (max(f, 0) / dt, w.map { max($0, 0) / dt })
-                }
-            }
-            if json {
-                var obj = InspectCommand.json(r)
-                if case .object(var pairs) = obj {
-                    pairs.append(("time", .double(now)))
-                    pairs.append(("rates", .array(r.vmas.compactMap { v in
-                        rates[v.vma.start].map { rate in
-                            .object([("start", .string("0x" + String(v.vma.start, radix: 16))),
-                                     ("faults_per_s", .double((rate.faults * 10).rounded() / 10)),
-                                     ("writes_per_s", rate.writes.map { .double(($0 * 10).rounded() / 10) } ?? .null)])
-                        }
-                    })))
-                    obj = .object(pairs)
-                }
-                emit(obj.render(pretty: false))
-            } else {
-                if tty {
-                    // Home, each line cleared to its end, then the rest of the
-                    // screen: no full clear, so no flicker and nothing scrolls.
-                    var rows: UInt32 = 0, columns: UInt32 = 0
-                    if dm_terminal_size(1, &rows, &columns) != 0 || rows == 0 { rows = 24; columns = 80 }
-                    let lines = Self.view(r, rates: rates, interval: interval, fit: (Int(rows), Int(columns)))
-                    emitRaw("\u{1b}[H" + lines.map { $0.inert + "\u{1b}[K" }.joined(separator: "\r\n") + "\u{1b}[J")
-                } else {
-                    emit(Self.view(r, rates: rates, interval: interval, fit: nil).map(\.inert).joined(separator: "\n") + "\n")
-                }
-            }
+            let rates = Self.rates(r, since: previous, now: now)
+            if json { emit(Self.json(r, rates: rates, at: now)) } else { show(r, rates: rates, tty: tty) }
             previous = (now, Dictionary(r.vmas.map { ($0.vma.start, $0.presentPages) }, uniquingKeysWith: { a, _ in a }),
                         Dictionary(r.vmas.map { ($0.vma.start, $0.writtenPages ?? 0) }, uniquingKeysWith: { a, _ in a }))
             samples += 1
@@ -120,6 +83,63 @@ struct WatchCommand: ParsableCommand {
             var left = interval
             while left > 0 && stopRequested == 0 { usleep(UInt32(min(left, 50)) * 1000); left -= 50 }
         }
+    }
+
+    /// A parent may hand us SIGINT blocked (threads of a test runner block
+    /// signals, and the mask is inherited): unblock what ends us, and let
+    /// it end the loop instead of the process (exit 0, the screen restored).
+    static func stopOnSIGINTAndSIGTERM() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGTERM)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+        signal(SIGINT) { _ in stopRequested = 1 }
+        signal(SIGTERM) { _ in stopRequested = 1 }
+    }
+
+    /// Pages faulted in and written per second since the previous sample.
+    static func rates(_ r: Inspection, since p: Sample?, now: Double) -> Rates {
+        guard let p else { return [:] }
+        var rates: Rates = [:]
+        let dt = max(now - p.time, 1e-3)
+        for v in r.vmas {
+            let f = Double(v.presentPages) - Double(p.present[v.vma.start] ?? 0)
+            let w = v.writtenPages.map { Double($0) - Double(p.written[v.vma.start] ?? 0) }
+            rates[v.vma.start] = (max(f, 0) / dt, w.map { max($0, 0) / dt })
+        }
+        return rates
+    }
+
+    /// inspect's JSON with the sample's time and rates: one line a sample.
+    static func json(_ r: Inspection, rates: Rates, at now: Double) -> String {
+        var obj = InspectCommand.json(r)
+        if case .object(var pairs) = obj {
+            pairs.append(("time", .double(now)))
+            pairs.append(("rates", .array(r.vmas.compactMap { v in
+                rates[v.vma.start].map { rate in
+                    .object([("start", .string("0x" + String(v.vma.start, radix: 16))),
+                             ("faults_per_s", .double((rate.faults * 10).rounded() / 10)),
+                             ("writes_per_s", rate.writes.map { .double(($0 * 10).rounded() / 10) } ?? .null)])
+                }
+            })))
+            obj = .object(pairs)
+        }
+        return obj.render(pretty: false)
+    }
+
+    /// On a terminal: home, each line cleared to its end, then the rest of
+    /// the screen (no full clear, so no flicker and nothing scrolls),
+    /// cut to the window. Elsewhere: the lines, one sample after another.
+    func show(_ r: Inspection, rates: Rates, tty: Bool) {
+        guard tty else {
+            emit(Self.view(r, rates: rates, interval: interval, fit: nil).map(\.inert).joined(separator: "\n") + "\n")
+            return
+        }
+        var rows: UInt32 = 0, columns: UInt32 = 0
+        if dm_terminal_size(1, &rows, &columns) != 0 || rows == 0 { rows = 24; columns = 80 }
+        let lines = Self.view(r, rates: rates, interval: interval, fit: (Int(rows), Int(columns)))
+        emitRaw("\u{1b}[H" + lines.map { $0.inert + "\u{1b}[K" }.joined(separator: "\r\n") + "\u{1b}[J")
     }
 
     /// The view's lines; `fit` (rows, columns) cuts it to one terminal
