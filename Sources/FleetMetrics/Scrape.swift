@@ -158,7 +158,6 @@ public struct Scrape {
         // VMA.device is major << 32 | minor, as maps gives it.
         let daxDevices = Set(daxMounts.map { UInt64($0.major) << 32 | UInt64($0.minor) })
         let pudDevices = Set((inventory?.daxDevices ?? []).filter { $0.align >= 1 << 30 }.map { "/dev/" + $0.chardev })
-        let scan = offer.pagemapScan
         processesSeen = 0
         daxMappingsSeen = 0
         for pid in pids {
@@ -168,58 +167,65 @@ public struct Scrape {
                 count(error.errno)
                 continue
             }
-            var found: [String: Mapping] = [:]
             let vmas = maps.filter { $0.path.hasPrefix("/dev/dax") || daxDevices.contains($0.vma.device) }
-                .map { (start: $0.start, end: $0.end, path: $0.path) }
             guard !vmas.isEmpty else { continue }
             let command = ((try? readTextFile("/proc/\(pid)/comm")) ?? "?").trimmingSpaces()
-            let pagemap: Pagemap?
-            do { pagemap = try Pagemap(pid: String(pid)) } catch { count(error.errno); pagemap = nil }
-            for v in vmas {
-                var m = found[v.path] ?? Mapping()
-                m.mapped += v.end - v.start
-                m.pud = pudDevices.contains(v.path)
-                if let pagemap, let present = m.present {
-                    do {
-                        m.present = present + UInt64(try pagemap.presentCount(at: v.start, count: Int((v.end - v.start) / Syscall.pageBytes))) * Syscall.pageBytes
-                    } catch {
-                        count(error.errno)
-                        m.present = nil
-                    }
-                } else {
-                    m.present = nil
-                }
-                if scan, let pagemap, m.present != nil {
-                    do {
-                        let regions = try pagemap.scanAll(start: v.start, end: v.end, anyOf: [.huge], report: [.huge])
-                        m.huge = (m.huge ?? 0) + regions.reduce(0) { $0 + ($1.end - $1.start) }
-                    } catch {
-                        count(error.errno)
-                        m.present = nil
-                    }
-                }
-                found[v.path] = m
-            }
+            let found = measure(pid, vmas, pudDevices: pudDevices)
             for (path, m) in found {
                 daxMappingsSeen += 1
                 // Names are anyone's to choose: inert like every other output
                 // (a newline or U+202E in a label would show in a terminal).
-                let labels = [("pid", String(pid)), ("command", command.inert), ("path", path.inert)]
-                registry.makeGauge(name: "daxmirror_process_mapped_bytes", labels: labels,
-                                   help: "Bytes of a DAX file or device-dax a process maps").set(to: Double(m.mapped))
-                guard let present = m.present else { continue }
-                registry.makeGauge(name: "daxmirror_process_present_bytes", labels: labels,
-                                   help: "Of those, bytes with a page table entry now (pagemap)").set(to: Double(present))
-                if m.pud {
-                    registry.makeGauge(name: "daxmirror_process_pud_mapped_bytes", labels: labels,
-                                       help: "Bytes of device-dax aligned to 1 GiB, which the kernel maps only in 1 GiB PUD entries")
-                        .set(to: Double(m.mapped))
-                } else if let huge = m.huge {
-                    registry.makeGauge(name: "daxmirror_process_pmd_mapped_bytes", labels: labels,
-                                       help: "Bytes mapped in 2 MiB PMD entries (PAGEMAP_SCAN; absent on kernels without it)")
-                        .set(to: Double(huge))
-                }
+                report(m, labels: [("pid", String(pid)), ("command", command.inert), ("path", path.inert)], registry)
             }
+        }
+    }
+
+    /// The process's DAX mappings by path: bytes mapped, and from its
+    /// pagemap the bytes present and in PMD entries. What could not be read
+    /// is counted as an error and left unknown (nil), never zero.
+    private mutating func measure(_ pid: Int32, _ vmas: [SmapsEntry], pudDevices: Set<String>) -> [String: Mapping] {
+        let pagemap: Pagemap?
+        do { pagemap = try Pagemap(pid: String(pid)) } catch { count(error.errno); pagemap = nil }
+        var found: [String: Mapping] = [:]
+        for v in vmas {
+            var m = found[v.path] ?? Mapping()
+            m.mapped += v.end - v.start
+            m.pud = pudDevices.contains(v.path)
+            if let pagemap, let present = m.present {
+                do {
+                    let pages = try pagemap.presentCount(at: v.start, count: Int((v.end - v.start) / Syscall.pageBytes))
+                    m.present = present + UInt64(pages) * Syscall.pageBytes
+                    if offer.pagemapScan {
+                        let regions = try pagemap.scanAll(start: v.start, end: v.end, anyOf: [.huge], report: [.huge])
+                        m.huge = (m.huge ?? 0) + regions.reduce(0) { $0 + ($1.end - $1.start) }
+                    }
+                } catch {
+                    count(error.errno)
+                    m.present = nil
+                }
+            } else {
+                m.present = nil
+            }
+            found[v.path] = m
+        }
+        return found
+    }
+
+    /// One mapping's series: mapped always; present, PUD or PMD bytes where known.
+    private func report(_ m: Mapping, labels: [(String, String)], _ registry: PrometheusCollectorRegistry) {
+        registry.makeGauge(name: "daxmirror_process_mapped_bytes", labels: labels,
+                           help: "Bytes of a DAX file or device-dax a process maps").set(to: Double(m.mapped))
+        guard let present = m.present else { return }
+        registry.makeGauge(name: "daxmirror_process_present_bytes", labels: labels,
+                           help: "Of those, bytes with a page table entry now (pagemap)").set(to: Double(present))
+        if m.pud {
+            registry.makeGauge(name: "daxmirror_process_pud_mapped_bytes", labels: labels,
+                               help: "Bytes of device-dax aligned to 1 GiB, which the kernel maps only in 1 GiB PUD entries")
+                .set(to: Double(m.mapped))
+        } else if let huge = m.huge {
+            registry.makeGauge(name: "daxmirror_process_pmd_mapped_bytes", labels: labels,
+                               help: "Bytes mapped in 2 MiB PMD entries (PAGEMAP_SCAN; absent on kernels without it)")
+                .set(to: Double(huge))
         }
     }
 
