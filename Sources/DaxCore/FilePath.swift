@@ -21,44 +21,7 @@ public struct FilePath: Hashable, Sendable, CustomStringConvertible, Expressible
 
     /// For a person: UTF-8 as itself, any other byte as `\xNN`, control
     /// characters and direction overrides escaped (String.inert).
-    public var description: String {
-        if let s = string { return s.inert }
-        var out = ""
-        var i = 0
-        while i < bytes.count {
-            // The longest valid UTF-8 run from here, else one escaped byte.
-            var j = i
-            while j < bytes.count {
-                let len = Self.sequenceLength(bytes, at: j)
-                if len == 0 { break }
-                j += len
-            }
-            if j > i {
-                out += String(decoding: bytes[i..<j], as: UTF8.self).inert
-                i = j
-            } else {
-                let h = String(bytes[i], radix: 16)
-                out += "\\x" + (h.count == 1 ? "0" : "") + h
-                i += 1
-            }
-        }
-        return out
-    }
-
-    /// The length of a valid UTF-8 sequence starting at `i`, or 0.
-    private static func sequenceLength(_ b: [UInt8], at i: Int) -> Int {
-        let first = b[i]
-        let len: Int
-        switch first {
-        case 0x00...0x7F: return 1
-        case 0xC2...0xDF: len = 2
-        case 0xE0...0xEF: len = 3
-        case 0xF0...0xF4: len = 4
-        default: return 0
-        }
-        guard i + len <= b.count else { return 0 }
-        return String(validating: b[i..<(i + len)], as: UTF8.self) == nil ? 0 : len
-    }
+    public var description: String { String(escapingInvalidUTF8: bytes).inert }
 
     /// Calls `body` with the path as a NUL-terminated C string.
     public func withCString<R, E: Error>(_ body: (UnsafePointer<CChar>) throws(E) -> R) throws(E) -> R {
@@ -92,5 +55,44 @@ extension OwnedFD {
             path.withCString { Glibc.open($0, flags | O_CLOEXEC, mode) }
         }
         return OwnedFD(fd)
+    }
+}
+
+extension String {
+    /// Bytes as text without losing any: valid UTF-8 as itself, every other
+    /// byte as `\xNN` (never U+FFFD, which would make two names one). For
+    /// what the kernel hands over as bytes: a path in /proc/PID/maps.
+    public init<C: Collection>(escapingInvalidUTF8 bytes: C) where C.Element == UInt8 {
+        if let s = String(validating: bytes, as: UTF8.self) { self = s; return }
+        let b = Array(bytes)
+        var out = ""
+        var i = 0
+        while i < b.count {
+            var j = i
+            while j < b.count, let n = Self.utf8SequenceLength(b, at: j) { j += n }
+            if j > i {
+                out += String(decoding: b[i..<j], as: UTF8.self)
+                i = j
+            } else {
+                let h = String(b[i], radix: 16)
+                out += "\\x" + (h.count == 1 ? "0" : "") + h
+                i += 1
+            }
+        }
+        self = out
+    }
+
+    /// The length of the valid UTF-8 sequence starting at `i`, or nil.
+    private static func utf8SequenceLength(_ b: [UInt8], at i: Int) -> Int? {
+        let len: Int
+        switch b[i] {
+        case 0x00...0x7F: return 1
+        case 0xC2...0xDF: len = 2
+        case 0xE0...0xEF: len = 3
+        case 0xF0...0xF4: len = 4
+        default: return nil
+        }
+        guard i + len <= b.count, String(validating: b[i..<(i + len)], as: UTF8.self) != nil else { return nil }
+        return len
     }
 }

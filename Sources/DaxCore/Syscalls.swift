@@ -79,7 +79,8 @@ public func readTextFile(_ path: String) throws(SystemCallError) -> String {
         if n == 0 { break }
         bytes.append(contentsOf: chunk[0..<n])
     }
-    return String(decoding: bytes, as: UTF8.self)
+    // Paths in /proc (maps, mountinfo) are bytes: keep every one.
+    return String(escapingInvalidUTF8: bytes)
 }
 
 /// The trimmed first line of a sysfs attribute, or nil if it cannot be read.

@@ -250,6 +250,9 @@ struct BytePathTests {
             "$D" metrics --textfile=$'dir\\xff' ; echo "textfile=$?"; test -s $'dir\\xff/daxmirror.prom' && echo prom-written
             printf 'map A file f.dat 8K\\ncpu-write A 0 8K 1\\n' | "$D" run - --dir $'dir\\xff' >/dev/null; echo "run=$?"
             "$D" map $'gone\\xfd'; echo "missing=$?"
+            python3 -c 'import mmap,sys,time; f=open(sys.argv[1],"r+b"); m=mmap.mmap(f.fileno(),3); print("up",flush=True); time.sleep(30)' $'old\\xff' > up.txt &
+            for i in $(seq 100); do grep -q up up.txt && break; sleep 0.1; done
+            echo "inspect-escaped=$("$D" inspect $! | grep -cF 'old\\xff')"; kill $!
             ls | od -An -c | tr -d ' \\n'; echo
             """, in: dir)
         let out = r.stdout
@@ -258,6 +261,8 @@ struct BytePathTests {
         #expect(out.contains("json-path=n\nl"), "JSON carries the name itself: \(out)")
         #expect(out.contains("caps=0") && out.contains("textfile=0") && out.contains("prom-written") && out.contains("run=0"), "\(out) \(r.stderr)")
         #expect(out.contains("missing=3"))
+        // A mapped file's name from /proc/PID/maps, escaped, not U+FFFD.
+        #expect(out.contains("inspect-escaped=1"), "\(out)")
         #expect(r.stderr.contains("gone\\xfd does not exist"), "\(r.stderr)")
         // The directory holds exactly the byte names given, and no U+FFFD (357 277 275) twin.
         let listing = try #require(out.split(separator: "\n").last.map(String.init))
