@@ -223,7 +223,7 @@ static void guard_install(void) {
     guard_installed = sigaction(SIGBUS, &sa, &guard_previous) == 0;
 }
 
-int dm_guard_ready(void) {
+static int dm_guard_ready(void) {
     pthread_once(&guard_once, guard_install);
     return guard_installed ? 0 : -1;
 }

@@ -3,13 +3,16 @@ import Glibc
 #endif
 import CDaxShim
 
-/// Every system call the core modules make goes through these few helpers, so
-/// that EINTR handling and error construction live in one place.
+/// Helpers for calling the kernel: EINTR retried and the error built in one
+/// place. Most of the modules' system calls go through them; some still
+/// call Glibc directly (VMAQuery's ioctl loop, SoftDirty's clear_refs, the
+/// CLI's write loop) — moving those behind one mockable layer, as
+/// swift-system's Mocking.swift does, is work still to do.
 public enum Syscall {
     /// Runs `body` until it stops failing with EINTR; throws on -1.
-    @discardableResult
     /// `subject` (a path, usually interpolated) is built only for an error:
     /// hot loops such as the PAGEMAP_SCAN walk call this thousands of times.
+    @discardableResult
     public static func retrying<T: BinaryInteger>(
         _ call: String, _ subject: @autoclosure () -> String? = nil, _ body: () -> T
     ) throws(SystemCallError) -> T {
