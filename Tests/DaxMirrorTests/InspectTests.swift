@@ -157,6 +157,13 @@ sys.stdin.read()
     /// A process that exits around the inspection: the answer is a complete
     /// table (it was still there), "no process" (3) or "exited while being
     /// inspected" (12) — never another code, never a traceback.
+    /// Whether process `pid` has a pidfd open (readlink of its fds).
+    static func holdsPidfd(_ pid: pid_t) -> Bool {
+        let dir = "/proc/\(pid)/fd"
+        let fds = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        return fds.contains { (try? FileManager.default.destinationOfSymbolicLink(atPath: dir + "/" + $0)) == "anon_inode:[pidfd]" }
+    }
+
     /// A process killed while inspect reads it (30,000 VMAs: the reading
     /// takes long enough to be cut) is exit 12 with one line, never a table.
     @Test func aProcessExitingDuringInspectionIsReportedNotHalfPrinted() throws {
@@ -174,7 +181,11 @@ sys.stdin.read()
                 """], inputPipe: true)
             try #require(p.waitForOutput(containing: "ready", timeout: 60), "\(p.errorOutput)")
             let inspect = try Spawned(CLI.binary, ["inspect", String(p.pid), "--json"])
-            usleep(100_000)
+            // Killed once inspect holds the process's pidfd (it does from its
+            // first look to its last), not after a guess at how long it
+            // takes to start (under emulation it took longer than 0.1 s).
+            let holding = Date().addingTimeInterval(60)
+            while Date() < holding && !Self.holdsPidfd(inspect.pid) && inspect.isRunning { usleep(1000) }
             p.kill()
             let status = try #require(inspect.wait(timeout: 120))
             seen.append(status)
@@ -184,7 +195,7 @@ sys.stdin.read()
                 break
             }
         }
-        // 0 only where inspect finished its 30,000 VMAs within 0.1 s, every time.
+        // 0 only where inspect finished its 30,000 VMAs before the kill, every time.
         #expect(seen.contains(12), "never cut mid-read: exit codes \(seen)")
         print("inspect of a process killed mid-read: exit codes \(seen)")
     }
