@@ -96,7 +96,6 @@ struct MetricsCommand: ParsableCommand {
             var limits = MetricsServer.Limits()
             if let m = maxConnectionsText { limits.connections = try m.integer("--max-connections", 1...4096) }
             if let t = requestTimeoutText { limits.requestSeconds = try t.integer("--request-timeout", 1...3600) }
-            limits.lifetimeSeconds = 3 * limits.requestSeconds
             try MetricsServer(scrape: scrape, limits: limits).serve(host: host, port: port) { bound in
                 writeStderr("daxmirror: serving http://\(bound)/metrics (Ctrl-C to stop)\n")
             }

@@ -31,7 +31,8 @@ final class MetricsServer: @unchecked Sendable {
     struct Limits {
         var connections = 64
         var requestSeconds: Int64 = 10
-        var lifetimeSeconds: Int64 = 30
+        /// Derived, not set: three times the request's deadline.
+        var lifetimeSeconds: Int64 { 3 * requestSeconds }
     }
 
     private let lock = NIOLock()

@@ -20,12 +20,16 @@ struct NumberArgument: ExpressibleByArgument, Sendable {
     /// not a port — within `range`.
     func integer<T: FixedWidthInteger>(_ name: String, _ range: ClosedRange<T>) throws -> T {
         let digits = range.lowerBound < 0 && text.hasPrefix("-") ? text.dropFirst() : Substring(text)
-        let plain = !digits.isEmpty && digits.utf8.allSatisfy { (0x30...0x39).contains($0) }
-            && (digits.count == 1 || digits.first != "0")
+        let plain = Self.isDigits(digits) && (digits.count == 1 || digits.first != "0")
         guard plain, let v = T(text), range.contains(v) else {
             throw invalidArgument("\(name) \(text) is not a whole number from \(range.lowerBound) to \(range.upperBound) (decimal digits only)")
         }
         return v
+    }
+
+    /// ASCII decimal digits only, at least one.
+    private static func isDigits<S: StringProtocol>(_ s: S) -> Bool {
+        !s.isEmpty && s.utf8.allSatisfy { (0x30...0x39).contains($0) }
     }
 
     /// `0x` and hex digits only (no sign): the value, or nil.
@@ -49,8 +53,7 @@ struct NumberArgument: ExpressibleByArgument, Sendable {
 
     /// A byte: 0-255 or 0x00-0xff.
     func byte(_ name: String) throws -> UInt8 {
-        let decimal = !text.isEmpty && text.utf8.allSatisfy { (0x30...0x39).contains($0) }
-        let v = text.hasPrefix("0x") ? Self.hex(text, as: UInt8.self) : decimal ? UInt8(text) : nil
+        let v = text.hasPrefix("0x") ? Self.hex(text, as: UInt8.self) : Self.isDigits(text) ? UInt8(text) : nil
         guard let v else { throw invalidArgument("\(name) \(text) is not a byte (0-255 or 0x00-0xff)") }
         return v
     }
