@@ -64,26 +64,7 @@ public final class FaultTracker: @unchecked Sendable {
             return
         }
 
-        var features = UserfaultfdFeatures.invalidationEvents.intersection(supported)
-        features.insert(.threadID)
-        let mode: RegisterMode
-        switch choice.mechanism {
-        case .missing: mode = .missing
-        case .minor: mode = .minor
-        case .syncWriteProtect:
-            mode = .writeProtect
-            features.formUnion(supported.intersection(.wpUnpopulated))
-        case .eventsOnly:
-            mode = .writeProtect
-            if case .file = backing { features.insert(.wpAsync) }
-            if case .shmem = backing { features.insert(.wpHugetlbfsShmem) }
-        case .asyncWriteProtect, .daxEvents:
-            mode = .writeProtect
-            features.insert(.wpAsync)
-            if choice.mechanism == .asyncWriteProtect { features.formUnion(supported.intersection(.wpUnpopulated)) }
-        case .pagemapPolling: fatalError("unreachable")
-        }
-        features.formIntersection(supported.union(.threadID))
+        let (mode, features) = Self.registration(for: choice.mechanism, backing: backing, supported: supported)
         do {
             let u = try Userfaultfd(features: features)
             try u.register(start: base, length: length, mode: mode)
@@ -110,6 +91,33 @@ public final class FaultTracker: @unchecked Sendable {
                 throw Failure.from(error, doing: "write-protect the tracked range")
             }
         }
+    }
+
+    /// The registration mode and the features (within what the kernel
+    /// supports, plus the thread ID) a mechanism needs.
+    private static func registration(for mechanism: TrackingMechanism, backing: MemoryBacking,
+                                     supported: UserfaultfdFeatures) -> (RegisterMode, UserfaultfdFeatures) {
+        var features = UserfaultfdFeatures.invalidationEvents.intersection(supported)
+        features.insert(.threadID)
+        let mode: RegisterMode
+        switch mechanism {
+        case .missing: mode = .missing
+        case .minor: mode = .minor
+        case .syncWriteProtect:
+            mode = .writeProtect
+            features.formUnion(supported.intersection(.wpUnpopulated))
+        case .eventsOnly:
+            mode = .writeProtect
+            if case .file = backing { features.insert(.wpAsync) }
+            if case .shmem = backing { features.insert(.wpHugetlbfsShmem) }
+        case .asyncWriteProtect, .daxEvents:
+            mode = .writeProtect
+            features.insert(.wpAsync)
+            if mechanism == .asyncWriteProtect { features.formUnion(supported.intersection(.wpUnpopulated)) }
+        case .pagemapPolling:
+            mode = []  // never registered: init returns before
+        }
+        return (mode, features.intersection(supported.union(.threadID)))
     }
 
     /// The per-event work, on the handler thread: no allocation, no locks.

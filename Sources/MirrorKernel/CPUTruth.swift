@@ -61,8 +61,17 @@ public final class CPUTruth: @unchecked Sendable {
         out.removeAll(keepingCapacity: true)
         out.append(contentsOf: repeatElement(CPUPage(state: .unmapped), count: count))
         guard count > 0 else { return }
+        guard applyPermissions(startVPN, endVPN, vmas: vmas, into: &out) else { return }
+        try readPresence(startVPN, count: count, into: &out)
+        guard detail == .full, scanAvailable else { return }
+        try readHugeAndZero(startVPN, endVPN, into: &out)
+        keepOnlyWholePMDs(startVPN, endVPN, &out)
+    }
+
+    /// Each page's permissions from the VMAs. Returns whether any page is
+    /// readable (else pagemap has nothing to add).
+    private func applyPermissions(_ startVPN: UInt64, _ endVPN: UInt64, vmas: [VMA], into out: inout [CPUPage]) -> Bool {
         let startAddr = startVPN * pageSize, endAddr = endVPN * pageSize
-        // Permissions from the VMAs.
         var anyMapped = false
         for vma in vmas where vma.end > startAddr && vma.start < endAddr {
             let lo = Int((max(vma.start, startAddr) - startAddr) / pageSize)
@@ -74,9 +83,13 @@ public final class CPUTruth: @unchecked Sendable {
             }
             anyMapped = anyMapped || vma.readable
         }
-        guard anyMapped else { return }
+        return anyMapped
+    }
+
+    /// Presence, PFN and the entry's bits from one pagemap read.
+    private func readPresence(_ startVPN: UInt64, count: Int, into out: inout [CPUPage]) throws(Failure) {
         let got = try Failure.wrapping("read /proc/self/pagemap") { () throws(SystemCallError) in
-            try pagemap.read(at: startAddr, count: count, into: &raw)
+            try pagemap.read(at: startVPN * pageSize, count: count, into: &raw)
         }
         for i in 0..<min(got, count) where out[i].state == .notPresent {
             let e = PagemapEntry(raw: raw[i])
@@ -89,8 +102,12 @@ public final class CPUTruth: @unchecked Sendable {
             out[i].uffdWriteProtected = e.uffdWriteProtected
             if let z = zeroPFN, e.pfn == z { out[i].zero = true }
         }
-        guard detail == .full else { return }
-        guard scanAvailable else { return }
+    }
+
+    /// Huge and zero-page pages from one PAGEMAP_SCAN walk (pagemap alone
+    /// does not say "huge", nor "zero" for the huge zero page).
+    private func readHugeAndZero(_ startVPN: UInt64, _ endVPN: UInt64, into out: inout [CPUPage]) throws(Failure) {
+        let startAddr = startVPN * pageSize, endAddr = endVPN * pageSize
         let regions = try Failure.wrapping("scan /proc/self/pagemap") { () throws(SystemCallError) in
             try pagemap.scanAll(start: startAddr, end: endAddr, anyOf: [.huge, .pfnZero],
                                 report: [.huge, .pfnZero, .present])
@@ -103,8 +120,12 @@ public final class CPUTruth: @unchecked Sendable {
                 if r.categories.contains(.huge) { out[i].order = 9 }
             }
         }
-        // A HUGE page is a PMD only if its whole aligned 2 MiB is one PFN run;
-        // otherwise (a PTE-mapped THP, hugetlb of another size) call it 4 KiB.
+    }
+
+    /// A HUGE page is a PMD only if its whole aligned 2 MiB is one PFN run;
+    /// otherwise (a PTE-mapped THP, hugetlb of another size) call it 4 KiB.
+    private func keepOnlyWholePMDs(_ startVPN: UInt64, _ endVPN: UInt64, _ out: inout [CPUPage]) {
+        let count = Int(endVPN - startVPN)
         var i = 0
         while i < count {
             guard out[i].order == 9 else { i += 1; continue }

@@ -66,63 +66,11 @@ extension DeviceMirror {
     /// spans two VMAs, so the unrelated VMAs beside it never matter).
     @discardableResult
     public func synchronize() throws(MirrorError) -> [VMA] {
-        var replaced: [(UInt64, UInt64)] = []
-        var forked = false
-        let privateRegion = region.backing.sharedFD == nil
-        cpu.settleEvents()  // a munmap that returned has its event counted (one atomic load when idle)
-        if cpu.eventSequence != eventsSeen {
-            let (events, overflowed) = cpu.events(since: eventsSeen)
-            eventsSeen = cpu.eventSequence
-            if overflowed { invalidate(region.base, region.length) }
-            for event in events {
-                switch event {
-                case .unmap(let s, let e):
-                    invalidate(s, e - s)
-                    replaced.append((s, e))  // mmap MAP_FIXED unmaps first: a new VMA may be there now
-                case .remove(let s, let e):
-                    invalidate(s, e - s)
-                case .remap(let from, let to, let len):
-                    invalidate(from, len)
-                    invalidate(to, len)
-                    replaced.append((from, from + len))
-                    replaced.append((to, to + len))
-                case .fork:
-                    if privateRegion || fileDAX { invalidate(region.base, region.length) }
-                    forked = true
-                }
-            }
-        }
+        var (replaced, forked) = applyEvents()
         try cpu.vmas(overlapping: region.base, region.end, into: &vmaScratch)
         layout(vmaScratch, into: &layoutScratch)
-        // An unmapped (or moved-over) range with a VMA in it now was mapped
-        // anew, even where the layout reads the same (MAP_FIXED over itself).
-        var mappedAnew = replaced.contains { r in layoutScratch.contains { $0.start < r.1 && $0.end > r.0 } }
-        if layoutScratch != lastLayout {
-            for change in changedRanges(lastLayout, layoutScratch) {
-                invalidate(change.start, change.end - change.start)
-                replaced.append((change.start, change.end))
-                // A new VMA (not one only unmapped or reprotected) counts as
-                // soft-dirty all over (VM_SOFTDIRTY).
-                mappedAnew = mappedAnew || change.mappedAnew
-                if change.writeRestored && writeRestoreProtectsAll { softDirtyStale = true }
-            }
-            lastLayout = layoutScratch
-        }
-        // A fork write-protects private pages without clearing their
-        // soft-dirty bits (the kernel invalidated them anyway, copy-on-write),
-        // and a new VMA counts as soft-dirty all over: clear again, so that
-        // soft-dirty means writable once more (an invalidation of everything).
-        // And a shmem range given write permission back has read-only PTEs
-        // with their old soft-dirty bits (writeRestoreProtectsAll).
-        // And a forked child's writes to a MAP_SYNC DAX file can leave the
-        // parent's PTE of a page read-only with its soft-dirty bit still set
-        // (seen on ext4- and xfs-DAX; a write fault's fsync write-protects
-        // the page in every mapping, dax_entry_mkclean): which pages, user
-        // space cannot see, so after a fork soft-dirty is cleared again.
-        if writeBit == .softDirty && ((forked && (privateRegion || fileDAX)) || mappedAnew || softDirtyStale) {
-            try clearSoftDirty()
-        }
-        softDirtyStale = false
+        let mappedAnew = applyLayoutChanges(&replaced)
+        try clearSoftDirtyIfStale(forked: forked, mappedAnew: mappedAnew)
         if cpu.softDirtyEpoch != softDirtySeen {
             // Some clear of this process's soft-dirty bits (ours or another
             // mirror's): the kernel invalidated the whole address space.
@@ -136,5 +84,75 @@ extension DeviceMirror {
             }
         }
         return vmaScratch
+    }
+
+    /// The notifier events since the last operation, applied. Returns the
+    /// ranges unmapped or moved (a new VMA may be there now: mmap MAP_FIXED
+    /// unmaps first) and whether the process forked.
+    private func applyEvents() -> (replaced: [(UInt64, UInt64)], forked: Bool) {
+        var replaced: [(UInt64, UInt64)] = []
+        var forked = false
+        cpu.settleEvents()  // a munmap that returned has its event counted (one atomic load when idle)
+        guard cpu.eventSequence != eventsSeen else { return (replaced, forked) }
+        let (events, overflowed) = cpu.events(since: eventsSeen)
+        eventsSeen = cpu.eventSequence
+        if overflowed { invalidate(region.base, region.length) }
+        for event in events {
+            switch event {
+            case .unmap(let s, let e):
+                invalidate(s, e - s)
+                replaced.append((s, e))
+            case .remove(let s, let e):
+                invalidate(s, e - s)
+            case .remap(let from, let to, let len):
+                invalidate(from, len)
+                invalidate(to, len)
+                replaced.append((from, from + len))
+                replaced.append((to, to + len))
+            case .fork:
+                if region.backing.sharedFD == nil || fileDAX { invalidate(region.base, region.length) }
+                forked = true
+            }
+        }
+        return (replaced, forked)
+    }
+
+    /// The VMA layout now (`layoutScratch`) against the last one: every
+    /// changed range invalidated and added to `replaced`. Returns whether a
+    /// VMA was mapped anew — even where the layout reads the same (MAP_FIXED
+    /// over itself, seen as an unmap event over a range with a VMA in it).
+    private func applyLayoutChanges(_ replaced: inout [(UInt64, UInt64)]) -> Bool {
+        var mappedAnew = replaced.contains { r in layoutScratch.contains { $0.start < r.1 && $0.end > r.0 } }
+        guard layoutScratch != lastLayout else { return mappedAnew }
+        for change in changedRanges(lastLayout, layoutScratch) {
+            invalidate(change.start, change.end - change.start)
+            replaced.append((change.start, change.end))
+            // A new VMA (not one only unmapped or reprotected) counts as
+            // soft-dirty all over (VM_SOFTDIRTY).
+            mappedAnew = mappedAnew || change.mappedAnew
+            if change.writeRestored && writeRestoreProtectsAll { softDirtyStale = true }
+        }
+        lastLayout = layoutScratch
+        return mappedAnew
+    }
+
+    /// Soft-dirty must mean "writable" again after:
+    /// - a fork, which write-protects private pages without clearing their
+    ///   soft-dirty bits (the kernel invalidated them anyway, copy-on-write);
+    /// - a new VMA, which counts as soft-dirty all over;
+    /// - a shmem range given write permission back: read-only PTEs with
+    ///   their old soft-dirty bits (writeRestoreProtectsAll);
+    /// - a forked child's writes to a MAP_SYNC DAX file, which can leave the
+    ///   parent's PTE of a page read-only with its soft-dirty bit still set
+    ///   (seen on ext4- and xfs-DAX; a write fault's fsync write-protects
+    ///   the page in every mapping, dax_entry_mkclean): which pages, user
+    ///   space cannot see, so after a fork soft-dirty is cleared again.
+    /// Clearing is an invalidation of everything.
+    private func clearSoftDirtyIfStale(forked: Bool, mappedAnew: Bool) throws(MirrorError) {
+        let privateRegion = region.backing.sharedFD == nil
+        if writeBit == .softDirty && ((forked && (privateRegion || fileDAX)) || mappedAnew || softDirtyStale) {
+            try clearSoftDirty()
+        }
+        softDirtyStale = false
     }
 }

@@ -51,76 +51,93 @@ public final class MappedMemory: @unchecked Sendable {
             throw MirrorError(.EINVAL, "size \(size) is not a positive multiple of the page size (\(page))")
         }
         length = size
-        var devdax: (base: UInt64, size: UInt64, align: UInt64)?
-        if kind == .devdax {
-            guard let path, let name = path.split(separator: "/").last else { throw MirrorError(.EINVAL, "map ... devdax needs a /dev/daxX.Y") }
-            let sys = "/sys/bus/dax/devices/\(name)"
-            guard let r = readSysfsAttribute(sys + "/resource").flatMap({ UInt64($0.dropFirst(2), radix: 16) }),
-                  let sz = readSysfsAttribute(sys + "/size").flatMap({ UInt64($0) }),
-                  let al = readSysfsAttribute(sys + "/align").flatMap({ UInt64($0) }) else {
-                throw MirrorError(.ENOENT, "\(path) is not a device-dax device (no \(sys)); see `daxmirror devices`")
-            }
-            guard UInt64(size) <= sz, UInt64(size) % al == 0 else {
-                throw MirrorError(.EINVAL, "a device-dax mapping must be a multiple of its alignment (\(al) bytes) and at most \(sz)")
-            }
-            devdax = (r, sz, al)
-        }
+        let devdax = kind == .devdax ? try Self.deviceDAXGeometry(path, size: size) : nil
         let align = devdax.map { Int($0.align) } ?? (options.huge ? 2 << 20 : page)
         // An aligned window, then the mapping over it with MAP_FIXED.
         let window: AlignedReservation
         do { window = try AlignedReservation(length: size, alignment: align) }
         catch { throw MirrorError(error.errno, "reserving address space") }
-        let aligned = window.base
-        var openedFD: Int32 = -1
-        var sync = false
-        var hint: String?
-        var created = false
+        let made: Made
         do throws(MirrorError) {
-            switch kind {
-            case .anon:
-                guard mmap(aligned, size, options.prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED else {
-                    throw MirrorError(Errno.current, "mapping anonymous memory")
-                }
-                backing = .anonymous
-                self.path = nil
-            case .shmem:
-                openedFD = dm_memfd_create("daxmirror-\(name)", DM_MFD_CLOEXEC)
-                guard openedFD >= 0 else { throw MirrorError(Errno.current, "memfd_create") }
-                guard ftruncate(openedFD, off_t(size)) == 0 else { throw MirrorError(Errno.current, "sizing the memfd") }
-                guard mmap(aligned, size, options.prot, MAP_SHARED | MAP_FIXED, openedFD, 0) != MAP_FAILED else {
-                    throw MirrorError(Errno.current, "mapping the memfd")
-                }
-                backing = .shmem(fd: openedFD)
-                self.path = nil
-            case .file:
-                guard let path, !path.isEmpty else { throw MirrorError(.EINVAL, "map ... file needs a PATH") }
-                let f = try Self.mapFile(path, at: aligned, size: size, options: options)
-                (openedFD, sync, hint, created) = (f.fd, f.sync, f.hint, f.created)
-                backing = .file(path: path, fd: openedFD, shared: !options.privateFile)
-                self.path = path
-            case .devdax:
-                openedFD = open(path!, O_RDWR | O_CLOEXEC)
-                guard openedFD >= 0 else { throw MirrorError(Errno.current, "opening \(path!)") }
-                guard mmap(aligned, size, options.prot, MAP_SHARED | MAP_FIXED, openedFD, 0) != MAP_FAILED else {
-                    throw MirrorError(Errno.current, "mapping \(path!)")
-                }
-                sync = true  // device-dax is always a direct, synchronous mapping of the media
-                backing = .devdax(path: path!, fd: openedFD, physicalBase: devdax!.base, size: devdax!.size, align: devdax!.align)
-                self.path = path
-            }
+            made = try Self.map(kind, name: name, path: path, at: window.base, size: size, options: options, devdax: devdax)
         } catch {
-            if openedFD >= 0 { close(openedFD) }
             window.release()
             throw error
         }
-        fd = openedFD
-        extentHint = hint
-        createdFile = created
-        base = aligned
-        mapSync = sync
+        (fd, backing, self.path) = (made.fd, made.backing, made.path)
+        (extentHint, createdFile) = (made.hint, made.created)
+        base = window.base
+        mapSync = made.sync
         // MAP_SYNC took: CPU cache flushes alone make stores durable.
-        isPmem = sync
-        if options.huge && kind != .file { _ = madvise(aligned, size, MADV_HUGEPAGE) }
+        isPmem = made.sync
+        if options.huge && kind != .file { _ = madvise(window.base, size, MADV_HUGEPAGE) }
+    }
+
+    /// What mapping one kind made.
+    private struct Made {
+        var fd: Int32 = -1
+        var backing: RegionBacking
+        var path: String?
+        var sync = false
+        var hint: String?
+        var created = false
+    }
+
+    private typealias DeviceDAXGeometry = (base: UInt64, size: UInt64, align: UInt64)
+
+    /// A device-dax device's physical base, size and alignment (sysfs), with
+    /// `size` checked against them.
+    private static func deviceDAXGeometry(_ path: String?, size: Int) throws(MirrorError) -> DeviceDAXGeometry {
+        guard let path, let name = path.split(separator: "/").last else { throw MirrorError(.EINVAL, "map ... devdax needs a /dev/daxX.Y") }
+        let sys = "/sys/bus/dax/devices/\(name)"
+        guard let r = readSysfsAttribute(sys + "/resource").flatMap({ UInt64($0.dropFirst(2), radix: 16) }),
+              let sz = readSysfsAttribute(sys + "/size").flatMap({ UInt64($0) }),
+              let al = readSysfsAttribute(sys + "/align").flatMap({ UInt64($0) }) else {
+            throw MirrorError(.ENOENT, "\(path) is not a device-dax device (no \(sys)); see `daxmirror devices`")
+        }
+        guard UInt64(size) <= sz, UInt64(size) % al == 0 else {
+            throw MirrorError(.EINVAL, "a device-dax mapping must be a multiple of its alignment (\(al) bytes) and at most \(sz)")
+        }
+        return (r, sz, al)
+    }
+
+    /// Maps `size` bytes of `kind` at `at` (MAP_FIXED over the reservation).
+    /// On failure nothing it opened stays open.
+    private static func map(_ kind: Kind, name: String, path: String?, at: UnsafeMutableRawPointer, size: Int,
+                            options: Options, devdax: DeviceDAXGeometry?) throws(MirrorError) -> Made {
+        switch kind {
+        case .anon:
+            guard mmap(at, size, options.prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED else {
+                throw MirrorError(Errno.current, "mapping anonymous memory")
+            }
+            return Made(backing: .anonymous)
+        case .shmem:
+            let fd = dm_memfd_create("daxmirror-\(name)", DM_MFD_CLOEXEC)
+            guard fd >= 0 else { throw MirrorError(Errno.current, "memfd_create") }
+            guard ftruncate(fd, off_t(size)) == 0, mmap(at, size, options.prot, MAP_SHARED | MAP_FIXED, fd, 0) != MAP_FAILED else {
+                let e = Errno.current
+                close(fd)
+                throw MirrorError(e, "sizing and mapping the memfd")
+            }
+            return Made(fd: fd, backing: .shmem(fd: fd))
+        case .file:
+            guard let path, !path.isEmpty else { throw MirrorError(.EINVAL, "map ... file needs a PATH") }
+            let f = try mapFile(path, at: at, size: size, options: options)
+            return Made(fd: f.fd, backing: .file(path: path, fd: f.fd, shared: !options.privateFile), path: path,
+                        sync: f.sync, hint: f.hint, created: f.created)
+        case .devdax:
+            guard let path, let devdax else { throw MirrorError(.EINVAL, "map ... devdax needs a /dev/daxX.Y") }
+            let fd = open(path, O_RDWR | O_CLOEXEC)
+            guard fd >= 0 else { throw MirrorError(Errno.current, "opening \(path)") }
+            guard mmap(at, size, options.prot, MAP_SHARED | MAP_FIXED, fd, 0) != MAP_FAILED else {
+                let e = Errno.current
+                close(fd)
+                throw MirrorError(e, "mapping \(path)")
+            }
+            // Device-dax is always a direct, synchronous mapping of the media.
+            return Made(fd: fd, backing: .devdax(path: path, fd: fd, physicalBase: devdax.base, size: devdax.size, align: devdax.align),
+                        path: path, sync: true)
+        }
     }
 
     /// Opens or creates `path` (O_EXCL first, so "created" is the kernel's

@@ -53,7 +53,7 @@ public final class ScenarioRunner {
         var template = Array((directory + "/.daxmirror-run.XXXXXX").utf8CString)
         let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
         guard made != nil else { throw ScenarioError(Errno.current, "cannot make the run's directory in \(directory)") }
-        let path = String(cString: template)
+        let path = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         privateDirectory = path
         return path
     }
