@@ -33,7 +33,7 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
     public var features: UserfaultfdFeatures?
     public var featuresError: String?
     /// registrations[kind][mode]
-    public var registrations: [(MemoryBacking, [(TrialMode, ProbeResult)])]
+    public var registrations: [(TrackedMemory, [(TrialMode, ProbeResult)])]
     public var fileProbeDirectory: String
     public var pagemapScan: ProbeResult
     /// PROCMAP_QUERY (6.11+): the mirror asks for its region's VMAs only.
@@ -74,7 +74,7 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
         } catch {
             r.featuresError = "\(error)"
         }
-        r.registrations = [MemoryBacking.anonymous, .shmem, .file(dax: false)].map { kind in
+        r.registrations = [TrackedMemory.anonymous, .shmem, .file(dax: false)].map { kind in
             (kind, TrialMode.allCases.map { mode in (mode, probeRegistration(kind, mode, r.features, directory)) })
         }
         do {
@@ -92,11 +92,9 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
         }
         let kernel = KernelFeatures(userfaultfd: r.features, pagemapScan: r.pagemapScan.isOK,
                                     daxWriteProtectSafe: r.daxWriteProtect?.isSafe ?? false)
-        r.trackerChoices = [
-            ("anonymous", TrackingMechanism.choose(for: .anonymous, kernel: kernel)),
-            ("shmem", TrackingMechanism.choose(for: .shmem, kernel: kernel)),
-            (r.directoryIsDAX ? "file (DAX)" : "file", TrackingMechanism.choose(for: .file(dax: r.directoryIsDAX), kernel: kernel)),
-        ]
+        r.trackerChoices = [TrackedMemory.anonymous, .shmem, .file(dax: r.directoryIsDAX)].map {
+            ($0.name, TrackingMechanism.choose(for: $0, kernel: kernel))
+        }
         return r
     }
 
@@ -119,17 +117,17 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
         }
     }
 
-    static func probeRegistration(_ kind: MemoryBacking, _ mode: TrialMode, _ supported: UserfaultfdFeatures?,
+    static func probeRegistration(_ kind: TrackedMemory, _ mode: TrialMode, _ supported: UserfaultfdFeatures?,
                                   _ directory: String) -> ProbeResult {
         guard let supported else { return .skipped("no userfaultfd") }
         if mode == .wpAsync && !supported.contains(.wpAsync) { return .skipped("kernel lacks WP_ASYNC") }
         let length = 2 << 20
         let region: ScratchMapping
         do {
-            switch kind {
+            switch kind.kind {
             case .anonymous: region = try .anonymous(length: length)
             case .shmem: region = try .shmem(length: length)
-            case .file: region = try .file(in: directory, length: length)
+            case .file, .devdax: region = try .file(in: directory, length: length)
             }
         } catch {
             return .skipped("cannot map a \(kind.name) region: \(error)")

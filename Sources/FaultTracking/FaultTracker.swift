@@ -24,7 +24,7 @@ public typealias TrackedRun = PageRegion
 public final class FaultTracker: @unchecked Sendable {
     public let base: UnsafeMutableRawPointer
     public let length: Int
-    public let backing: MemoryBacking
+    public let backing: TrackedMemory
     public let choice: TrackerChoice
     public var mechanism: TrackingMechanism { choice.mechanism }
 
@@ -43,7 +43,7 @@ public final class FaultTracker: @unchecked Sendable {
     /// the thread that caused one continue once it is read, which can be
     /// before it is logged: `settle()` waits for that. Read them with
     /// `invalidations(since:)` and compare `invalidationSequence`.
-    public init(base: UnsafeMutableRawPointer, length: Int, backing: MemoryBacking,
+    public init(base: UnsafeMutableRawPointer, length: Int, backing: TrackedMemory,
                 mechanism requested: TrackingMechanism? = nil, resolver: MissingResolver = .zero,
                 kernel: KernelFeatures = .probe()) throws(Failure) {
         self.base = base
@@ -95,7 +95,7 @@ public final class FaultTracker: @unchecked Sendable {
 
     /// The registration mode and the features (within what the kernel
     /// supports, plus the thread ID) a mechanism needs.
-    private static func registration(for mechanism: TrackingMechanism, backing: MemoryBacking,
+    private static func registration(for mechanism: TrackingMechanism, backing: TrackedMemory,
                                      supported: UserfaultfdFeatures) -> (RegisterMode, UserfaultfdFeatures) {
         var features = UserfaultfdFeatures.invalidationEvents.intersection(supported)
         features.insert(.threadID)
@@ -108,8 +108,8 @@ public final class FaultTracker: @unchecked Sendable {
             features.formUnion(supported.intersection(.wpUnpopulated))
         case .eventsOnly:
             mode = .writeProtect
-            if case .file = backing { features.insert(.wpAsync) }
-            if case .shmem = backing { features.insert(.wpHugetlbfsShmem) }
+            if backing.fileLike { features.insert(.wpAsync) }
+            if backing.kind == .shmem { features.insert(.wpHugetlbfsShmem) }
         case .asyncWriteProtect, .daxEvents:
             mode = .writeProtect
             features.insert(.wpAsync)

@@ -2,19 +2,29 @@ import DaxCore
 import PageTables
 import Userfaultfd
 
-/// What memory a tracked region is.
-public enum MemoryBacking: Sendable, Equatable {
-    case anonymous
-    /// shmem / memfd / tmpfs
-    case shmem
-    /// A regular file; `dax` when its mapping reaches persistent memory directly.
-    case file(dax: Bool)
+/// What memory a tracked region is: its kind, and whether its mapping
+/// reaches persistent memory directly (a DAX file; device-dax always).
+public struct TrackedMemory: Sendable, Equatable {
+    public var kind: MemoryKind
+    public var dax: Bool
+
+    public init(kind: MemoryKind, dax: Bool) {
+        self.kind = kind
+        self.dax = dax || kind == .devdax
+    }
+
+    public static let anonymous = TrackedMemory(kind: .anonymous, dax: false)
+    public static let shmem = TrackedMemory(kind: .shmem, dax: false)
+    public static func file(dax: Bool) -> TrackedMemory { TrackedMemory(kind: .file, dax: dax) }
+
+    /// Registered like a file (a device-dax mapping is treated as a DAX file).
+    var fileLike: Bool { kind == .file || kind == .devdax }
 
     public var name: String {
-        switch self {
-        case .anonymous: return "anonymous"
-        case .shmem: return "shmem"
-        case .file(let dax): return dax ? "file (DAX)" : "file"
+        switch kind {
+        case .anonymous, .shmem: return kind.displayName
+        case .file: return dax ? "file (DAX)" : "file"
+        case .devdax: return "device-dax"
         }
     }
 }
@@ -79,24 +89,24 @@ public struct TrackerChoice: Sendable, Equatable {
 extension TrackingMechanism {
     /// Picks the mechanism for `backing` from what the kernel offers. The rules
     /// follow what the kernel allows per memory type (docs/kernel-facts.md §1).
-    public static func choose(for backing: MemoryBacking, kernel: KernelFeatures) -> TrackerChoice {
+    public static func choose(for backing: TrackedMemory, kernel: KernelFeatures) -> TrackerChoice {
         guard let f = kernel.userfaultfd else {
             return TrackerChoice(mechanism: .pagemapPolling, reason: "no userfaultfd on this kernel or for this user")
         }
         let asyncOK = f.contains(.wpAsync) && kernel.pagemapScan
         let missingNote = "every first touch faults and is resolved by the tracker"
-        switch backing {
-        case .anonymous:
+        switch (backing.kind, backing.dax) {
+        case (.anonymous, _):
             return TrackerChoice(mechanism: .missing, reason: "anonymous memory: MISSING mode, \(missingNote)")
-        case .shmem:
+        case (.shmem, _):
             return TrackerChoice(mechanism: .missing, reason: "shmem: MISSING mode, \(missingNote)")
-        case .file(dax: false):
+        case (.file, false), (.devdax, false):
             if asyncOK {
                 return TrackerChoice(mechanism: .asyncWriteProtect,
                                      reason: "regular file: only WP with WP_ASYNC registers; written pages read with PAGEMAP_SCAN")
             }
             return TrackerChoice(mechanism: .pagemapPolling, reason: missingFeatures(f, kernel) + ": files accept no other userfaultfd mode, so pagemap is polled")
-        case .file(dax: true):
+        case (.file, true), (.devdax, true):
             if asyncOK && kernel.daxWriteProtectSafe {
                 return TrackerChoice(mechanism: .asyncWriteProtect,
                                      reason: "DAX file, and the write-protect probe passed on this kernel: WP_ASYNC + PAGEMAP_SCAN")
@@ -119,23 +129,24 @@ extension TrackingMechanism {
 
     /// Whether `self` can serve `backing` on this kernel at all (for an
     /// explicit request); nil when it can, else the reason it cannot.
-    public func refusal(for backing: MemoryBacking, kernel: KernelFeatures) -> String? {
+    public func refusal(for backing: TrackedMemory, kernel: KernelFeatures) -> String? {
         let f = kernel.userfaultfd ?? []
-        switch (self, backing) {
+        let file = backing.fileLike
+        switch (self, backing.kind) {
         case (.pagemapPolling, _): return nil
         case (_, _) where kernel.userfaultfd == nil: return "no userfaultfd available"
-        case (.missing, .file): return "MISSING mode is refused for regular files (EINVAL)"
-        case (.minor, .anonymous), (.minor, .file): return "MINOR mode needs shmem or hugetlbfs"
-        case (.syncWriteProtect, .file): return "WP without WP_ASYNC is refused for regular files (EINVAL)"
+        case (.missing, _) where file: return "MISSING mode is refused for regular files (EINVAL)"
+        case (.minor, _) where backing.kind != .shmem: return "MINOR mode needs shmem or hugetlbfs"
+        case (.syncWriteProtect, _) where file: return "WP without WP_ASYNC is refused for regular files (EINVAL)"
         case (.asyncWriteProtect, _) where !(f.contains(.wpAsync) && kernel.pagemapScan):
             return "WP_ASYNC tracking needs UFFD_FEATURE_WP_ASYNC and PAGEMAP_SCAN (Linux 6.7+)"
-        case (.asyncWriteProtect, .file(dax: true)) where !kernel.daxWriteProtectSafe:
+        case (.asyncWriteProtect, _) where file && backing.dax && !kernel.daxWriteProtectSafe:
             return "arming write protection on DAX hangs or SIGBUSes on this kernel (run `daxmirror caps --dir DAXDIR`)"
-        case (.daxEvents, .file(dax: true)) where !f.contains(.wpAsync):
-            return "registering a DAX file needs UFFD_FEATURE_WP_ASYNC (Linux 6.7+)"
-        case (.daxEvents, .file(dax: false)), (.daxEvents, .anonymous), (.daxEvents, .shmem):
+        case (.daxEvents, _) where !(file && backing.dax):
             return "dax_events is for DAX files"
-        case (.eventsOnly, .file) where !f.contains(.wpAsync):
+        case (.daxEvents, _) where !f.contains(.wpAsync):
+            return "registering a DAX file needs UFFD_FEATURE_WP_ASYNC (Linux 6.7+)"
+        case (.eventsOnly, _) where file && !f.contains(.wpAsync):
             return "a file accepts a WP registration only with UFFD_FEATURE_WP_ASYNC (Linux 6.7+)"
         case (.eventsOnly, .shmem) where !f.contains(.wpHugetlbfsShmem):
             return "WP on shmem needs UFFD_FEATURE_WP_HUGETLBFS_SHMEM (Linux 5.19+)"

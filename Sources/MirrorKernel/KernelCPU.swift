@@ -41,13 +41,7 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
         }
         var tracker: FaultTracker?
         if tracking {
-            let backing: MemoryBacking
-            switch region.backing {
-            case .anonymous: backing = .anonymous
-            case .shmem: backing = .shmem
-            case .file: backing = .file(dax: dax)
-            case .devdax: backing = .file(dax: true)
-            }
+            let backing = TrackedMemory(kind: region.backing.kind, dax: dax)
             // Events only: a tracker that resolved faults itself would change
             // what the kernel maps (no THP, no huge zero page under MISSING).
             if TrackingMechanism.eventsOnly.refusal(for: backing, kernel: kernel) == nil {

@@ -15,6 +15,16 @@ public enum RegionBacking: Sendable, Equatable {
     /// in `align`-sized entries (1 GiB: PUDs, which pagemap cannot see).
     case devdax(path: String, fd: Int32, physicalBase: UInt64, size: UInt64, align: UInt64)
 
+    public var kind: MemoryKind {
+        switch self {
+        case .anonymous: return .anonymous
+        case .shmem: return .shmem
+        case .file: return .file
+        case .devdax: return .devdax
+        }
+    }
+
+    /// The kind's word; a MAP_PRIVATE file is "file-private".
     public var name: String {
         switch self {
         case .anonymous: return "anon"

@@ -28,8 +28,6 @@ public final class MappedMemory: @unchecked Sendable {
     public var address: UInt64 { UInt64(UInt(bitPattern: base)) }
     public var region: Region { Region(base: base, length: length, backing: backing) }
 
-    public enum Kind: String, Sendable { case anon, shmem, file, devdax }
-
     public struct Options: Sendable {
         public var huge = false
         public var prot: Int32 = PROT_READ | PROT_WRITE
@@ -44,7 +42,7 @@ public final class MappedMemory: @unchecked Sendable {
     /// Maps `size` bytes of `kind`. `huge` places the mapping on a 2 MiB
     /// boundary and asks for huge pages (MADV_HUGEPAGE; for a file, a 2 MiB
     /// extent-size hint where the filesystem has one, as xfs needs for PMDs).
-    public init(name: String, kind: Kind, path: String?, size: Int, options: Options) throws(MirrorError) {
+    public init(name: String, kind: MemoryKind, path: String?, size: Int, options: Options) throws(MirrorError) {
         self.name = name
         let page = Syscall.pageSize
         guard size > 0, size % page == 0 else {
@@ -103,10 +101,10 @@ public final class MappedMemory: @unchecked Sendable {
 
     /// Maps `size` bytes of `kind` at `at` (MAP_FIXED over the reservation).
     /// On failure nothing it opened stays open.
-    private static func map(_ kind: Kind, name: String, path: String?, at: UnsafeMutableRawPointer, size: Int,
+    private static func map(_ kind: MemoryKind, name: String, path: String?, at: UnsafeMutableRawPointer, size: Int,
                             options: Options, devdax: DeviceDAXGeometry?) throws(MirrorError) -> Made {
         switch kind {
-        case .anon:
+        case .anonymous:
             guard mmap(at, size, options.prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED else {
                 throw MirrorError(Errno.current, "mapping anonymous memory")
             }

@@ -34,7 +34,7 @@ public indirect enum ScenarioCommand: Equatable {
 
     public struct MapRequest: Equatable {
         public var region: String
-        public var kind: MappedMemory.Kind
+        public var kind: MemoryKind
         public var path: String?
         public var size: UInt64
         public var huge = false
@@ -229,7 +229,7 @@ extension ScenarioCommand {
               summary: "map memory and name it R (file and devdax take a PATH; devdax: /dev/daxX.Y at its alignment)") { w throws(ScenarioError) in
             let region = try w.word("R")
             let kindWord = try w.word("the memory kind")
-            guard let kind = MappedMemory.Kind(rawValue: kindWord) else {
+            guard let kind = MemoryKind(rawValue: kindWord) else {
                 throw ScenarioError(.EINVAL, "unknown memory kind \(kindWord) (anon, shmem, file or devdax)")
             }
             let path = (kind == .file || kind == .devdax) ? try w.word("PATH") : nil

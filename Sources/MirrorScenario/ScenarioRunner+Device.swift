@@ -64,7 +64,7 @@ extension ScenarioRunner {
             }
         }
         let faults = try ours.get()
-        return [("faults", .int(Int64(faults)))] + extra + [("durable", .bool(m.backing.name == "file" || m.backing.name == "devdax")),
+        return [("faults", .int(Int64(faults)))] + extra + [("durable", .bool(m.backing.sharedFD != nil && (m.backing.kind == .file || m.backing.kind == .devdax))),
                                                            ("device_path", .string(mirror.writePath))]
     }
 

@@ -11,8 +11,7 @@ import PageTables
 /// namespace and page-table truth (what `daxmirror inspect` prints).
 public struct InspectedVMA: Sendable {
     public var vma: SmapsEntry
-    /// anonymous, shmem, file, devdax, or the kernel's name ([heap], [stack], ...)
-    public var backing: String
+    public var kind: MemoryKind
     public var filesystem: String?
     public var mountDAX: Bool?
     public var fileDAX: Bool?
@@ -33,7 +32,11 @@ public struct InspectedVMA: Sendable {
     /// One snapshot code per page (with `pages`).
     public var codes: [UInt8] = []
 
-    public var isDAX: Bool { fileDAX ?? mountDAX ?? (backing == "devdax") }
+    public var isDAX: Bool { fileDAX ?? mountDAX ?? (kind == .devdax) }
+
+    /// As the table and JSON name it: the kind, or the kernel's name for an
+    /// anonymous VMA it named ([heap], [stack], [vdso], ...).
+    public var backing: String { kind == .anonymous && !vma.path.isEmpty ? vma.path : kind.displayName }
 
     /// What backs the file: its mount, DAX state, block device, namespace
     /// and the namespace's region.
@@ -189,8 +192,8 @@ public struct Inspection: Sendable {
         let mounts = MountTable(parsing: (try? readTextFile("\(proc)/mountinfo")) ?? "")
         var statusCache: [String: DaxStatus] = [:]
         return all.map { v in
-            var r = InspectedVMA(vma: v, backing: backingName(v))
-            if r.backing == "shmem" {
+            var r = InspectedVMA(vma: v, kind: kind(of: v))
+            if r.kind == .shmem {
                 r.filesystem = "tmpfs"
                 r.mountDAX = false
             } else if v.inode != 0 {
@@ -202,7 +205,7 @@ public struct Inspection: Sendable {
                         ?? (try? DaxStatus.inspect(path: v.path, mounts: mounts, inventory: inventory))
                 }
                 if let st = statusCache[key] { r.describe(st, inventory) }
-                if r.backing == "devdax", let inv = inventory { r.describeDeviceDAX(inv) }
+                if r.kind == .devdax, let inv = inventory { r.describeDeviceDAX(inv) }
             }
             if v.kernelPageSize >= 1 << 30 { r.pudMappings = Int(v.size >> 30) }  // pagemap cannot see PUDs
             return r
@@ -302,7 +305,7 @@ public struct Inspection: Sendable {
             guard e.present || (pud && v.vma.readable) else { continue }
             var writable = v.vma.writable
             if !v.vma.isShared { writable = writable && e.exclusive && !e.fileOrShared }
-            else if v.backing == "file" { writable = writable && softDirty && e.softDirty }
+            else if v.kind == .file { writable = writable && softDirty && e.softDirty }
             codes[i] = (writable ? SnapshotCode.write : SnapshotCode.read).rawValue | (pud ? SnapshotCode.pud.rawValue : 0)
         }
         // HUGE and PFNZERO come from PAGEMAP_SCAN (regions are sorted).
@@ -343,12 +346,12 @@ public struct Inspection: Sendable {
         return out
     }
 
-    static func backingName(_ v: SmapsEntry) -> String {
-        if v.inode == 0 { return v.path.isEmpty ? "anonymous" : v.path }
-        if v.path.hasPrefix("/dev/dax") { return "devdax" }
+    static func kind(of v: SmapsEntry) -> MemoryKind {
+        if v.inode == 0 { return .anonymous }
+        if v.path.hasPrefix("/dev/dax") { return .devdax }
         if v.path.hasPrefix("/memfd:") || v.path.hasPrefix("/dev/shm/") || v.path.hasPrefix("/SYSV")
-            || v.path == "/dev/zero (deleted)" { return "shmem" }
-        return "file"
+            || v.path == "/dev/zero (deleted)" { return .shmem }
+        return .file
     }
 
     /// Fields 3 (state) and 9 (flags) of /proc/PID/stat.

@@ -119,7 +119,7 @@ struct FaultTrackingTests {
         nonisolated(unsafe) let p = fd >= 0 ? try mapped(mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) : try anonymous(length)
         defer { munmap(p, length) }
         #expect(madvise(p, length, DM_MADV_POPULATE_WRITE) == 0)
-        let backing: MemoryBacking = kind == "anonymous" ? .anonymous : kind == "memfd" ? .shmem : .file(dax: false)
+        let backing: TrackedMemory = kind == "anonymous" ? .anonymous : kind == "memfd" ? .shmem : .file(dax: false)
         let tracker = try FaultTracker(base: p, length: length, backing: backing, mechanism: .asyncWriteProtect)
         let written = [0, 1, 77, 300, 511]
         for i in written { p.storeBytes(of: 1, toByteOffset: i * page, as: UInt8.self) }

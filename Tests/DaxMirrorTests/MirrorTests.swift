@@ -18,7 +18,7 @@ struct MirrorTests {
     @Test func deviceReadsRacingMunmap() throws {
         let size = 256 << 10
         for round in 0..<10 {
-            let mem = try MappedMemory(name: "T", kind: .anon, path: nil, size: size, options: .init())
+            let mem = try MappedMemory(name: "T", kind: .anonymous, path: nil, size: size, options: .init())
             memset(mem.base, Int32(round + 1), size)
             let mirror = try DeviceMirror(region: mem.region)
             let half = mem.base + size / 2
@@ -81,7 +81,7 @@ struct MirrorTests {
 
     /// The device's entries carry the kernel's PFNs (pagemap), page for page.
     @Test func entriesCarryTheKernelsPFNs() throws {
-        let mem = try MappedMemory(name: "A", kind: .anon, path: nil, size: 64 << 10, options: .init())
+        let mem = try MappedMemory(name: "A", kind: .anonymous, path: nil, size: 64 << 10, options: .init())
         memset(mem.base, 1, 64 << 10)
         let mirror = try DeviceMirror(region: mem.region)
         _ = try mirror.read(mem.address, 64 << 10)
@@ -173,8 +173,8 @@ struct MirrorTests {
     /// while the device reads and writes it: every access either succeeds or
     /// fails with EFAULT, as the kernel's dmirror does — never SIGBUS (a
     /// load or store through the device's mapping past the new end was one).
-    @Test(arguments: [MappedMemory.Kind.shmem, .file])
-    func aTruncateRacingTheDeviceIsEFAULT(_ kind: MappedMemory.Kind) throws {
+    @Test(arguments: [MemoryKind.shmem, .file])
+    func aTruncateRacingTheDeviceIsEFAULT(_ kind: MemoryKind) throws {
         let dir = try ScratchDirectory(base: DaxEnvironment.directory ?? NSTemporaryDirectory())
         let size = 64 << 10
         let mem = try MappedMemory(name: "T", kind: kind, path: kind == .file ? dir.file("t.dat") : nil, size: size, options: .init())
