@@ -1,3 +1,4 @@
+import PageTables
 /// What the kernel's page table says of one page right now, read without
 /// faulting anything in (the CPU side that `check` and SNAPSHOT compare with).
 public struct CPUPage: Sendable, Equatable {
@@ -28,12 +29,10 @@ public struct CPUPage: Sendable, Equatable {
 
     public init(state: State) { self.state = state }
 
-    /// What the VMA and the page's sharing allow: the CPU may write it
-    /// without a fault only in a writable VMA, and there only if the mapping
-    /// is shared or the page is a private anonymous page no other process
-    /// maps (anything else is copy-on-write first). The one place this rule
-    /// is written; the write bit's source (soft-dirty, pagemap) narrows it.
-    public var writableWithoutCopyOnWrite: Bool { vmaWritable && (vmaShared || (exclusive && !fileOrShared)) }
+    /// What the VMA and the page's sharing allow (cpuMayWriteWithoutCopyOnWrite).
+    public var writableWithoutCopyOnWrite: Bool {
+        cpuMayWriteWithoutCopyOnWrite(vmaWritable: vmaWritable, vmaShared: vmaShared, exclusive: exclusive, fileOrShared: fileOrShared)
+    }
 }
 
 /// How much of a page's truth a reader needs.

@@ -33,6 +33,16 @@ extension SnapshotCode {
     }
 }
 
+/// When the CPU may write a page without a fault: only in a writable VMA,
+/// and there only if the mapping is shared or the page is a private
+/// anonymous page no other process maps (anything else is copy-on-write
+/// first). The one place this rule is written — the mirror's CPU pages and
+/// inspect's codes both ask it; the write bit's source (soft-dirty,
+/// pagemap) narrows it.
+public func cpuMayWriteWithoutCopyOnWrite(vmaWritable: Bool, vmaShared: Bool, exclusive: Bool, fileOrShared: Bool) -> Bool {
+    vmaWritable && (vmaShared || (exclusive && !fileOrShared))
+}
+
 extension Array where Element == SnapshotCode {
     /// Run-length hex, e.g. "16*512,00*3,ff*1": code (two hex digits) * count.
     public var runLengthHex: String {

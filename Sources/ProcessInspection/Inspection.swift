@@ -30,7 +30,7 @@ public struct InspectedVMA: Sendable {
     public var pudMappings = 0
     public var runs: [PageRun] = []
     /// One snapshot code per page (with `pages`).
-    public var codes: [UInt8] = []
+    public var codes: [SnapshotCode] = []
 
     public var isDAX: Bool { fileDAX ?? mountDAX ?? (kind == .devdax) }
 
@@ -80,8 +80,8 @@ public struct PageRun: Sendable, Equatable {
     public var start: UInt64
     public var end: UInt64
     public var pfn: UInt64?
-    /// dmirror's SNAPSHOT code (SnapshotCode's raw value).
-    public var code: UInt8
+    /// dmirror's SNAPSHOT code.
+    public var code: SnapshotCode
 }
 
 public struct Inspection: Sendable {
@@ -297,16 +297,17 @@ public struct Inspection: Sendable {
     /// fault: a private page must be anonymous and exclusive; a shared page
     /// of shmem or device-dax always is; a shared file page once written
     /// (soft-dirty; where the kernel keeps no soft-dirty bits it shows READ).
-    static func pageCodes(_ v: InspectedVMA, _ entries: [PagemapEntry], regions: [PageRegion], softDirty: Bool) -> [UInt8] {
-        var codes = [UInt8](repeating: 0, count: entries.count)
+    static func pageCodes(_ v: InspectedVMA, _ entries: [PagemapEntry], regions: [PageRegion], softDirty: Bool) -> [SnapshotCode] {
+        var codes = [SnapshotCode](repeating: .none, count: entries.count)
         let base = v.vma.start
         let pud = v.vma.kernelPageSize >= 1 << 30
+        let order: UInt8 = pud ? 18 : 0
         for (i, e) in entries.enumerated() {
             guard e.present || (pud && v.vma.readable) else { continue }
-            var writable = v.vma.writable
-            if !v.vma.isShared { writable = writable && e.exclusive && !e.fileOrShared }
-            else if v.kind == .file { writable = writable && softDirty && e.softDirty }
-            codes[i] = (writable ? SnapshotCode.write : SnapshotCode.read).rawValue | (pud ? SnapshotCode.pud.rawValue : 0)
+            var writable = cpuMayWriteWithoutCopyOnWrite(vmaWritable: v.vma.writable, vmaShared: v.vma.isShared,
+                                                         exclusive: e.exclusive, fileOrShared: e.fileOrShared)
+            if v.vma.isShared && v.kind == .file { writable = writable && softDirty && e.softDirty }
+            codes[i] = .mapped(writable: writable, zero: false, order: order)
         }
         // HUGE and PFNZERO come from PAGEMAP_SCAN (regions are sorted).
         // The first region ending past this VMA (binary search: --pages visits
@@ -317,11 +318,10 @@ public struct Inspection: Sendable {
         while r < regions.count, regions[r].start < v.vma.end {
             let reg = regions[r]
             let lo = Int((max(reg.start, base) - base) / Syscall.pageBytes), hi = Int((min(reg.end, v.vma.end) - base) / Syscall.pageBytes)
-            for i in lo..<hi where codes[i] != 0 {
-                if reg.categories.contains(.pfnZero) { codes[i] = (codes[i] & ~SnapshotCode.write.rawValue) | SnapshotCode.read.rawValue }
-                // dmirror's ZERO is the 4 KiB zero page only; the huge zero page is READ|PMD.
-                if reg.categories.contains(.pfnZero) && !reg.categories.contains(.huge) { codes[i] |= SnapshotCode.zero.rawValue }
-                if reg.categories.contains(.huge) && !pud { codes[i] |= SnapshotCode.pmd.rawValue }
+            let zero = reg.categories.contains(.pfnZero)
+            let huge = reg.categories.contains(.huge) && !pud
+            for i in lo..<hi where codes[i] != .none {
+                codes[i] = .mapped(writable: codes[i].contains(.write) && !zero, zero: zero, order: huge ? 9 : order)
             }
             r += 1
         }
@@ -329,7 +329,7 @@ public struct Inspection: Sendable {
     }
 
     /// Runs of pages with one code and consecutive PFNs.
-    static func runs(_ codes: [UInt8], _ entries: [PagemapEntry], base: UInt64) -> [PageRun] {
+    static func runs(_ codes: [SnapshotCode], _ entries: [PagemapEntry], base: UInt64) -> [PageRun] {
         var out: [PageRun] = []
         for (i, e) in entries.enumerated() {
             let addr = base + UInt64(i) * Syscall.pageBytes

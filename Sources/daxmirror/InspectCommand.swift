@@ -111,9 +111,9 @@ struct InspectCommand: ParsableCommand {
             if !v.runs.isEmpty {
                 pairs.append(("pages", .array(v.runs.map { run in
                     .object([("start", .string("0x" + hex(run.start))), ("end", .string("0x" + hex(run.end))),
-                             ("pfn", run.pfn.map { .string("0x" + hex($0)) } ?? .null), ("code", .int(Int64(run.code)))])
+                             ("pfn", run.pfn.map { .string("0x" + hex($0)) } ?? .null), ("code", .int(Int64(run.code.rawValue)))])
                 })))
-                pairs.append(("codes", .string(v.codes.map(SnapshotCode.init(rawValue:)).runLengthHex)))
+                pairs.append(("codes", .string(v.codes.runLengthHex)))
             }
             return .object(pairs)
         }
@@ -158,7 +158,7 @@ struct InspectCommand: ParsableCommand {
             if !v.codes.isEmpty {
                 lines += SnapshotPicture.rows(v.codes).map { "    " + $0 }
             }
-            for run in v.runs where run.code != 0 {
+            for run in v.runs where run.code != .none {
                 let pfn = run.pfn.map { "pfn " + hex($0) + "-" + hex($0 + (run.end - run.start) / Syscall.pageBytes - 1) } ?? "pfn hidden"
                 lines.append("    " + hex(run.start) + "-" + hex(run.end) + "  " + String((run.end - run.start) / Syscall.pageBytes) + " pages  "
                              + String(SnapshotPicture.glyph(run.code)) + "  " + pfn)

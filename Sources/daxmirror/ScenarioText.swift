@@ -1,4 +1,5 @@
 import DaxCore
+import PageTables
 
 /// `daxmirror run --text`: each answer as one readable line, and snapshots
 /// as a picture (`SnapshotPicture`).
@@ -43,11 +44,11 @@ enum ScenarioText {
 
     /// Expands "15*512,02*3" into a picture.
     static func picture(_ rle: String, pages: Int) -> String {
-        var codes: [UInt8] = []
+        var codes: [SnapshotCode] = []
         for run in rle.split(separator: ",") {
             let parts = run.split(separator: "*")
             guard parts.count == 2, let c = UInt8(parts[0], radix: 16), let n = Int(parts[1]) else { continue }
-            codes.append(contentsOf: repeatElement(c, count: n))
+            codes.append(contentsOf: repeatElement(SnapshotCode(rawValue: c), count: n))
         }
         return SnapshotPicture.rows(codes).joined(separator: "\n              ")
     }

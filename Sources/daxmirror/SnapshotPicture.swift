@@ -1,3 +1,5 @@
+import PageTables
+
 /// The one picture language for page-table snapshots, used by `run --text`
 /// (the mirror's CPU and device tables) and `inspect --pages` (another
 /// process's page table): one character per page, or one per 2 MiB span when
@@ -8,17 +10,17 @@
 enum SnapshotPicture {
     static let legend = ". none  r read  w write  z zero page  R/W by a PMD (R also the huge zero page)  u/U by a PUD  ! error  + mixed"
 
-    static func glyph(_ code: UInt8) -> Character {
-        if code == 0xff { return "!" }
-        if code == 0 { return "." }
-        let write = code & 0x02 != 0, zero = code & 0x10 != 0
-        if code & 0x08 != 0 { return write ? "U" : "u" }
-        if code & 0x04 != 0 { return zero ? "Z" : (write ? "W" : "R") }
+    static func glyph(_ code: SnapshotCode) -> Character {
+        if code == .error { return "!" }
+        if code == .none { return "." }
+        let write = code.contains(.write), zero = code.contains(.zero)
+        if code.contains(.pud) { return write ? "U" : "u" }
+        if code.contains(.pmd) { return zero ? "Z" : (write ? "W" : "R") }
         return zero ? "z" : (write ? "w" : "r")
     }
 
     /// Rows of 64 glyphs; the last row ends with the scale.
-    static func rows(_ codes: [UInt8]) -> [String] {
+    static func rows(_ codes: [SnapshotCode]) -> [String] {
         let step = codes.count > 256 ? 512 : 1
         let glyphs: [Character] = stride(from: 0, to: codes.count, by: step).map { i in
             let span = codes[i..<min(i + step, codes.count)]
