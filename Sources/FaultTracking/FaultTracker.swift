@@ -159,16 +159,16 @@ public final class FaultTracker: @unchecked Sendable {
                 }
             case .fork(let descriptor):
                 close(descriptor)  // the child is not tracked: its faults run as if unregistered
-                log.recordInvalidation(kind: 4, 0, 0, 0)
+                log.record(.fork)
             case .remap(let from, let to, let len):
                 log.clear(first: relative(from), last: relative(from + len))
-                log.recordInvalidation(kind: 3, from, to, len)
+                log.record(.remap(from: from, to: to, length: len))
             case .remove(let s, let e):
                 log.clear(first: relative(s), last: relative(e))
-                log.recordInvalidation(kind: 2, s, e, 0)
+                log.record(.remove(start: s, end: e))
             case .unmap(let s, let e):
                 log.clear(first: relative(s), last: relative(e))
-                log.recordInvalidation(kind: 1, s, e, 0)
+                log.record(.unmap(start: s, end: e))
             case .unknown:
                 break
             }
@@ -208,16 +208,7 @@ public final class FaultTracker: @unchecked Sendable {
     /// Invalidations numbered `since` and later; `overflowed` means older ones
     /// were lost to the ring's size and the whole region must be revalidated.
     public func invalidations(since: Int) -> (events: [Invalidation], overflowed: Bool) {
-        let (records, overflowed) = log.invalidations(since: since)
-        let events = records.map { kind, a, b, c -> Invalidation in
-            switch kind {
-            case 1: return .unmap(start: a, end: b)
-            case 2: return .remove(start: a, end: b)
-            case 3: return .remap(from: a, to: b, length: c)
-            default: return .fork
-            }
-        }
-        return (events, overflowed)
+        log.invalidations(since: since)
     }
 
     /// Errors the handler met resolving faults (should stay 0), and the last errno.

@@ -1,4 +1,5 @@
 import CDaxShim
+import PageTables
 
 /// The fault handler's bookkeeping, in memory allocated up front and updated
 /// with atomics only: the handler thread never allocates or locks (see
@@ -66,13 +67,14 @@ final class HandlerLog: @unchecked Sendable {
         }
     }
 
-    func recordInvalidation(kind: UInt64, _ a: UInt64, _ b: UInt64, _ c: UInt64) {
+    func record(_ invalidation: Invalidation) {
         let n = Int(dm_atomic_load_u64(counters + 2))
         let slot = ring + (n % HandlerLog.ringCapacity) * 4
-        dm_atomic_store_u64(slot + 1, a)
-        dm_atomic_store_u64(slot + 2, b)
-        dm_atomic_store_u64(slot + 3, c)
-        dm_atomic_store_u64(slot, kind)
+        let w = invalidation.words
+        dm_atomic_store_u64(slot + 1, w.1)
+        dm_atomic_store_u64(slot + 2, w.2)
+        dm_atomic_store_u64(slot + 3, w.3)
+        dm_atomic_store_u64(slot, w.0)
         dm_atomic_add_u64(counters + 2, 1)  // only the handler thread writes: no lost update
     }
 
@@ -98,15 +100,37 @@ final class HandlerLog: @unchecked Sendable {
 
     /// Invalidation records from number `since` on (older ones may have been
     /// overwritten: `overflowed` says so, and the reader must revalidate all).
-    func invalidations(since: Int) -> (records: [(UInt64, UInt64, UInt64, UInt64)], overflowed: Bool) {
+    func invalidations(since: Int) -> (events: [Invalidation], overflowed: Bool) {
         let n = invalidationCount
         let first = max(since, n - HandlerLog.ringCapacity)
-        var out: [(UInt64, UInt64, UInt64, UInt64)] = []
+        var out: [Invalidation] = []
         for i in first..<n {
             let slot = ring + (i % HandlerLog.ringCapacity) * 4
-            out.append((dm_atomic_load_u64(slot), dm_atomic_load_u64(slot + 1), dm_atomic_load_u64(slot + 2),
-                        dm_atomic_load_u64(slot + 3)))
+            out.append(Invalidation(words: (dm_atomic_load_u64(slot), dm_atomic_load_u64(slot + 1),
+                                            dm_atomic_load_u64(slot + 2), dm_atomic_load_u64(slot + 3))))
         }
         return (out, first > since)
+    }
+}
+
+/// An invalidation as the ring holds it: four words, the kind first (written
+/// last, so a reader never sees a kind with another record's range).
+extension Invalidation {
+    var words: (UInt64, UInt64, UInt64, UInt64) {
+        switch self {
+        case .unmap(let s, let e): return (1, s, e, 0)
+        case .remove(let s, let e): return (2, s, e, 0)
+        case .remap(let from, let to, let length): return (3, from, to, length)
+        case .fork: return (4, 0, 0, 0)
+        }
+    }
+
+    init(words w: (UInt64, UInt64, UInt64, UInt64)) {
+        switch w.0 {
+        case 1: self = .unmap(start: w.1, end: w.2)
+        case 2: self = .remove(start: w.1, end: w.2)
+        case 3: self = .remap(from: w.1, to: w.2, length: w.3)
+        default: self = .fork
+        }
     }
 }
