@@ -30,7 +30,7 @@ final class Aperture: @unchecked Sendable {
     let fd: Int32?
     private(set) var base: UnsafeMutableRawPointer?
     private(set) var length = 0
-    private(set) var isPmem = false
+    private(set) var isPersistentMemory = false
 
     /// A character device has no st_size: its size comes from sysfs.
     let knownSize: UInt64?
@@ -68,7 +68,7 @@ final class Aperture: @unchecked Sendable {
             }
             base = p
             length = mapped
-            isPmem = pmem != 0
+            isPersistentMemory = pmem != 0
             // libpmem maps the file's size at that moment, which another
             // party's truncate may have made smaller since the fstat above:
             // never hand out an address past the mapping (SIGSEGV there, not
@@ -124,7 +124,7 @@ final class Aperture: @unchecked Sendable {
     func write(fileOffset: UInt64, from src: UnsafeRawPointer, count: Int) throws(MirrorError) {
         let p = try window(fileOffset, count)  // maps (and learns is-pmem) on first use
         guard knownSize == nil, let fd else {
-            if isPmem { pmem_memcpy_persist(p, src, count) } else {
+            if isPersistentMemory { pmem_memcpy_persist(p, src, count) } else {
                 memcpy(p, src, count)
                 guard pmem_msync(p, count) == 0 else { throw MirrorError(Errno.current, "msync of the device write") }
             }
@@ -142,7 +142,7 @@ final class Aperture: @unchecked Sendable {
             guard n > 0 else { throw MirrorError(n < 0 ? Errno.current : .EIO, "pwrite of the device write") }
             done += n
         }
-        if !isPmem && !onTmpfs { guard fdatasync(fd) == 0 else { throw MirrorError(Errno.current, "fdatasync of the device write") } }
+        if !isPersistentMemory && !onTmpfs { guard fdatasync(fd) == 0 else { throw MirrorError(Errno.current, "fdatasync of the device write") } }
     }
 
     /// shmem and tmpfs files have nothing to sync.

@@ -18,7 +18,7 @@ extension DeviceMirror {
             // The kernel's word on the entry size: the VMA's page size from
             // PROCMAP_QUERY (Linux 6.11+), else smaps' KernelPageSize.
             let size = (try? VMAQuery())?.pageSize(at: region.base)
-                ?? ((try? Smaps.parse(Smaps.read())) ?? []).first { $0.contains(region.base) }?.kernelPageSize ?? 4096
+                ?? ((try? Smaps.parse(Smaps.read())) ?? []).first { $0.contains(region.base) }?.kernelPageSize ?? Syscall.pageBytes
             order = size >= 1 << 30 ? 18 : (size >= 2 << 20 ? 9 : 0)
         }
         try self.init(region: region, cpu: cpu, dax: dax, devdaxOrder: order, writeBit: writeBit)

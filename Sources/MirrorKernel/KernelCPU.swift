@@ -122,8 +122,8 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
         switch region.backing {
         case .anonymous, .file(_, _, false): return "process_vm_writev"
         case .shmem: return "pwrite"
-        case .file: return aperture.base == nil ? "aperture" : (aperture.isPmem ? "pwrite (DAX)" : (sharedWithoutPageMkwrite ? "pwrite" : "pwrite+fdatasync"))
-        case .devdax: return aperture.base == nil ? "aperture" : (aperture.isPmem ? "pmem_memcpy_persist" : "memcpy+msync")
+        case .file: return aperture.base == nil ? "aperture" : (aperture.isPersistentMemory ? "pwrite (DAX)" : (sharedWithoutPageMkwrite ? "pwrite" : "pwrite+fdatasync"))
+        case .devdax: return aperture.base == nil ? "aperture" : (aperture.isPersistentMemory ? "pmem_memcpy_persist" : "memcpy+msync")
         }
     }
 }

@@ -15,10 +15,9 @@ public final class MappedMemory: @unchecked Sendable {
     public let length: Int
     public let backing: RegionBacking
     public let path: String?
-    /// MAP_SYNC took: the file is DAX and flushes make stores durable.
+    /// MAP_SYNC took (or device-dax): the mapping reaches persistent memory
+    /// directly, and flushing CPU caches (pmem_persist) makes stores durable.
     public let mapSync: Bool
-    /// Flushing CPU caches (pmem_persist) makes stores durable (MAP_SYNC on DAX).
-    public let isPmem: Bool
     /// For a new huge file: "2M" if the extent-size hint took, else the errno.
     public private(set) var extentHint: String?
     /// `map R file PATH`: this mapping created the file.
@@ -66,8 +65,6 @@ public final class MappedMemory: @unchecked Sendable {
         (extentHint, createdFile) = (made.hint, made.created)
         base = window.base
         mapSync = made.sync
-        // MAP_SYNC took: CPU cache flushes alone make stores durable.
-        isPmem = made.sync
         if options.huge && kind != .file { _ = madvise(window.base, size, MADV_HUGEPAGE) }
     }
 

@@ -24,7 +24,7 @@ extension ScenarioRunner {
         if m.createdFile, let path { ownFiles.insert(path) }
         return [("region", .string(r.region)), ("kind", .string(m.backing.name)),
                 ("address", .string("0x" + String(m.address, radix: 16))), ("size", .uint(r.size)),
-                ("map_sync", .bool(m.mapSync)), ("pmem", .bool(m.isPmem)),
+                ("map_sync", .bool(m.mapSync)), ("pmem", .bool(m.mapSync)),
                 ("extent_hint", m.extentHint.map { .string($0) } ?? .null)]
     }
 
@@ -126,12 +126,12 @@ extension ScenarioRunner {
 
     func persist(_ s: ScenarioCommand.Span) throws -> [(String, JSON)] {
         let m = try resolve(s)
-        if m.isPmem {
+        if m.mapSync {
             pmem_persist(m.base + Int(s.offset), Int(s.length))
         } else {
             try sys("msync") { pmem_msync(m.base + Int(s.offset), Int(s.length)) }
         }
-        return [("method", .string(m.isPmem ? "pmem_persist" : "msync"))]
+        return [("method", .string(m.mapSync ? "pmem_persist" : "msync"))]
     }
 
     func forkWrite(_ s: ScenarioCommand.Span, _ byte: UInt8) throws -> [(String, JSON)] {
