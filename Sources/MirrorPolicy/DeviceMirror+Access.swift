@@ -2,9 +2,11 @@ import DaxCore
 import PageTables
 
 /// Device reads and writes (dmirror READ / WRITE). An access of N pages costs
-/// one synchronization (one VMA query of the region), one pagemap read of
-/// the pages it uses, and one copy per run of contiguous pages, plus a range
-/// fault per miss — as HMM_DMIRROR_READ of npages costs one ioctl.
+/// one synchronization (one VMA query of the region) and one copy per run of
+/// contiguous pages; the page table is read once for the pages it holds
+/// entries of (revalidation) and once per range fault for the rest — a miss
+/// does not synchronize or revalidate again what its fault just stored —
+/// as HMM_DMIRROR_READ of npages costs one ioctl.
 extension DeviceMirror {
     /// The device reads `count` bytes at `address`. Returns the bytes and the
     /// faults this call took.
@@ -59,9 +61,17 @@ extension DeviceMirror {
         var faults = 0
         var pos = s
         var lastFaultAt = UInt64.max
+        // The VMAs of this pass's synchronization; nil after a range fault,
+        // whose entries are as fresh as a synchronization would make them.
+        var synced: [VMA]?
+        var fresh = false
         while pos < e {
-            let vmas = try synchronize()
-            try revalidate(pos, e, vmas)
+            if !fresh {
+                let vmas = try synchronize()
+                try revalidate(pos, e, vmas)
+                synced = vmas
+            }
+            fresh = false
             // The usable entries from `pos`, copied in runs of contiguous
             // bytes (a zero-page entry reads as zeros without a copy).
             var vpn = pos
@@ -84,7 +94,9 @@ extension DeviceMirror {
             }
             pos = vpn
             if pos == e { break }
-            try rangeFault(pos, e, write: write)
+            try rangeFault(pos, e, write: write, synchronized: synced)
+            synced = nil
+            fresh = true
             lastFaultAt = pos
             faults += 1
             self.faults += 1
@@ -109,20 +121,30 @@ extension DeviceMirror {
     /// reads: one pagemap read of [s, e), into storage kept between calls.
     func revalidate(_ s: UInt64, _ e: UInt64, _ vmas: [VMA], truth given: [CPUPage]? = nil) throws(MirrorError) {
         guard table.entryCount > 0 else { return }
-        if let given { pageScratch = given } else { try readTruth(s, e, vmas, detail: .presence, into: &pageScratch) }
-        var vpn = s
-        while vpn < e {
+        // Only the pages from the first entry to the last are read: a miss
+        // leaves the rest to its range fault, which reads them anyway.
+        var lo = s, hi = e
+        while lo < hi && table.lookup(lo) == nil { lo += 1 }
+        while hi > lo && table.lookup(hi - 1) == nil { hi -= 1 }
+        guard lo < hi else { return }
+        let origin: UInt64
+        if let given { pageScratch = given; origin = s } else {
+            try readTruth(lo, hi, vmas, detail: .presence, into: &pageScratch)
+            origin = lo
+        }
+        var vpn = lo
+        while vpn < hi {
             guard let (entry, index) = table.lookup(vpn) else { vpn += 1; continue }
             let start = vpn - index
-            let hi = min(start + entry.pages, e)
-            while vpn < hi {
-                let p = pageScratch[Int(vpn - s)]
+            let entryEnd = min(start + entry.pages, hi)
+            while vpn < entryEnd {
+                let p = pageScratch[Int(vpn - origin)]
                 var ok = p.state == .present && p.pfn == entry.pfn(at: vpn - start)
                 if ok && entry.writable { ok = p.writableWithoutCopyOnWrite }
                 guard !ok else { vpn += 1; continue }
                 var runEnd = vpn + 1
-                while runEnd < hi {
-                    let q = pageScratch[Int(runEnd - s)]
+                while runEnd < entryEnd {
+                    let q = pageScratch[Int(runEnd - origin)]
                     if q.state == .present && q.pfn == entry.pfn(at: runEnd - start) { break }
                     runEnd += 1
                 }

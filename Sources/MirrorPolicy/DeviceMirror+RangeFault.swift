@@ -32,10 +32,14 @@ extension DeviceMirror {
     /// CPU could not fault in, e.g. beyond EOF), EPERM for a write to a
     /// read-only mapping; pages before the failing 64-page window are
     /// mirrored, as dmirror's windowed walk leaves them.
-    func rangeFault(_ startVPN: UInt64, _ endVPN: UInt64, write: Bool) throws(MirrorError) {
+    /// `synchronized`: the VMAs of a synchronization just made (the
+    /// access's), used for the first walk instead of another.
+    func rangeFault(_ startVPN: UInt64, _ endVPN: UInt64, write: Bool, synchronized: [VMA]? = nil) throws(MirrorError) {
         let deadline = monotonicSeconds() + busyTimeout
+        var given = synchronized
         while true {
-            let vmas = try synchronize()
+            let vmas: [VMA]
+            if let g = given { vmas = g; given = nil } else { vmas = try synchronize() }
             // After synchronize: what it applied is no race; anything from
             // here to the store is (HMM's mmu_interval_read_begin).
             let seq = sequence

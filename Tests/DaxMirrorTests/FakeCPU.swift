@@ -45,6 +45,7 @@ final class FakeCPU: CPUSide {
     private(set) var vmaQueries = 0
     private(set) var lastQueryAnswered = 0
     private(set) var pagesRead = 0
+    private(set) var truthReads = 0
 
     // MARK: - CPUSide
 
@@ -57,6 +58,7 @@ final class FakeCPU: CPUSide {
 
     func pages(_ s: UInt64, _ e: UInt64, vmas: [VMA], detail: TruthDetail, into out: inout [CPUPage]) throws(MirrorError) {
         pagesRead += Int(e - s)
+        truthReads += 1
         out.removeAll(keepingCapacity: true)
         for vpn in s..<e {
             guard let v = vmas.first(where: { $0.contains(vpn * pageSize) }) else { out.append(CPUPage(state: .unmapped)); continue }

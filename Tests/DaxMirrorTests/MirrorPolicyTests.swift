@@ -171,6 +171,29 @@ struct MirrorPolicyTests {
         #expect(cpu.vmaQueries - q2 == 1 && cpu.pagesRead - p2 == 512)
     }
 
+    /// A miss does its work once: one synchronization and one read of the
+    /// page table (its range fault's), whether the table is empty or holds
+    /// entries elsewhere; a miss after a hit reads the hit's pages once
+    /// (revalidation) and the missing ones once (the fault).
+    @Test func aMissSynchronizesOnceAndReadsThePageTableOnce() throws {
+        let cpu = FakeCPU()
+        cpu.map(Self.base, pages: 512)
+        let m = try mirror(cpu, pages: 512)
+        for (first, elsewhere) in [(UInt64(100), false), (200, true)] {
+            if elsewhere { #expect(try m.read(Self.base + 400 * page, Int(page)).faults == 1) }
+            let (q, r) = (cpu.vmaQueries, cpu.truthReads)
+            #expect(try m.read(Self.base + first * page, Int(16 * page)).faults == 1)
+            #expect(cpu.vmaQueries - q == 1, "one VMA query for a miss (table \(elsewhere ? "holding other entries" : "empty"))")
+            #expect(cpu.truthReads - r == 1, "one page-table read for a miss")
+        }
+        // Pages 100..<116 are mirrored: reading 100..<132 revalidates those 16
+        // and faults the other 16, one read each, one synchronization.
+        let (q, r, p) = (cpu.vmaQueries, cpu.truthReads, cpu.pagesRead)
+        #expect(try m.read(Self.base + 100 * page, Int(32 * page)).faults == 1)
+        #expect(cpu.vmaQueries - q == 1 && cpu.truthReads - r == 2, "\(cpu.vmaQueries - q) queries, \(cpu.truthReads - r) reads")
+        #expect(cpu.pagesRead - p == 16 + 512, "the hit's 16 pages, then the fault's 2 MiB hull")
+    }
+
     @Test func theLayoutDiffNamesWhatChanged() throws {
         let cpu = FakeCPU()
         cpu.map(Self.base, pages: 16, shared: true, inode: 9)
