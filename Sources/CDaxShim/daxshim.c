@@ -153,16 +153,6 @@ int dm_set_extent_size_hint(int fd, uint32_t bytes) {
     return ioctl(fd, FS_IOC_FSSETXATTR, &fa);
 }
 
-long dm_process_vm_read(int pid, void *local, const void *remote, size_t len) {
-    struct iovec l = { local, len }, r = { (void *)remote, len };
-    return process_vm_readv(pid, &l, 1, &r, 1, 0);
-}
-
-long dm_process_vm_write(int pid, const void *local, void *remote, size_t len) {
-    struct iovec l = { (void *)local, len }, r = { remote, len };
-    return process_vm_writev(pid, &l, 1, &r, 1, 0);
-}
-
 size_t dm_heap_bytes_in_use(void) { return mallinfo2().uordblks; }
 
 int dm_terminal_size(int fd, unsigned *rows, unsigned *columns) {
@@ -183,44 +173,49 @@ int dm_hmm_snapshot(int fd, struct dm_hmm_dmirror_cmd *cmd) { return ioctl(fd, D
 
 // ---------------------------------------------------------------------------
 // Guarded copies: a load or store through a file mapping whose page was
-// truncated away (by anyone, at any moment) is SIGBUS. The device's aperture
-// and the CPU commands of a scenario must answer EFAULT instead of dying, so
-// they copy through these: a SIGBUS inside one jumps back out of it. A SIGBUS
-// anywhere else goes to whoever handled it before (Swift's backtracer, or the
-// default action). SA_NODEFER keeps SIGBUS unblocked in the handler, so the
-// jump needs no signal-mask system call on the way in (sigsetjmp(…, 0)).
+// truncated away (by anyone, at any moment) is SIGBUS; one through this
+// process's anonymous memory that another thread unmapped or made
+// inaccessible meanwhile is SIGSEGV. The device's aperture, its copies of
+// anonymous memory and the CPU commands of a scenario must answer EFAULT
+// instead of dying, so they copy through these: either signal inside one
+// jumps back out of it. Anywhere else it goes to whoever handled it before
+// (Swift's backtracer, or the default action). SA_NODEFER keeps the signal
+// unblocked in the handler, so the jump needs no signal-mask system call on
+// the way in (sigsetjmp(…, 0)).
 // ---------------------------------------------------------------------------
 static __thread sigjmp_buf *guard_jump;
 static __thread void *guard_fault_address;
-static struct sigaction guard_previous;
+static struct sigaction guard_previous_bus, guard_previous_segv;
 static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
 static int guard_installed;
 
-static void guard_on_sigbus(int sig, siginfo_t *info, void *context) {
+static void guard_on_signal(int sig, siginfo_t *info, void *context) {
     sigjmp_buf *jump = guard_jump;
     if (jump) {
         guard_jump = NULL;
         guard_fault_address = info ? info->si_addr : NULL;
         siglongjmp(*jump, 1);
     }
-    if ((guard_previous.sa_flags & SA_SIGINFO) && guard_previous.sa_sigaction) {
-        guard_previous.sa_sigaction(sig, info, context);
-    } else if (!(guard_previous.sa_flags & SA_SIGINFO) && guard_previous.sa_handler != SIG_DFL &&
-               guard_previous.sa_handler != SIG_IGN) {
-        guard_previous.sa_handler(sig);
+    const struct sigaction *previous = sig == SIGBUS ? &guard_previous_bus : &guard_previous_segv;
+    if ((previous->sa_flags & SA_SIGINFO) && previous->sa_sigaction) {
+        previous->sa_sigaction(sig, info, context);
+    } else if (!(previous->sa_flags & SA_SIGINFO) && previous->sa_handler != SIG_DFL &&
+               previous->sa_handler != SIG_IGN) {
+        previous->sa_handler(sig);
     } else {
         // The faulting access runs again on return and takes the default action.
-        signal(SIGBUS, SIG_DFL);
+        signal(sig, SIG_DFL);
     }
 }
 
 static void guard_install(void) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = guard_on_sigbus;
+    sa.sa_sigaction = guard_on_signal;
     sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
     sigemptyset(&sa.sa_mask);
-    guard_installed = sigaction(SIGBUS, &sa, &guard_previous) == 0;
+    guard_installed = sigaction(SIGBUS, &sa, &guard_previous_bus) == 0 &&
+                      sigaction(SIGSEGV, &sa, &guard_previous_segv) == 0;
 }
 
 static int dm_guard_ready(void) {

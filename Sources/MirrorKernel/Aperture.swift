@@ -22,10 +22,12 @@ import MirrorPolicy
 /// process is EFAULT, never SIGBUS. Device-dax has no write(2):
 /// pmem_memcpy_persist there.
 ///
-/// Anonymous and private-file memory have no file to map; there the device
-/// uses process_vm_readv/writev on this process, after the mirror has
-/// checked (pagemap) that the address still maps the entry's PFN — the
-/// documented equivalent of a physical access.
+/// Anonymous and private-file memory have no file to map, and need none:
+/// the mirrored pages are this process's own. The device copies them with
+/// a guarded memcpy, after the mirror has checked (pagemap) that the address
+/// still maps the entry's PFN — the user-space equivalent of a physical
+/// access; a page another thread unmapped or protected meanwhile (SIGSEGV)
+/// is EFAULT, as process_vm_readv would answer, at memcpy's speed.
 final class Aperture: @unchecked Sendable {
     let fd: Int32?
     private(set) var base: UnsafeMutableRawPointer?
@@ -148,13 +150,23 @@ final class Aperture: @unchecked Sendable {
     /// shmem and tmpfs files have nothing to sync.
     private lazy var onTmpfs: Bool = fd.map { dm_fs_magic($0) == DM_TMPFS_MAGIC } ?? false
 
-    static func readProcess(_ pid: pid_t, address: UInt64, into dst: UnsafeMutableRawPointer, count: Int) throws(MirrorError) {
-        let n = dm_process_vm_read(pid, dst, UnsafeRawPointer(bitPattern: UInt(address)), count)
-        guard n == count else { throw MirrorError(n < 0 ? Errno.current : .EFAULT, "device read of 0x\(String(address, radix: 16))") }
+    /// The device reads this process's memory at `address`.
+    static func readOwn(address: UInt64, into dst: UnsafeMutableRawPointer, count: Int) throws(MirrorError) {
+        let src = UnsafeRawPointer(bitPattern: UInt(address))
+        guard dm_copy_guarded(dst, src, count) == 0 else { throw ownFailure("read", address) }
     }
 
-    static func writeProcess(_ pid: pid_t, address: UInt64, from src: UnsafeRawPointer, count: Int) throws(MirrorError) {
-        let n = dm_process_vm_write(pid, src, UnsafeMutableRawPointer(bitPattern: UInt(address)), count)
-        guard n == count else { throw MirrorError(n < 0 ? Errno.current : .EFAULT, "device write of 0x\(String(address, radix: 16))") }
+    /// The device writes this process's memory at `address`.
+    static func writeOwn(address: UInt64, from src: UnsafeRawPointer, count: Int) throws(MirrorError) {
+        let dst = UnsafeMutableRawPointer(bitPattern: UInt(address))
+        guard dm_copy_guarded(dst, src, count) == 0 else { throw ownFailure("write", address) }
+    }
+
+    private static func ownFailure(_ what: String, _ address: UInt64) -> MirrorError {
+        let e = Errno.current
+        guard e == .EFAULT, let at = dm_guard_fault_address() else {
+            return MirrorError(e, "device \(what) of 0x\(String(address, radix: 16)): the copy's signal guard is unavailable")
+        }
+        return MirrorError(.EFAULT, "device \(what) of 0x\(String(address, radix: 16)): the page at 0x\(String(UInt(bitPattern: at), radix: 16)) was unmapped or protected meanwhile")
     }
 }

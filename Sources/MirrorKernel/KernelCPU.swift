@@ -51,7 +51,6 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
             }
         }
         self.tracker = tracker
-        pid = getpid()
     }
 
     deinit { stop() }
@@ -99,14 +98,11 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
         tracker?.registerAgain(start: start, end: end)
     }
 
-    /// This process, for process_vm_readv (learned once: a hit makes no getpid).
-    private let pid: pid_t
-
     public func deviceRead(_ address: UInt64, into buffer: UnsafeMutableRawPointer, count: Int) throws(MirrorError) {
         if region.backing.sharedFD != nil {
             try aperture.read(fileOffset: region.fileOffset + (address - region.base), into: buffer, count: count)
         } else {
-            try Aperture.readProcess(pid, address: address, into: buffer, count: count)
+            try Aperture.readOwn(address: address, into: buffer, count: count)
         }
     }
 
@@ -114,13 +110,13 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
         if region.backing.sharedFD != nil {
             try aperture.write(fileOffset: region.fileOffset + (address - region.base), from: buffer, count: count)
         } else {
-            try Aperture.writeProcess(pid, address: address, from: buffer, count: count)
+            try Aperture.writeOwn(address: address, from: buffer, count: count)
         }
     }
 
     public var writePath: String {
         switch region.backing {
-        case .anonymous, .file(_, _, false): return "process_vm_writev"
+        case .anonymous, .file(_, _, false): return "memcpy (guarded)"
         case .shmem: return "pwrite"
         case .file: return aperture.base == nil ? "aperture" : (aperture.isPersistentMemory ? "pwrite (DAX)" : (sharedWithoutPageMkwrite ? "pwrite" : "pwrite+fdatasync"))
         case .devdax: return aperture.base == nil ? "aperture" : (aperture.isPersistentMemory ? "pmem_memcpy_persist" : "memcpy+msync")

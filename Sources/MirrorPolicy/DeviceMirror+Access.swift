@@ -47,7 +47,7 @@ extension DeviceMirror {
     @discardableResult
     public func write(_ address: UInt64, from buffer: UnsafeRawBufferPointer) throws(MirrorError) -> Int {
         guard let base = buffer.baseAddress else { throw MirrorError(.EINVAL, "empty range") }
-        // The aperture and process_vm_writev only read from it.
+        // The aperture and the guarded copy only read from it.
         return try access(address, buffer.count, buffer: UnsafeMutableRawPointer(mutating: base), write: true)
     }
 

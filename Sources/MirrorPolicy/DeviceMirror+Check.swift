@@ -96,6 +96,6 @@ extension DeviceMirror {
 
     /// How device writes reach memory: "pwrite (DAX)", "pwrite+fdatasync" (a
     /// file that is not pmem), "pwrite" (shmem, tmpfs), "pmem_memcpy_persist"
-    /// (device-dax) or "process_vm_writev" (anonymous memory). See Aperture.
+    /// (device-dax) or "memcpy (guarded)" (anonymous memory). See Aperture.
     public var writePath: String { cpu.writePath }
 }

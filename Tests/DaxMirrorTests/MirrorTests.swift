@@ -5,9 +5,9 @@ import CDaxShim
 import DaxCore
 import FaultTracking
 import MirrorPolicy
-import MirrorKernel
 import MirrorScenario
 import PageTables
+@testable import MirrorKernel
 
 @Suite("mirror", .serialized)
 struct MirrorTests {
@@ -42,6 +42,40 @@ struct MirrorTests {
             let (found, _) = try mirror.check()
             #expect(found.isEmpty, "round \(round): \(found)")
             #expect(mirror.table.entries(mem.address / 4096 + 32, mem.address / 4096 + 64).isEmpty)
+        }
+    }
+
+    /// The device's copy of anonymous memory is a guarded memcpy: a page
+    /// another thread made inaccessible (or read-only, for a write) under it
+    /// is EFAULT naming that page — never SIGSEGV — and the guard is left
+    /// ready for the next copy.
+    @Test func theDeviceCopyOfAnonymousMemoryAnswersEFAULTNotSIGSEGV() throws {
+        let page = Syscall.pageSize
+        let p = try #require(mmap(nil, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+        defer { munmap(p, 2 * page) }
+        memset(p, 7, 2 * page)
+        let address = UInt64(UInt(bitPattern: p)), second = String(address + UInt64(page), radix: 16)
+        var buffer = [UInt8](repeating: 0, count: 2 * page)
+        for round in 0..<3 {
+            #expect(mprotect(p + page, page, PROT_NONE) == 0)
+            do {
+                try buffer.withUnsafeMutableBytes { try Aperture.readOwn(address: address, into: $0.baseAddress!, count: 2 * page) }
+                Issue.record("round \(round): a read through a PROT_NONE page succeeded")
+            } catch let e as MirrorError {
+                #expect(e.errno == .EFAULT && e.message.contains(second), "\(e)")
+            }
+            #expect(mprotect(p + page, page, PROT_READ) == 0)
+            buffer = [UInt8](repeating: 7, count: 2 * page)  // what part of it lands before the fault is memcpy's choice
+            do {
+                try buffer.withUnsafeBytes { try Aperture.writeOwn(address: address, from: $0.baseAddress!, count: 2 * page) }
+                Issue.record("round \(round): a write through a read-only page succeeded")
+            } catch let e as MirrorError {
+                #expect(e.errno == .EFAULT && e.message.contains(second), "\(e)")
+            }
+            #expect(mprotect(p + page, page, PROT_READ | PROT_WRITE) == 0)
+            buffer = [UInt8](repeating: 0, count: 2 * page)
+            try buffer.withUnsafeMutableBytes { try Aperture.readOwn(address: address, into: $0.baseAddress!, count: 2 * page) }
+            #expect(buffer.allSatisfy { $0 == 7 }, "round \(round): the guarded copy after a fault")
         }
     }
 

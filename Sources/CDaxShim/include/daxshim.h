@@ -316,16 +316,6 @@ int dm_fork_fill(void *addr, size_t len, int byte);
 int dm_set_extent_size_hint(int fd, uint32_t bytes);
 
 // ---------------------------------------------------------------------------
-// process_vm_readv / process_vm_writev (glibc declares them only with
-// _GNU_SOURCE, which daxshim.c defines): the device's access path to anonymous memory, which has no
-// file it could map. One iovec each side.
-// ---------------------------------------------------------------------------
-/// Copies `len` bytes from address `remote` of process `pid` to `local`.
-long dm_process_vm_read(int pid, void *local, const void *remote, size_t len);
-/// Copies `len` bytes from `local` to address `remote` of process `pid`.
-long dm_process_vm_write(int pid, const void *local, void *remote, size_t len);
-
-// ---------------------------------------------------------------------------
 // malloc's own count of heap bytes in use (mallinfo2(3), glibc 2.33+): how the
 // benchmark measures the device table's memory, rather than trusting the
 // table's own accounting.
@@ -375,9 +365,10 @@ int dm_hmm_snapshot(int fd, struct dm_hmm_dmirror_cmd *cmd);
 
 // ---------------------------------------------------------------------------
 // Guarded copies (daxshim.c): memcpy / memset through a mapping that may meet
-// a page truncated away. 0, or -1 with errno EFAULT where the access got
-// SIGBUS (dm_guard_fault_address() then names the address). -1 with errno
-// from sigaction if the handler could not be installed.
+// a page truncated away (SIGBUS) or unmapped or made inaccessible by another
+// thread (SIGSEGV). 0, or -1 with errno EFAULT where the access got either
+// signal (dm_guard_fault_address() then names the address). -1 with errno
+// from sigaction if the handlers could not be installed.
 // ---------------------------------------------------------------------------
 int dm_copy_guarded(void *dst, const void *src, size_t n);
 int dm_fill_guarded(void *dst, int byte, size_t n);
