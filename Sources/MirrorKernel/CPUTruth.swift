@@ -104,14 +104,50 @@ public final class CPUTruth: @unchecked Sendable {
         }
     }
 
-    /// Huge and zero-page pages from one PAGEMAP_SCAN walk (pagemap alone
-    /// does not say "huge", nor "zero" for the huge zero page).
+    /// Huge and zero-page pages from PAGEMAP_SCAN (pagemap alone does not
+    /// say "huge", nor "zero" for the huge zero page), walked only over the
+    /// 2 MiB spans whose PFNs could be one PMD: a huge page, the huge zero
+    /// page included, is 512 consecutive PFNs from a 512-aligned one, and the
+    /// 4 KiB zero page is known by its PFN. Memory of 4 KiB pages costs the
+    /// one pagemap read alone, as the C baseline's range fault does.
     private func readHugeAndZero(_ startVPN: UInt64, _ endVPN: UInt64, into out: inout [CPUPage]) throws(Failure) {
-        let startAddr = startVPN * pageSize, endAddr = endVPN * pageSize
+        for (s, e) in pmdCandidates(startVPN, endVPN, out) {
+            try scanHugeAndZero(s, e, startVPN, into: &out)
+        }
+    }
+
+    /// The spans (merged, in VPNs) of [startVPN, endVPN) that may be PMD-mapped
+    /// as pagemap shows them; the whole range where the zero page is unknown.
+    private func pmdCandidates(_ startVPN: UInt64, _ endVPN: UInt64, _ out: [CPUPage]) -> [(UInt64, UInt64)] {
+        guard zeroPFN != nil else { return [(startVPN, endVPN)] }
+        var spans: [(UInt64, UInt64)] = []
+        var span = startVPN & ~511
+        while span < endVPN {
+            let lo = max(span, startVPN), hi = min(span + 512, endVPN)
+            let first = out[Int(lo - startVPN)]
+            let basePFN = first.pfn &- (lo - span)
+            var candidate = first.state == .present && basePFN & 511 == 0
+            var vpn = lo
+            while candidate && vpn < hi {
+                let p = out[Int(vpn - startVPN)]
+                candidate = p.state == .present && p.pfn == basePFN + (vpn - span)
+                vpn += 1
+            }
+            if candidate {
+                if let last = spans.last, last.1 == lo { spans[spans.count - 1].1 = hi } else { spans.append((lo, hi)) }
+            }
+            span += 512
+        }
+        return spans
+    }
+
+    private func scanHugeAndZero(_ s: UInt64, _ e: UInt64, _ startVPN: UInt64, into out: inout [CPUPage]) throws(Failure) {
+        let startAddr = startVPN * pageSize
         let regions = try Failure.wrapping("scan /proc/self/pagemap") { () throws(SystemCallError) in
-            try pagemap.scanAll(start: startAddr, end: endAddr, anyOf: [.huge, .pfnZero],
+            try pagemap.scanAll(start: s * pageSize, end: e * pageSize, anyOf: [.huge, .pfnZero],
                                 report: [.huge, .pfnZero, .present])
         }
+        let endAddr = e * pageSize
         for r in regions {
             let lo = Int((max(r.start, startAddr) - startAddr) / pageSize)
             let hi = Int((min(r.end, endAddr) - startAddr) / pageSize)
