@@ -172,6 +172,30 @@ int dm_hmm_write(int fd, struct dm_hmm_dmirror_cmd *cmd) { return ioctl(fd, DM_H
 int dm_hmm_snapshot(int fd, struct dm_hmm_dmirror_cmd *cmd) { return ioctl(fd, DM_HMM_DMIRROR_SNAPSHOT, cmd); }
 
 // ---------------------------------------------------------------------------
+// Failure injection: one armed call per thread is all a test needs.
+// ---------------------------------------------------------------------------
+static __thread char inject_call[32];
+static __thread int inject_err, inject_times;
+static __thread long inject_result;
+
+void dm_inject(const char *call, int err, long result, int times) {
+    snprintf(inject_call, sizeof inject_call, "%s", call ? call : "");
+    inject_err = err;
+    inject_result = result;
+    inject_times = call && times > 0 ? times : 0;
+}
+
+int dm_inject_armed(void) { return inject_times > 0; }
+
+int dm_injected(const char *call, int *err, long *result) {
+    if (inject_times <= 0 || strcmp(call, inject_call) != 0) return 0;
+    inject_times--;
+    *err = inject_err;
+    *result = inject_result;
+    return 1;
+}
+
+// ---------------------------------------------------------------------------
 // Guarded copies: a load or store through a file mapping whose page was
 // truncated away (by anyone, at any moment) is SIGBUS; one through this
 // process's anonymous memory that another thread unmapped or made

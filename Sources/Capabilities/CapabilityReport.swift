@@ -101,7 +101,7 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
     // MARK: probes
 
     static func probeOpen(_ body: () -> Int32) -> ProbeResult {
-        switch Syscall.probe(body) {
+        switch Syscall.probe("open", body) {
         case .success(let fd): close(fd); return .ok(nil)
         case .failure(let e): return .failed(e)
         }
@@ -186,7 +186,7 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
     static func probeMadvise(_ advice: Int32) -> ProbeResult {
         do {
             let region = try ScratchMapping.anonymous(length: Syscall.pageSize)
-            switch Syscall.probe({ madvise(region.base, region.length, advice) }) {
+            switch Syscall.probe("madvise", { madvise(region.base, region.length, advice) }) {
             case .success: return .ok(nil)
             case .failure(let e): return .failed(e)
             }

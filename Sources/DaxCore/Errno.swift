@@ -15,6 +15,8 @@ public struct Errno: Error, Equatable, Hashable, Sendable, CustomStringConvertib
 
     public static let EPERM = Errno(1), ENOENT = Errno(2), ESRCH = Errno(3), EINTR = Errno(4)
     public static let EIO = Errno(5), EBADF = Errno(9), EAGAIN = Errno(11), ENOMEM = Errno(12)
+    /// The same number as EAGAIN on Linux; the name flock(2) and non-blocking I/O document.
+    public static let EWOULDBLOCK = EAGAIN
     public static let EACCES = Errno(13), EFAULT = Errno(14), EBUSY = Errno(16), EEXIST = Errno(17)
     public static let ENOTDIR = Errno(20), EISDIR = Errno(21), EINVAL = Errno(22), ENOSPC = Errno(28)
     public static let ENOSYS = Errno(38), ELOOP = Errno(40), ENOTTY = Errno(25)

@@ -3,11 +3,10 @@ import Glibc
 #endif
 import CDaxShim
 
-/// Helpers for calling the kernel: EINTR retried and the error built in one
-/// place. Most of the modules' system calls go through them; some still
-/// call Glibc directly (VMAQuery's ioctl loop, SoftDirty's clear_refs, the
-/// CLI's write loop) — moving those behind one mockable layer, as
-/// swift-system's Mocking.swift does, is work still to do.
+/// The one layer system calls go through: EINTR retried, the error built in
+/// one place, and failures a test can inject (`inject`, per thread, as
+/// swift-system's Mocking.swift drives its syscalls) to reach error branches
+/// without provoking the kernel.
 public enum Syscall {
     /// Runs `body` until it stops failing with EINTR; throws on -1.
     /// `subject` (a path, usually interpolated) is built only for an error:
@@ -17,7 +16,14 @@ public enum Syscall {
         _ call: String, _ subject: @autoclosure () -> String? = nil, _ body: () -> T
     ) throws(SystemCallError) -> T {
         while true {
-            let rc = body()
+            let rc: T
+            if dm_inject_armed() != 0, let fake = injected(call) {
+                guard let e = fake.errno else { return T(fake.result) }
+                errno = e.rawValue
+                rc = -1
+            } else {
+                rc = body()
+            }
             if rc != -1 { return rc }
             let e = Errno.current
             if e == .EINTR { continue }
@@ -25,15 +31,44 @@ public enum Syscall {
         }
     }
 
-    /// The result of a call as `Result`, for probes that report rather than throw.
-    public static func probe<T: BinaryInteger>(_ body: () -> T) -> Result<T, Errno> {
+    /// A call that returns its error number instead of setting errno
+    /// (posix_fallocate, pthread_*): 0 or throws; EINTR retried.
+    public static func returningError(_ call: String, _ subject: @autoclosure () -> String? = nil,
+                                      _ body: () -> Int32) throws(SystemCallError) {
         while true {
-            let rc = body()
-            if rc != -1 { return .success(rc) }
-            let e = Errno.current
-            if e == .EINTR { continue }
-            return .failure(e)
+            var rc: Int32
+            if dm_inject_armed() != 0, let fake = injected(call) { rc = fake.errno?.rawValue ?? Int32(truncatingIfNeeded: fake.result) }
+            else { rc = body() }
+            if rc == EINTR { continue }
+            guard rc == 0 else { throw SystemCallError(call, subject(), errno: Errno(rc)) }
+            return
         }
+    }
+
+    /// The result of a call as `Result`, for probes that report rather than throw.
+    public static func probe<T: BinaryInteger>(_ call: String, _ body: () -> T) -> Result<T, Errno> {
+        do throws(SystemCallError) { return .success(try retrying(call, nil, body)) } catch { return .failure(error.errno) }
+    }
+
+    /// The calling thread's next `times` calls named `call` fail with `errno`.
+    public static func inject(_ call: String, _ errno: Errno, times: Int = 1) {
+        dm_inject(call, errno.rawValue, 0, Int32(times))
+    }
+
+    /// The calling thread's next `times` calls named `call` return `result`
+    /// without running (a short read: 0 is end of file).
+    public static func inject(_ call: String, result: Int, times: Int = 1) {
+        dm_inject(call, 0, result, Int32(times))
+    }
+
+    /// Nothing injected any more on this thread.
+    public static func clearInjection() { dm_inject(nil, 0, 0, 0) }
+
+    private static func injected(_ call: String) -> (errno: Errno?, result: Int)? {
+        var err: Int32 = 0
+        var result = 0
+        guard dm_injected(call, &err, &result) != 0 else { return nil }
+        return (err == 0 ? nil : Errno(err), result)
     }
 
     /// The base page size (one name for it: every page count in daxmirror is

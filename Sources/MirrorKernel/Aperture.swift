@@ -109,12 +109,11 @@ final class Aperture: @unchecked Sendable {
     private func preadAll(_ fd: Int32, _ fileOffset: UInt64, _ dst: UnsafeMutableRawPointer, _ count: Int) throws(MirrorError) {
         var done = 0
         while done < count {
-            let n = pread(fd, dst + done, count - done, off_t(fileOffset) + off_t(done))
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else {
-                throw MirrorError(n < 0 ? Errno.current : .EFAULT,
-                                  n < 0 ? "pread of the device read" : "offset \(fileOffset + UInt64(done)) is beyond the end of the file (truncated)")
-            }
+            let n: Int
+            do { n = try Syscall.retrying("pread") { pread(fd, dst + done, count - done, off_t(fileOffset) + off_t(done)) } }
+            catch { throw MirrorError(error.errno, "pread of the device read") }
+            // A short read is the end of the file: the rest was truncated away.
+            guard n > 0 else { throw MirrorError(.EFAULT, "offset \(fileOffset + UInt64(done)) is beyond the end of the file (truncated)") }
             done += n
         }
     }
@@ -139,9 +138,10 @@ final class Aperture: @unchecked Sendable {
         }
         var done = 0
         while done < count {
-            let n = pwrite(fd, src + done, count - done, off_t(fileOffset) + off_t(done))
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw MirrorError(n < 0 ? Errno.current : .EIO, "pwrite of the device write") }
+            let n: Int
+            do { n = try Syscall.retrying("pwrite") { pwrite(fd, src + done, count - done, off_t(fileOffset) + off_t(done)) } }
+            catch { throw MirrorError(error.errno, "pwrite of the device write") }
+            guard n > 0 else { throw MirrorError(.EIO, "pwrite of the device write wrote nothing") }
             done += n
         }
         if !isPersistentMemory && !onTmpfs { guard fdatasync(fd) == 0 else { throw MirrorError(Errno.current, "fdatasync of the device write") } }

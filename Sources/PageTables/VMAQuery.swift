@@ -42,9 +42,7 @@ public final class VMAQuery: @unchecked Sendable {
         var q = dm_procmap_query()
         q.size = UInt64(MemoryLayout<dm_procmap_query>.size)
         q.query_addr = address
-        while dm_procmap_query(maps.rawValue, &q) != 0 {
-            guard Errno.current == .EINTR || Errno.current == .EAGAIN else { return nil }
-        }
+        guard (try? query(&q)) != nil else { return nil }
         return q.vma_page_size
     }
 
@@ -69,16 +67,24 @@ public final class VMAQuery: @unchecked Sendable {
             q.size = UInt64(MemoryLayout<dm_procmap_query>.size)
             q.query_flags = DM_PROCMAP_QUERY_COVERING_OR_NEXT_VMA
             q.query_addr = at
-            if dm_procmap_query(maps.rawValue, &q) != 0 {
-                let e = Errno.current
-                if e == .ENOENT { break }  // nothing at or after `at`
-                if e == .EINTR || e == .EAGAIN { continue }
-                throw SystemCallError("ioctl(PROCMAP_QUERY)", "/proc/\(pid)/maps", errno: e)
-            }
+            do { try query(&q) } catch where error.errno == .ENOENT { break }  // nothing at or after `at`
             guard q.vma_start < end else { break }
             out.append(VMA(vma: q))
             guard q.vma_end > at else { break }  // cannot happen; never loop forever
             at = q.vma_end
+        }
+    }
+}
+
+extension VMAQuery {
+    /// One PROCMAP_QUERY, asked again while the kernel says EAGAIN (it could
+    /// not take the mmap lock without waiting).
+    private func query(_ q: inout dm_procmap_query) throws(SystemCallError) {
+        while true {
+            do {
+                try Syscall.retrying("ioctl(PROCMAP_QUERY)", "/proc/\(pid)/maps") { dm_procmap_query(maps.rawValue, &q) }
+                return
+            } catch where error.errno == .EAGAIN { continue }
         }
     }
 }

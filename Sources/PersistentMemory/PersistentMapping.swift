@@ -311,7 +311,7 @@ public final class PersistentMapping: @unchecked Sendable {
     /// filesystem and this process's file-size limit can hold.
     private static func prepare(fd: Int32, path: FilePath, size: Int, options: MapOptions, existed: Bool) throws(Failure) {
         var st = stat()
-        guard fstat(fd, &st) == 0 else { throw Failure.from(SystemCallError("fstat", path.description), doing: "create") }
+        do { try Syscall.retrying("fstat", path.description) { fstat(fd, &st) } } catch { throw Failure.from(error, doing: "create") }
         if st.st_mode & S_IFMT != S_IFREG { throw notAFile(path, "not a regular file") }
         try lock(fd: fd, path: path)
         if options.contains(.requirePersistentMemory), let why = notPersistentMemory(fd: fd) {
@@ -319,9 +319,7 @@ public final class PersistentMapping: @unchecked Sendable {
         }
         try checkLargestFile(fd: fd, path: path, size: size)
         if existed {
-            guard ftruncate(fd, 0) == 0 else {
-                throw Failure.from(SystemCallError("ftruncate", path.description), doing: "truncate")
-            }
+            do { try Syscall.retrying("ftruncate", path.description) { ftruncate(fd, 0) } } catch { throw Failure.from(error, doing: "truncate") }
         }
         try allocate(fd: fd, path: path, size: size, sparse: options.contains(.sparse))
         // A crash must not lose the file itself: make its size and its
@@ -332,11 +330,12 @@ public final class PersistentMapping: @unchecked Sendable {
     /// An exclusive advisory lock, held while the descriptor is open: one
     /// daxmirror at a time creates or overwrites a file.
     private static func lock(fd: Int32, path: FilePath) throws(Failure) {
-        guard flock(fd, LOCK_EX | LOCK_NB) != 0 else { return }
-        if errno == EWOULDBLOCK {
-            throw Failure(.busy, "\(path) is being created or overwritten by another process (it holds the file's lock); try again when it is done")
+        do { try Syscall.retrying("flock", path.description) { flock(fd, LOCK_EX | LOCK_NB) } } catch {
+            if error.errno == .EWOULDBLOCK {
+                throw Failure(.busy, "\(path) is being created or overwritten by another process (it holds the file's lock); try again when it is done")
+            }
+            throw Failure.from(error, doing: "lock")
         }
-        throw Failure.from(SystemCallError("flock", path.description), doing: "lock")
     }
 
     /// libpmem's verdict, foretold without mapping: PMEM_IS_PMEM_FORCE if
@@ -372,25 +371,24 @@ public final class PersistentMapping: @unchecked Sendable {
 
     private static func allocate(fd: Int32, path: FilePath, size: Int, sparse: Bool) throws(Failure) {
         if sparse {
-            guard ftruncate(fd, off_t(size)) == 0 else {
-                throw Failure.from(SystemCallError("ftruncate", path.description), doing: "size")
-            }
+            do { try Syscall.retrying("ftruncate", path.description) { ftruncate(fd, off_t(size)) } } catch { throw Failure.from(error, doing: "size") }
             return
         }
-        let rc = posix_fallocate(fd, 0, off_t(size))  // returns the error, not -1
-        if rc == Errno.ENOSPC.rawValue {
-            throw Failure(.noSpace, "not enough space for \(size) bytes at \(path); free space or use a smaller --size")
-        }
-        if rc != 0 {
-            throw Failure.from(SystemCallError("posix_fallocate", path.description, errno: Errno(rc)), doing: "allocate")
+        do { try Syscall.returningError("posix_fallocate", path.description) { posix_fallocate(fd, 0, off_t(size)) } } catch {
+            if error.errno == .ENOSPC {
+                throw Failure(.noSpace, "not enough space for \(size) bytes at \(path); free space or use a smaller --size")
+            }
+            throw Failure.from(error, doing: "allocate")
         }
     }
 
     private static func syncMetadata(fd: Int32, path: FilePath) throws(Failure) {
-        guard fsync(fd) == 0 else { throw Failure.from(SystemCallError("fsync", path.description), doing: "sync") }
         let parent = path.parent
-        let dfd = try Failure.wrapping("sync") { () throws(SystemCallError) in try OwnedFD.open(parent, O_RDONLY | O_DIRECTORY) }
-        guard fsync(dfd.rawValue) == 0 else { throw Failure.from(SystemCallError("fsync", parent.description), doing: "sync") }
+        try Failure.wrapping("sync") { () throws(SystemCallError) in
+            try Syscall.retrying("fsync", path.description) { fsync(fd) }
+            let dfd = try OwnedFD.open(parent, O_RDONLY | O_DIRECTORY)
+            try Syscall.retrying("fsync", parent.description) { fsync(dfd.rawValue) }
+        }
     }
 
     private static func checkSpace(path: FilePath, size: Int, reclaimable: Int = 0) throws(Failure) {

@@ -62,7 +62,7 @@ extension Userfaultfd {
                              _ body: (UserfaultfdEvent) throws(SystemCallError) -> Void) throws(SystemCallError) -> Int {
         let size = Int(DM_UFFD_MSG_SIZE)
         let n: Int
-        switch Syscall.probe({ read(fd.rawValue, buffer.baseAddress, buffer.count - buffer.count % size) }) {
+        switch Syscall.probe("read", { read(fd.rawValue, buffer.baseAddress, buffer.count - buffer.count % size) }) {
         case .success(let got): n = got
         case .failure(.EAGAIN): return 0
         case .failure(let e): throw SystemCallError("read", "userfaultfd", errno: e)

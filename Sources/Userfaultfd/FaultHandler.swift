@@ -44,10 +44,10 @@ public final class FaultHandler: @unchecked Sendable {
             while true {
                 fds[0].revents = 0
                 fds[1].revents = 0
-                let n = poll(&fds, 2, -1)  // the eventfd is the wake-up: no timeout needed
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    onError(SystemCallError("poll", "userfaultfd"))
+                do throws(SystemCallError) {
+                    try Syscall.retrying("poll", "userfaultfd") { poll(&fds, 2, -1) }  // the eventfd is the wake-up: no timeout needed
+                } catch {
+                    onError(error)
                     return
                 }
                 if fds[1].revents != 0 { return }

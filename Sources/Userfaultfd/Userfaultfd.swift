@@ -63,12 +63,12 @@ public final class Userfaultfd: @unchecked Sendable {
         let base = O_CLOEXEC | (nonBlocking ? O_NONBLOCK : 0)
         var attempts: [(UserfaultfdSource, Errno)] = []
         if !userModeOnly {
-            switch Syscall.probe({ dm_userfaultfd(base) }) {
+            switch Syscall.probe("userfaultfd", { dm_userfaultfd(base) }) {
             case .success(let fd): return (OwnedFD(fd), .syscall)
             case .failure(let e): attempts.append((.syscall, e))
             }
         }
-        switch Syscall.probe({ dm_userfaultfd(base | DM_UFFD_USER_MODE_ONLY) }) {
+        switch Syscall.probe("userfaultfd", { dm_userfaultfd(base | DM_UFFD_USER_MODE_ONLY) }) {
         case .success(let fd): return (OwnedFD(fd), .syscallUserModeOnly)
         case .failure(let e): attempts.append((.syscallUserModeOnly, e))
         }
@@ -83,7 +83,7 @@ public final class Userfaultfd: @unchecked Sendable {
     public static func openDevice(flags: Int32) -> Result<OwnedFD, Errno> {
         let dev: OwnedFD
         do { dev = try OwnedFD.open("/dev/userfaultfd", O_RDWR) } catch { return .failure(error.errno) }
-        return Syscall.probe({ dm_userfaultfd_dev_new(dev.rawValue, flags) }).map(OwnedFD.init)
+        return Syscall.probe("ioctl(USERFAULTFD_IOC_NEW)", { dm_userfaultfd_dev_new(dev.rawValue, flags) }).map(OwnedFD.init)
     }
 
     /// Every feature this kernel offers: UFFDIO_API with none requested

@@ -119,9 +119,9 @@ func writeAll(_ fd: Int32, _ s: String) -> Errno? {
 func writeAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer) -> Errno? {
     var done = 0
     while done < buf.count {
-        let n = Glibc.write(fd, buf.baseAddress! + done, buf.count - done)
-        if n < 0 && errno == EINTR { continue }
-        if n < 0 { return Errno.current }
+        let n: Int
+        do { n = try Syscall.retrying("write") { Glibc.write(fd, buf.baseAddress! + done, buf.count - done) } }
+        catch { return error.errno }
         if n == 0 { return .EIO }
         done += n
     }

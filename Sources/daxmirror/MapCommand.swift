@@ -172,12 +172,12 @@ struct MapCommand: ParsableCommand {
     /// guarded store says it instead.
     private func fillPiece(_ map: PersistentMapping, _ p: UnsafeMutableRawPointer, _ n: Int, _ byte: UInt8) throws {
         let noRoom = Failure(.noSpace, "no room for \(map.length) bytes in \(path): --fill writes every block (free space on its filesystem, or map a smaller --size)")
-        while madvise(p, n, DM_MADV_POPULATE_WRITE) != 0 {
-            let e = Errno.current
-            if e == .EINTR { continue }
-            if e == .EFAULT || e == .ENOSPC || e == .ENOMEM { throw noRoom }
-            if e == .EINVAL { break }
-            throw Failure.from(SystemCallError("madvise(MADV_POPULATE_WRITE)", path.description, errno: e), doing: "fill")
+        do { try Syscall.retrying("madvise(MADV_POPULATE_WRITE)", path.description) { madvise(p, n, DM_MADV_POPULATE_WRITE) } } catch {
+            switch error.errno {
+            case .EFAULT, .ENOSPC, .ENOMEM: throw noRoom
+            case .EINVAL: break  // before 5.14: the guarded store below says it
+            default: throw Failure.from(error, doing: "fill")
+            }
         }
         guard dm_fill_guarded(p, Int32(byte), n) == 0 else { throw noRoom }
     }
@@ -214,7 +214,7 @@ struct MapCommand: ParsableCommand {
 
     /// MADV_POPULATE_READ, or one load a page on kernels before 5.14 (said).
     private func populate(_ p: UnsafeMutableRawPointer, _ n: Int) throws -> String {
-        switch Syscall.probe({ madvise(p, n, DM_MADV_POPULATE_READ) }) {
+        switch Syscall.probe("madvise", { madvise(p, n, DM_MADV_POPULATE_READ) }) {
         case .success: return "madv_populate_read"
         case .failure(.EINVAL):
             var sum: UInt8 = 0

@@ -119,10 +119,10 @@ struct RunCommand: ParsableCommand {
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
-            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 && errno == EAGAIN { waitReadable(fd); continue }  // a FIFO opened O_NONBLOCK
-            if n < 0 { throw Failure.from(SystemCallError("read", name), doing: "read scenario") }
+            let n: Int
+            do { n = try Syscall.retrying("read", name) { chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) } } }
+            catch where error.errno == .EAGAIN { waitReadable(fd); continue }  // a FIFO opened O_NONBLOCK
+            catch { throw Failure.from(error, doing: "read scenario") }
             if n == 0 { break }
             guard bytes.count + n <= Self.largestScenario else {
                 throw Failure(.invalidArgument, "scenario \(name) is larger than \(Self.largestScenario >> 20) MiB: split it")

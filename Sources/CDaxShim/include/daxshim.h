@@ -364,6 +364,20 @@ int dm_hmm_write(int fd, struct dm_hmm_dmirror_cmd *cmd);
 int dm_hmm_snapshot(int fd, struct dm_hmm_dmirror_cmd *cmd);
 
 // ---------------------------------------------------------------------------
+// Failure injection (daxshim.c), swift-system's Mocking.swift idea: a test
+// makes the calling thread's next `times` system calls named `call` that go
+// through DaxCore's `Syscall` layer fail with `err` — or, with `err` 0,
+// return `result` without running (a short read, an EOF) — so error branches
+// are driven without filling a filesystem. Per thread: tests running in
+// parallel never see another's. dm_inject_armed is one thread-local load,
+// all an unarmed call costs.
+// ---------------------------------------------------------------------------
+void dm_inject(const char *call, int err, long result, int times);
+int dm_inject_armed(void);
+/// 1 (with *err and *result set) if this call is to be faked, else 0.
+int dm_injected(const char *call, int *err, long *result);
+
+// ---------------------------------------------------------------------------
 // Guarded copies (daxshim.c): memcpy / memset through a mapping that may meet
 // a page truncated away (SIGBUS) or unmapped or made inaccessible by another
 // thread (SIGSEGV). 0, or -1 with errno EFAULT where the access got either
