@@ -74,17 +74,19 @@ extension DeviceMirror {
             fresh = false
             // The usable entries from `pos`, copied in runs of contiguous
             // bytes (a zero-page entry reads as zeros without a copy).
+            // One lookup per entry, not per page: a PMD entry is 512 pages.
             var vpn = pos
             var runStart = max(address, pos * pageSize), runEnd = runStart
-            while vpn < e, let (entry, _) = table.lookup(vpn), !write || entry.writable {
-                let lo = max(address, vpn * pageSize), hi = min(end, (vpn + 1) * pageSize)
+            while vpn < e, let (entry, index) = table.lookup(vpn), !write || entry.writable {
+                let next = min(vpn - index + entry.pages, e)
+                let lo = max(address, vpn * pageSize), hi = min(end, next * pageSize)
                 if !write && entry.zero {
                     try copy(runStart, runEnd, buffer, address, write: write)
                     (buffer + Int(lo - address)).initializeMemory(as: UInt8.self, repeating: 0, count: Int(hi - lo))
                     runStart = hi
                 }
                 runEnd = hi
-                vpn += 1
+                vpn = next
             }
             try copy(runStart, runEnd, buffer, address, write: write)
             // A fault that left the same page missing raced with an
