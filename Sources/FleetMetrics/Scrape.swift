@@ -57,13 +57,13 @@ public struct Scrape {
         processes(pids, inventory, daxMounts, registry)
         kernel(registry)
         for reason in ErrorReason.allCases {
-            registry.makeCounter(name: "daxmirror_scrape_errors_total", labels: [("reason", reason.rawValue)],
+            registry.counter("daxmirror_scrape_errors_total", labels: [("reason", reason.rawValue)],
                                  help: "Processes whose mappings could not be read (vanished mid-scrape, no permission, other), since the scraper started")
                 .increment(by: Int64(errors[reason] ?? 0))
         }
-        registry.makeGauge(name: "daxmirror_scrape_processes", help: "Processes looked at by the last scrape")
+        registry.gauge("daxmirror_scrape_processes", help: "Processes looked at by the last scrape")
             .set(to: Double(processesSeen))
-        registry.makeGauge(name: "daxmirror_scrape_duration_seconds", help: "How long the scrape took")
+        registry.gauge("daxmirror_scrape_duration_seconds", help: "How long the scrape took")
             .set(to: monotonicSeconds() - started)
         return registry.emitToBuffer()
     }
@@ -75,28 +75,28 @@ public struct Scrape {
         for bus in inventory.buses {
             for r in bus.regions {
                 let labels = [("bus", bus.dev), ("region", r.dev)]
-                registry.makeGauge(name: "daxmirror_region_info",
+                registry.gauge("daxmirror_region_info",
                                    labels: labels + [("provider", bus.provider), ("type", r.type),
                                                      ("persistence_domain", r.persistenceDomain),
                                                      ("persistence", r.persistence.rawValue)],
                                    help: "A pmem region (1): its bus provider, type, persistence domain, and what backs it (nvdimm, emulated-nvdimm, memmap-ram: lost at power-off)")
                     .set(to: 1)
-                registry.makeGauge(name: "daxmirror_region_size_bytes", labels: labels, help: "Size of the region")
+                registry.gauge("daxmirror_region_size_bytes", labels: labels, help: "Size of the region")
                     .set(to: Double(r.size))
-                registry.makeGauge(name: "daxmirror_region_available_size_bytes", labels: labels,
+                registry.gauge("daxmirror_region_available_size_bytes", labels: labels,
                                    help: "Space in the region not used by any namespace").set(to: Double(r.availableSize))
                 if let survives = r.persistence.survivesPowerOff {
-                    registry.makeGauge(name: "daxmirror_region_survives_power_off", labels: labels,
+                    registry.gauge("daxmirror_region_survives_power_off", labels: labels,
                                        help: "1 if the region's contents survive a power-off, 0 if they are lost (memmap= RAM); absent where it depends on a hypervisor's backing")
                         .set(to: survives ? 1 : 0)
                 }
                 for ns in r.namespaces {
                     let nl = labels + [("namespace", ns.dev), ("mode", ns.mode),
                                        ("blockdev", ns.blockdev ?? ""), ("chardev", ns.chardev ?? "")]
-                    registry.makeGauge(name: "daxmirror_namespace_size_bytes", labels: nl, help: "Usable size of the namespace")
+                    registry.gauge("daxmirror_namespace_size_bytes", labels: nl, help: "Usable size of the namespace")
                         .set(to: Double(ns.size))
                     if let a = ns.align {
-                        registry.makeGauge(name: "daxmirror_namespace_align_bytes", labels: nl,
+                        registry.gauge("daxmirror_namespace_align_bytes", labels: nl,
                                            help: "Alignment of the namespace's mappings (2 MiB: PMDs, 1 GiB: PUDs)").set(to: Double(a))
                     }
                 }
@@ -108,21 +108,21 @@ public struct Scrape {
                 let labels = [("bus", bus.dev), ("dimm", d.dev)]
                 if let s = h.state {
                     for state in ["ok", "non-critical", "critical", "fatal"] {
-                        registry.makeGauge(name: "daxmirror_dimm_health_state", labels: labels + [("state", state)],
+                        registry.gauge("daxmirror_dimm_health_state", labels: labels + [("state", state)],
                                            help: "1 for the DIMM's SMART health state, 0 for the others")
                             .set(to: s == state ? 1 : 0)
                     }
                 }
                 if let t = h.temperatureCelsius {
-                    registry.makeGauge(name: "daxmirror_dimm_temperature_celsius", labels: labels, help: "Media temperature (SMART)")
+                    registry.gauge("daxmirror_dimm_temperature_celsius", labels: labels, help: "Media temperature (SMART)")
                         .set(to: t)
                 }
                 if let s = h.sparesPercent {
-                    registry.makeGauge(name: "daxmirror_dimm_spares_ratio", labels: labels, help: "Spare blocks left, 0 to 1 (SMART)")
+                    registry.gauge("daxmirror_dimm_spares_ratio", labels: labels, help: "Spare blocks left, 0 to 1 (SMART)")
                         .set(to: Double(s) / 100)
                 }
                 if let u = h.lifeUsedPercent {
-                    registry.makeGauge(name: "daxmirror_dimm_life_used_ratio", labels: labels, help: "Rated life used, 0 to 1 (SMART)")
+                    registry.gauge("daxmirror_dimm_life_used_ratio", labels: labels, help: "Rated life used, 0 to 1 (SMART)")
                         .set(to: Double(u) / 100)
                 }
             }
@@ -133,7 +133,7 @@ public struct Scrape {
 
     private func mounts(_ daxMounts: [MountEntry], _ registry: PrometheusCollectorRegistry) {
         for m in daxMounts {
-            registry.makeGauge(name: "daxmirror_dax_mount_info",
+            registry.gauge("daxmirror_dax_mount_info",
                                labels: [("device", m.source), ("mountpoint", m.mountPoint), ("fstype", m.fsType),
                                         ("dax", m.daxMode.rawValue)],
                                help: "A filesystem mounted with DAX (1): its device, filesystem and dax= mode")
@@ -213,17 +213,17 @@ public struct Scrape {
 
     /// One mapping's series: mapped always; present, PUD or PMD bytes where known.
     private func report(_ m: Mapping, labels: [(String, String)], _ registry: PrometheusCollectorRegistry) {
-        registry.makeGauge(name: "daxmirror_process_mapped_bytes", labels: labels,
+        registry.gauge("daxmirror_process_mapped_bytes", labels: labels,
                            help: "Bytes of a DAX file or device-dax a process maps").set(to: Double(m.mapped))
         guard let present = m.present else { return }
-        registry.makeGauge(name: "daxmirror_process_present_bytes", labels: labels,
+        registry.gauge("daxmirror_process_present_bytes", labels: labels,
                            help: "Of those, bytes with a page table entry now (pagemap)").set(to: Double(present))
         if m.pud {
-            registry.makeGauge(name: "daxmirror_process_pud_mapped_bytes", labels: labels,
+            registry.gauge("daxmirror_process_pud_mapped_bytes", labels: labels,
                                help: "Bytes of device-dax aligned to 1 GiB, which the kernel maps only in 1 GiB PUD entries")
                 .set(to: Double(m.mapped))
         } else if let huge = m.huge {
-            registry.makeGauge(name: "daxmirror_process_pmd_mapped_bytes", labels: labels,
+            registry.gauge("daxmirror_process_pmd_mapped_bytes", labels: labels,
                                help: "Bytes mapped in 2 MiB PMD entries (PAGEMAP_SCAN; absent on kernels without it)")
                 .set(to: Double(huge))
         }
@@ -252,7 +252,7 @@ public struct Scrape {
     // MARK: - the kernel
 
     private func kernel(_ registry: PrometheusCollectorRegistry) {
-        registry.makeGauge(name: "daxmirror_kernel_info",
+        registry.gauge("daxmirror_kernel_info",
                            labels: [("release", offer.release), ("uffd_features", offer.userfaultfdFeatures),
                                     ("pagemap_scan", offer.pagemapScan ? "yes" : "no"),
                                     ("procmap_query", offer.procmapQuery ? "yes" : "no"),
@@ -294,5 +294,20 @@ public struct KernelOffer: Sendable {
         return KernelOffer(release: Syscall.kernelRelease, userfaultfdFeatures: features,
                            pagemapScan: PagemapScanSupport.available, procmapQuery: procmap,
                            softDirty: SoftDirty.available)
+    }
+}
+
+extension PrometheusCollectorRegistry {
+    /// A gauge by its whole name (ours carry their unit: `_bytes`,
+    /// `_seconds`), through swift-prometheus's descriptor.
+    func gauge(_ name: String, labels: [(String, String)] = [], help: String) -> Gauge {
+        let d = MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
+        return labels.isEmpty ? makeGauge(descriptor: d) : makeGauge(descriptor: d, labels: labels)
+    }
+
+    /// A counter by its whole name (`_total` included).
+    func counter(_ name: String, labels: [(String, String)] = [], help: String) -> Counter {
+        let d = MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
+        return labels.isEmpty ? makeCounter(descriptor: d) : makeCounter(descriptor: d, labels: labels)
     }
 }

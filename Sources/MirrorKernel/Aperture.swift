@@ -107,13 +107,21 @@ final class Aperture: @unchecked Sendable {
     }
 
     private func preadAll(_ fd: Int32, _ fileOffset: UInt64, _ dst: UnsafeMutableRawPointer, _ count: Int) throws(MirrorError) {
+        // Nothing read is the end of the file: the rest was truncated away.
+        try Self.transferAll("pread", count, nothing: { MirrorError(.EFAULT, "offset \(fileOffset + UInt64($0)) is beyond the end of the file (truncated)") }) {
+            pread(fd, dst + $0, count - $0, off_t(fileOffset) + off_t($0))
+        }
+    }
+
+    /// All `count` bytes through `call` (pread, pwrite), `body` given the
+    /// bytes done so far; a call that moves nothing ends it with `nothing`.
+    private static func transferAll(_ call: String, _ count: Int, nothing: (Int) -> MirrorError,
+                                    _ body: (Int) -> Int) throws(MirrorError) {
         var done = 0
         while done < count {
             let n: Int
-            do { n = try Syscall.retrying("pread") { pread(fd, dst + done, count - done, off_t(fileOffset) + off_t(done)) } }
-            catch { throw MirrorError(error.errno, "pread of the device read") }
-            // A short read is the end of the file: the rest was truncated away.
-            guard n > 0 else { throw MirrorError(.EFAULT, "offset \(fileOffset + UInt64(done)) is beyond the end of the file (truncated)") }
+            do { n = try Syscall.retrying(call) { body(done) } } catch { throw MirrorError(error.errno, "\(call) of the device access") }
+            guard n > 0 else { throw nothing(done) }
             done += n
         }
     }
@@ -136,13 +144,8 @@ final class Aperture: @unchecked Sendable {
         guard fileOffset + UInt64(count) <= UInt64(st.st_size) else {
             throw MirrorError(.EFAULT, "offset \(fileOffset)+\(count) is beyond the end of the file (\(st.st_size) bytes: truncated)")
         }
-        var done = 0
-        while done < count {
-            let n: Int
-            do { n = try Syscall.retrying("pwrite") { pwrite(fd, src + done, count - done, off_t(fileOffset) + off_t(done)) } }
-            catch { throw MirrorError(error.errno, "pwrite of the device write") }
-            guard n > 0 else { throw MirrorError(.EIO, "pwrite of the device write wrote nothing") }
-            done += n
+        try Self.transferAll("pwrite", count, nothing: { _ in MirrorError(.EIO, "pwrite of the device write wrote nothing") }) {
+            pwrite(fd, src + $0, count - $0, off_t(fileOffset) + off_t($0))
         }
         if !isPersistentMemory && !onTmpfs { guard fdatasync(fd) == 0 else { throw MirrorError(Errno.current, "fdatasync of the device write") } }
     }
