@@ -104,8 +104,16 @@ extension DeviceMirror {
                 table.insert(DeviceEntry(pfn: p.pfn - (vpn - span), order: 9, writable: w, zero: p.zero), at: span)
                 vpn = span + 512
             } else {
-                table.insert(DeviceEntry(pfn: p.pfn, writable: w, zero: p.zero), at: vpn)
-                vpn += 1
+                // Present 4 KiB pages to the end of this 2 MiB span: one table
+                // update for the run.
+                let spanEnd = min((vpn & ~511) + 512, e)
+                var runEnd = vpn + 1
+                while runEnd < spanEnd, case let q = cpu[Int(runEnd - hullStart)], q.state == .present, q.order == 0 { runEnd += 1 }
+                table.insertPTEs(vpn, runEnd) { v in
+                    let q = cpu[Int(v - hullStart)]
+                    return DeviceEntry(pfn: q.pfn, writable: write || self.cpuWritable(q, deviceWritable: false), zero: q.zero)
+                }
+                vpn = runEnd
             }
         }
     }

@@ -77,6 +77,29 @@ public final class DeviceTable: @unchecked Sendable {
         mirroredPages += entry.pages
     }
 
+    /// Stores 4 KiB entries for the pages [lo, hi) of one 2 MiB span (`entry`
+    /// nil: that page gets none), replacing what the span held there: one
+    /// hash lookup for the span, not three a page as `insert` takes.
+    public func insertPTEs(_ lo: UInt64, _ hi: UInt64, _ entry: (UInt64) -> DeviceEntry?) {
+        guard lo < hi else { return }
+        precondition(lo >> Self.pmdShift == (hi - 1) >> Self.pmdShift, "a run of PTEs within one 2 MiB span")
+        remove(lo, hi)
+        let key = lo >> Self.pmdShift
+        let block: PTEBlock
+        if case .ptes(let b)? = pmds[key] { block = b } else { block = PTEBlock() }
+        let before = block.used
+        for vpn in lo..<hi {
+            guard let e = entry(vpn) else { continue }
+            precondition(e.order == 0, "insertPTEs takes 4 KiB entries")
+            block.slots[Int(vpn & 511)] = e.packed
+            block.used += 1
+        }
+        let added = block.used - before
+        entryCount += added
+        mirroredPages += UInt64(added)
+        if before == 0 && added > 0 { pmds[key] = .ptes(block) }
+    }
+
     /// Removes every page in [startVPN, endVPN); huge entries that straddle a
     /// bound are split so the pages outside the range stay mirrored (what a
     /// partial invalidation of a huge mapping leaves). Returns pages removed.

@@ -17,6 +17,35 @@ struct DeviceTableTests {
         #expect(t.lookup((0x12345 << 9) - 1) == nil)
     }
 
+    /// A run of 4 KiB entries stored at once leaves the table exactly as the
+    /// same entries stored one by one: over empty spans, existing PTEs, a
+    /// PMD it splits and a PUD it cuts into, with holes in the run.
+    @Test func aRunOfPTEsEqualsThePagesOneByOne() {
+        var rng = SystemRandomNumberGenerator()
+        for round in 0..<100 {
+            let (a, b) = (DeviceTable(), DeviceTable())
+            let base: UInt64 = 5 << 18
+            for t in [a, b] {
+                t.insert(DeviceEntry(pfn: 0x200000, order: 18, writable: true), at: base)
+                t.insert(DeviceEntry(pfn: 0x90000, order: 9, writable: false), at: base + (1 << 18))
+                for v in UInt64(0)..<40 { t.insert(DeviceEntry(pfn: 0x7000 + v, writable: v % 2 == 0), at: base + (1 << 18) + 512 + v * 3) }
+            }
+            let span = base + UInt64.random(in: 0..<(1 << 9) + 3, using: &rng) * 512
+            let lo = span + UInt64.random(in: 0..<512, using: &rng), hi = lo + UInt64.random(in: 1...(span + 512 - lo), using: &rng)
+            func entry(_ v: UInt64) -> DeviceEntry? { v % 7 == 3 ? nil : DeviceEntry(pfn: 0x5_0000 + v, writable: v % 3 == 0, zero: v % 11 == 0) }
+            a.insertPTEs(lo, hi, entry)
+            for v in lo..<hi {
+                if let e = entry(v) { b.insert(e, at: v) } else { b.remove(v, v + 1) }
+            }
+            // Pages the run leaves without an entry it removes, as insertPTEs does.
+            #expect(a.entryCount == b.entryCount && a.mirroredPages == b.mirroredPages, "round \(round): \(lo)-\(hi)")
+            for v in (lo - min(lo - base, 600))..<(hi + 600) where a.lookup(v).map({ $0.entry.pfn(at: $0.index) }) != b.lookup(v).map({ $0.entry.pfn(at: $0.index) }) {
+                Issue.record("round \(round): page \(v - base) differs")
+                break
+            }
+        }
+    }
+
     @Test func partialRemovalSplitsAHugeEntry() {
         let t = DeviceTable()
         let base: UInt64 = 7 << 9
