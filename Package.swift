@@ -4,7 +4,8 @@ import PackageDescription
 // Modules by concern (see README "Layout"):
 //   CDaxShim        thin C shim: ioctls, uffd/PAGEMAP_SCAN structs, MAP_SYNC, statx, guarded copies
 //   CPmem, CNdctl, CDaxctl   system libraries found with pkg-config
-//   DaxCore         errno, failures and exit causes, syscalls, file paths as bytes, JSON, inert text
+//   DaxCore         errno, failures and exit causes, the one system-call layer (failures injectable per
+//                   thread), the memory kind, file paths as bytes, JSON, inert text
 //   DaxDetection    is this path on DAX? (mountinfo, statx, sysfs)
 //   PageTables      the kernel's page-table truth (pagemap, PAGEMAP_SCAN, smaps, maps, PROCMAP_QUERY)
 //   Userfaultfd     typed userfaultfd
