@@ -170,6 +170,9 @@ final class Aperture: @unchecked Sendable {
         guard e == .EFAULT, let at = dm_guard_fault_address() else {
             return MirrorError(e, "device \(what) of 0x\(String(address, radix: 16)): the copy's signal guard is unavailable")
         }
-        return MirrorError(.EFAULT, "device \(what) of 0x\(String(address, radix: 16)): the page at 0x\(String(UInt(bitPattern: at), radix: 16)) was unmapped or protected meanwhile")
+        // The page, not the byte: where in it the copy faulted is memcpy's
+        // choice (from the end, under emulation).
+        let page = UInt64(UInt(bitPattern: at)) & ~(Syscall.pageBytes - 1)
+        return MirrorError(.EFAULT, "device \(what) of 0x\(String(address, radix: 16)): the page at 0x\(String(page, radix: 16)) was unmapped or protected meanwhile")
     }
 }
