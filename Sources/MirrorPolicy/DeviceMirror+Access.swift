@@ -125,10 +125,8 @@ extension DeviceMirror {
         guard table.entryCount > 0 else { return }
         // Only the pages from the first entry to the last are read: a miss
         // leaves the rest to its range fault, which reads them anyway.
-        var lo = s, hi = e
-        while lo < hi && table.lookup(lo) == nil { lo += 1 }
-        while hi > lo && table.lookup(hi - 1) == nil { hi -= 1 }
-        guard lo < hi else { return }
+        guard let (lo, last) = table.occupied(s, e) else { return }
+        let hi = last + 1
         let origin: UInt64
         if let given { pageScratch = given; origin = s } else {
             try readTruth(lo, hi, vmas, detail: .presence, into: &pageScratch)

@@ -187,6 +187,39 @@ public final class DeviceTable: @unchecked Sendable {
         insert(e, at: vpn)
     }
 
+    /// The first and last pages of [startVPN, endVPN) that have an entry, nil
+    /// if none: a lookup per 2 MiB slot (or per stored slot, for a sparse
+    /// table and a long range), not per page.
+    public func occupied(_ startVPN: UInt64, _ endVPN: UInt64) -> (first: UInt64, last: UInt64)? {
+        guard startVPN < endVPN, entryCount > 0 else { return nil }
+        if !puds.isEmpty {
+            // Rare (device-dax in 1 GiB entries): the plain way.
+            var lo = startVPN, hi = endVPN
+            while lo < hi && lookup(lo) == nil { lo += 1 }
+            while hi > lo && lookup(hi - 1) == nil { hi -= 1 }
+            return lo < hi ? (lo, hi - 1) : nil
+        }
+        let firstKey = startVPN >> Self.pmdShift, lastKey = (endVPN - 1) >> Self.pmdShift
+        let keys: [UInt64] = lastKey - firstKey > UInt64(pmds.count) * 4
+            ? pmds.keys.filter { $0 >= firstKey && $0 <= lastKey }.sorted()
+            : Array(firstKey...lastKey)
+        func pages(_ key: UInt64) -> (UInt64, UInt64)? {
+            let base = key << Self.pmdShift
+            let lo = max(startVPN, base), hi = min(endVPN, base + 512)
+            switch pmds[key] {
+            case .huge?: return (lo, hi - 1)
+            case .ptes(let block)?:
+                guard let f = (lo..<hi).first(where: { block.slots[Int($0 & 511)] != 0 }),
+                      let l = (lo..<hi).reversed().first(where: { block.slots[Int($0 & 511)] != 0 }) else { return nil }
+                return (f, l)
+            case nil: return nil
+            }
+        }
+        guard let first = keys.lazy.compactMap(pages).first,
+              let last = keys.reversed().lazy.compactMap(pages).first else { return nil }
+        return (first.0, last.1)
+    }
+
     /// Every entry overlapping [startVPN, endVPN), with the VPN its span starts at.
     public func entries(_ startVPN: UInt64, _ endVPN: UInt64) -> [(vpn: UInt64, entry: DeviceEntry)] {
         guard startVPN < endVPN, entryCount > 0 else { return [] }

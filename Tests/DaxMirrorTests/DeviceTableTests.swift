@@ -46,6 +46,31 @@ struct DeviceTableTests {
         }
     }
 
+    /// The first and last mirrored pages of a range, found a slot at a time,
+    /// are the ones a page-by-page lookup finds (sparse and dense tables,
+    /// PMD and PTE entries, ranges long enough to take the sparse path).
+    @Test func occupiedFindsWhatLookingUpEveryPageFinds() {
+        var rng = SystemRandomNumberGenerator()
+        for round in 0..<60 {
+            let t = DeviceTable()
+            let base: UInt64 = 9 << 18
+            for _ in 0..<Int.random(in: 0..<12, using: &rng) {
+                let slot = base + UInt64.random(in: 0..<64, using: &rng) * 512
+                if Bool.random(using: &rng) {
+                    t.insert(DeviceEntry(pfn: 0x40000, order: 9, writable: true), at: slot)
+                } else {
+                    t.insert(DeviceEntry(pfn: 0x1234, writable: false), at: slot + UInt64.random(in: 0..<512, using: &rng))
+                }
+            }
+            let s = base + UInt64.random(in: 0..<(64 * 512), using: &rng)
+            let e = s + UInt64.random(in: 1...(64 * 512), using: &rng)
+            let pages = (s..<e).filter { t.lookup($0) != nil }
+            let want = pages.first.map { ($0, pages.last!) }
+            let got = t.occupied(s, e)
+            #expect(got?.first == want?.0 && got?.last == want?.1, "round \(round): \(String(describing: got)) vs \(String(describing: want))")
+        }
+    }
+
     @Test func partialRemovalSplitsAHugeEntry() {
         let t = DeviceTable()
         let base: UInt64 = 7 << 9
