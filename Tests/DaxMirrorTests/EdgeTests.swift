@@ -434,8 +434,7 @@ struct ScriptLibraryTests {
     @Test func onlyTheExactOptionIsDAX() throws {
         let dir = try ScratchDirectory()
         let lib = CLI.buildDirectory.appendingPathComponent("../../../Scripts/lib.sh").standardizedFileURL.path
-        let probe = try FileManager.default.createDirectory(atPath: dir.file("m"), withIntermediateDirectories: false)
-        _ = probe
+        try FileManager.default.createDirectory(atPath: dir.file("m"), withIntermediateDirectories: false)
         let mountPoint = URL(fileURLWithPath: dir.file("m")).resolvingSymlinksInPath().path
         for (options, dax) in [("rw,dax", true), ("rw,relatime,dax=always", true), ("dax=never", false),
                                ("rw,nodax,relatime", false), ("rw,daxfoo", false), ("rw,dax=inode", false), ("rw", false)] {
