@@ -200,9 +200,6 @@ public final class DeviceTable: @unchecked Sendable {
             return lo < hi ? (lo, hi - 1) : nil
         }
         let firstKey = startVPN >> Self.pmdShift, lastKey = (endVPN - 1) >> Self.pmdShift
-        let keys: [UInt64] = lastKey - firstKey > UInt64(pmds.count) * 4
-            ? pmds.keys.filter { $0 >= firstKey && $0 <= lastKey }.sorted()
-            : Array(firstKey...lastKey)
         func pages(_ key: UInt64) -> (UInt64, UInt64)? {
             let base = key << Self.pmdShift
             let lo = max(startVPN, base), hi = min(endVPN, base + 512)
@@ -215,9 +212,22 @@ public final class DeviceTable: @unchecked Sendable {
             case nil: return nil
             }
         }
-        guard let first = keys.lazy.compactMap(pages).first,
-              let last = keys.reversed().lazy.compactMap(pages).first else { return nil }
-        return (first.0, last.1)
+        // A device access asks this on every hit: no allocation on the dense
+        // path (the sparse one, a long range over few slots, sorts their keys).
+        if lastKey - firstKey > UInt64(pmds.count) * 4 {
+            let keys = pmds.keys.filter { $0 >= firstKey && $0 <= lastKey }.sorted()
+            guard let first = keys.lazy.compactMap(pages).first,
+                  let last = keys.reversed().lazy.compactMap(pages).first else { return nil }
+            return (first.0, last.1)
+        }
+        var key = firstKey
+        var first: (UInt64, UInt64)?
+        while key <= lastKey, first == nil { first = pages(key); key += 1 }
+        guard let first else { return nil }
+        key = lastKey
+        var last = pages(key)
+        while last == nil, key > firstKey { key -= 1; last = pages(key) }
+        return (first.0, (last ?? first).1)
     }
 
     /// Every entry overlapping [startVPN, endVPN), with the VPN its span starts at.
