@@ -12,9 +12,6 @@ public enum MemoryKind: String, Sendable, CaseIterable {
     /// A device-dax character device (/dev/daxX.Y): no filesystem.
     case devdax
 
-    /// The word the scenario language and JSON answers use.
-    public var word: String { rawValue }
-
     /// As a person reads it ("anonymous", not "anon").
     public var displayName: String { self == .anonymous ? "anonymous" : rawValue }
 }

@@ -111,7 +111,7 @@ public struct Inspection: Sendable {
         if state == "Z" || state == "X" {
             throw Failure(.processGone, "process \(pid) has exited (a zombie its parent has not reaped yet): it has no memory left to inspect")
         }
-        if flags & ExitWatch.exitingFlag != 0 {
+        if ExitWatch.exiting(flags) {
             throw Failure(.processGone, "process \(pid) is exiting (killed or ending): its memory is being torn down, nothing left to inspect")
         }
         if flags & 0x0020_0000 != 0 {  // PF_KTHREAD
@@ -145,9 +145,6 @@ public struct Inspection: Sendable {
     /// and what smaps and pagemap gave meanwhile was cut short without an
     /// error (both read as empty once the mm is gone).
     struct ExitWatch: ~Copyable {
-        /// PF_EXITING in the flags of /proc/PID/stat: set as do_exit begins,
-        /// before the memory goes.
-        static let exitingFlag: UInt64 = 0x4
 
         let pid: Int32
         let pidfd: Int32
@@ -173,8 +170,12 @@ public struct Inspection: Sendable {
                 return true
             }
             guard let (state, flags) = try? processState(pid) else { return true }
-            return state == "Z" || state == "X" || flags & Self.exitingFlag != 0
+            return state == "Z" || state == "X" || Self.exiting(flags)
         }
+
+        /// PF_EXITING in the flags of /proc/PID/stat: set as do_exit begins,
+        /// before the memory goes.
+        static func exiting(_ flags: UInt64) -> Bool { flags & 0x4 != 0 }
     }
 
     /// The process's VMAs (those overlapping `range`), each with what backs
