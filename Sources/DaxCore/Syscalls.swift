@@ -35,13 +35,11 @@ public enum Syscall {
     /// (posix_fallocate, pthread_*): 0 or throws; EINTR retried.
     public static func returningError(_ call: String, _ subject: @autoclosure () -> String? = nil,
                                       _ body: () -> Int32) throws(SystemCallError) {
-        while true {
-            var rc: Int32
-            if dm_inject_armed() != 0, let fake = injected(call) { rc = fake.errno?.rawValue ?? Int32(truncatingIfNeeded: fake.result) }
-            else { rc = body() }
-            if rc == EINTR { continue }
-            guard rc == 0 else { throw SystemCallError(call, subject(), errno: Errno(rc)) }
-            return
+        try retrying(call, subject()) {
+            let rc = body()
+            guard rc != 0 else { return Int32(0) }
+            errno = rc
+            return -1
         }
     }
 
