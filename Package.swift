@@ -75,7 +75,10 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]),
+            ],
+            plugins: ["BuildInfo"]),
+        // Writes the commit the tree is at into the CLI before each build (`--version`).
+        .plugin(name: "BuildInfo", capability: .buildTool()),
         .executableTarget(
             name: "daxmirror-bench",
             dependencies: ["DaxCore", "FaultTracking", "PageTables", "MirrorPolicy", "MirrorKernel", "CDaxShim"],

@@ -27,6 +27,9 @@ public struct Scrape {
     /// The write-protect-on-DAX probe's verdict ("read=…,write=…"), when the
     /// caller ran it once (`metrics --wp-probe-dir`); scrapes never run it.
     public var daxWriteProtect = "not_probed"
+    /// The exporter's own version and commit (daxmirror_build_info), as the
+    /// CLI knows them: which build a fleet runs, by query.
+    public var build: (version: String, commit: String) = ("unknown", "unknown")
     /// What the kernel offers, probed once when the scraper starts: it does
     /// not change while the process lives, and a probe that runs out of file
     /// descriptors mid-scrape must never be reported as "the kernel has no".
@@ -61,6 +64,8 @@ public struct Scrape {
                                  help: "Processes whose mappings could not be read (vanished mid-scrape, no permission, other), since the scraper started")
                 .increment(by: Int64(errors[reason] ?? 0))
         }
+        registry.gauge("daxmirror_build_info", labels: [("version", build.version), ("commit", build.commit)],
+                       help: "The exporter's version and the commit it was built from (1)").set(to: 1)
         registry.gauge("daxmirror_scrape_processes", help: "Processes looked at by the last scrape")
             .set(to: Double(processesSeen))
         registry.gauge("daxmirror_scrape_duration_seconds", help: "How long the scrape took")

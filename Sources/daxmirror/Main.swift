@@ -23,6 +23,7 @@ struct DaxMirror: ParsableCommand {
             9 invalid argument, 10 not DAX, 11 kernel lacks a feature, 12 process gone, \
             13 other system error, 15 busy (a file being overwritten, a port in use), 64 usage error.
             """,
+        version: Version.text,
         subcommands: [CapsCommand.self, DevicesCommand.self, MapCommand.self, RunCommand.self, InspectCommand.self, WatchCommand.self,
                       MetricsCommand.self, PersistWriterCommand.self, PersistVerifyCommand.self, ProbeDaxWPCommand.self])
 

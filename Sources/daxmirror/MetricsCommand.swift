@@ -90,6 +90,7 @@ struct MetricsCommand: ParsableCommand {
 
     func run() throws {
         var scrape = try Failure.wrapping("probe what the kernel offers") { () throws(SystemCallError) in try Scrape() }
+        scrape.build = (Version.number, BuildInfo.commit)
         if let dir = wpProbePath { scrape.daxWriteProtect = try Self.writeProtectVerdict(try dir.directoryForModules(), shown: dir.description) }
         if let l = listenText {
             let (host, port) = try Self.address(l)

@@ -35,6 +35,25 @@ struct MetricsTests {
         #expect(Self.samples(r.stdout, "daxmirror_namespace_size_bytes").count == sys.count, "\(sys)")
     }
 
+    /// `--version` and daxmirror_build_info name the commit git says the
+    /// tree is at ("-dirty" with uncommitted changes; "unknown" outside git).
+    @Test func theBuildIsNamedAsGitNamesIt() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../..").standardized.path
+        var want = "unknown"
+        if let git = which("git"), case let head = try CLI.run(git, ["-C", root, "rev-parse", "--short=12", "HEAD"]), head.status == 0 {
+            want = head.stdout.trimmingSpaces()
+            let status = try CLI.run(git, ["-C", root, "status", "--porcelain", "--untracked-files=no"])
+            if !status.stdout.trimmingSpaces().isEmpty { want += "-dirty" }
+        }
+        let version = try CLI.daxmirror(["--version"])
+        #expect(version.status == 0)
+        #expect(version.stdout.hasPrefix("daxmirror ") && version.stdout.hasSuffix(" (commit \(want))\n"), "\(version.stdout) vs git: \(want)")
+        let number = version.stdout.split(separator: " ")[1]
+        let r = try CLI.daxmirror(["metrics"])
+        let info = try #require(Self.samples(r.stdout, "daxmirror_build_info").first)
+        #expect(info.labels == "daxmirror_build_info{version=\"\(number)\",commit=\"\(want)\"}" && info.value == 1, "\(info)")
+    }
+
     /// A process mapping a DAX file (in the guest): its mapped, present and
     /// PMD-mapped bytes are what its own pagemap says (through `inspect`).
     @Test(.enabled(if: DaxEnvironment.directory != nil, Comment(rawValue: DaxEnvironment.skipMessage)))
