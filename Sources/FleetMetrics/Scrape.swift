@@ -109,6 +109,11 @@ public struct Scrape {
             // Only DIMMs that answer SMART: a platform without health (QEMU's
             // emulated NVDIMM) has no such series at all, never zeros.
             for d in bus.dimms {
+                if let e = d.healthError {
+                    registry.gauge("daxmirror_dimm_smart_error", labels: [("bus", bus.dev), ("dimm", d.dev), ("errno", e.name)],
+                                   help: "1: the DIMM supports SMART but its health could not be read, for the errno named")
+                        .set(to: 1)
+                }
                 guard let h = d.health else { continue }
                 let labels = [("bus", bus.dev), ("dimm", d.dev)]
                 if let s = h.state {

@@ -69,6 +69,9 @@ public struct Inventory: Sendable, JSONRepresentable {
     public struct Dimm: Sendable {
         public var dev: String
         public var health: Health?
+        /// The DIMM supports SMART but the command failed: why (EACCES when
+        /// the caller may not open /dev/nmemN read-write, as libndctl does).
+        public var healthError: Errno?
 
         public struct Health: Sendable {
             /// "ok", "non-critical", "critical" or "fatal" (ndctl's names).
@@ -188,7 +191,8 @@ extension Inventory {
             var item = Dimm(dev: string(ndctl_dimm_get_devname(d)))
             if ndctl_dimm_is_cmd_supported(d, 1 /* ND_CMD_SMART, linux/ndctl.h */) != 0, let cmd = ndctl_dimm_cmd_new_smart(d) {
                 defer { ndctl_cmd_unref(cmd) }
-                if ndctl_cmd_submit(cmd) >= 0 {
+                let rc = ndctl_cmd_submit(cmd)
+                if rc < 0 { item.healthError = Errno(-rc) } else {
                     let flags = ndctl_cmd_smart_get_flags(cmd)
                     var h = Dimm.Health()
                     if flags & UInt32(ND_SMART_HEALTH_VALID) != 0 {
