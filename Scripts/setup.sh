@@ -8,7 +8,9 @@ set -euo pipefail
 
 # prometheus: promtool checks `daxmirror metrics`, and the test command has a real
 # Prometheus server scrape it (curl queries its HTTP API).
-packages=(libpmem-dev libndctl-dev libdaxctl-dev pkg-config strace tmux prometheus curl)
+# zsh, fish, man-db, systemd: Scripts/check-install.sh loads the completions in
+# their shells, renders the manual page and verifies the service unit.
+packages=(libpmem-dev libndctl-dev libdaxctl-dev pkg-config strace tmux prometheus curl zsh fish man-db systemd)
 if [[ "${1:-}" == "--guest" || "${1:-}" == "--hmm" ]]; then
     packages+=(qemu-system-x86 busybox-static e2fsprogs xfsprogs ndctl daxctl cpio xz-utils zstd kmod)
 fi

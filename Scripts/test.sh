@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: everything, from a fresh clone.
 #   1. installs what it needs (Scripts/setup.sh --guest), builds, runs the host suite
-#      and the metrics server against hostile clients;
+#      and the metrics server against hostile clients; installs the release
+#      binary into a temporary prefix and checks it (Scripts/check-install.sh);
 #   2. the pmem guest harness checks: a failing command's exit status comes out,
 #      a hung guest is killed at its timeout;
 #   3. one boot per Debian kernel (6.1, 6.12, newest) x filesystem (ext4, xfs):
@@ -123,6 +124,9 @@ else
     # Hostile clients against `metrics --listen` (loopback only): memory,
     # connections and descriptors bounded, the next good scrape answered.
     step "metrics --listen under hostile clients (Scripts/hostile-scrape.py)" python3 Scripts/hostile-scrape.py "$daxmirror_bin"
+    # The release binary as users install it: runs with the toolchain hidden;
+    # manual, completions, service unit and alert rules checked by their tools.
+    step "install: toolchain-free binary, man page, completions, unit, alert rules (Scripts/check-install.sh)" Scripts/check-install.sh
 fi
 
 if [[ -z $host_dir && ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
@@ -135,7 +139,8 @@ if [[ -z $host_dir && ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
             specs=("/proc/mounts shows /dev/pmem0 mounted $fs with dax=>. $PWD/Scripts/lib.sh && is_dax_mount /mnt && grep -qE '^/dev/pmem0 /mnt $fs ' /proc/mounts || { cat /proc/mounts; false; }"
                    "test suite on $fs-DAX=>$PWD/Scripts/guest-tests.sh")
             # One boot also has a real Prometheus scrape `daxmirror metrics --listen`.
-            [[ $k == backports && $fs == ext4 ]] && specs+=("a real Prometheus scrapes daxmirror metrics; PromQL agrees with ndctl and pagemap=>$PWD/Scripts/guest/prometheus-scrape.sh")
+            [[ $k == backports && $fs == ext4 ]] && specs+=("a real Prometheus scrapes daxmirror metrics; PromQL agrees with ndctl and pagemap=>$PWD/Scripts/guest/prometheus-scrape.sh"
+                "the exporter as nobody with the unit's capabilities reads another user's DAX mapping; without them counts it=>$PWD/Scripts/guest/exporter-privileges.sh")
             specs+=("DAX write-protect bug, as measured (last: it can wedge the kernel)=>DAXMIRROR_WP_PROBE=1 $PWD/Scripts/guest-tests.sh --filter writeProtectOnDaxStillMisbehaves")
             guest_steps "guest $k/$fs" --kernel "$k" --fs "$fs" --timeout 1500 -- "${specs[@]}"
         done
