@@ -50,7 +50,7 @@ mapper=$(cat "$work/mapper")
 [[ $(stat -c %U "/proc/$mapper") == daemon ]] || fail "the mapping process is not daemon's"
 
 value() {  # value FILE SERIES-PREFIX: the sample's value, or nothing
-    awk -v s="$2" 'index($0, s) == 1 { print $NF; exit }' "$1"
+    awk -v s="$2" 'index($0, s) == 1 { printf "%.0f\n", $NF; exit }' "$1"
 }
 errors() { awk '/^daxmirror_scrape_errors_total\{/ { n += $NF } END { print n + 0 }' "$1"; }
 series="daxmirror_process_mapped_bytes{pid=\"$mapper\","
@@ -75,7 +75,7 @@ with_caps "$bin" metrics --listen "127.0.0.1:$port" 2> "$work/server.err" &
 pids+=($!)
 got=""
 for _ in $(seq 100); do
-    got=$(curl -sf --max-time 5 "http://127.0.0.1:$port/metrics" 2>/dev/null | awk -v s="$series" 'index($0, s) == 1 { print $NF; exit }') && [[ -n $got ]] && break
+    got=$(curl -sf --max-time 5 "http://127.0.0.1:$port/metrics" 2>/dev/null | awk -v s="$series" 'index($0, s) == 1 { printf "%.0f\n", $NF; exit }') && [[ -n $got ]] && break
     sleep 0.2
 done
 [[ $got == 4194304 ]] || fail "metrics --listen with $set_caps: '$got' ($(cat "$work/server.err"))"
