@@ -4,7 +4,7 @@
 # the same CPU placement (both pinned to one CPU: the faulting thread and the
 # handler then share it, the fast case; docs/kernel-facts.md §3 explains why placement
 # matters more than the language). Prints each ratio Swift/C (>= 0.9 is the goal
-# for fault tracking, >= 1.0 for the mirror's range fault, measured 0.89-0.99) and the device
+# for fault tracking, >= 1.0 for the mirror's range fault: parity, 1.00-1.02 paired) and the device
 # table's memory per mirrored page as malloc counts it (goal <= 16 B per 4 KiB
 # page, one entry per PMD).
 #
