@@ -96,7 +96,7 @@ func benchRangeFault(mib: Int) throws {
         }
         per.append(dt / Double(length / page) * 1e9)
     }
-    print(format1(per.sorted()[2]))
+    print(format1(median(per)))
 }
 
 func benchTable(mib: Int, huge: Bool) throws {

@@ -130,7 +130,15 @@ static int bench_scan(long mib, long pct, int rounds) {
     return 0;
 }
 
-static double median_of(double *xs, long n);
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median_of(double *xs, long n) {
+    qsort(xs, n, sizeof *xs, cmp_double);
+    return xs[n / 2];
+}
 
 /* Five fresh regions, one timed range fault each; the median per page. */
 static int bench_rangefault(long mib) {
@@ -170,16 +178,6 @@ static int hold_vmas(long count) {
     char c;
     while (read(0, &c, 1) > 0) {}
     return 0;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median_of(double *xs, long n) {
-    qsort(xs, n, sizeof *xs, cmp_double);
-    return xs[n / 2];
 }
 
 /* `count` VMAs that cannot merge, mapped after the measured memory (below it). */

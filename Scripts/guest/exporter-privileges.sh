@@ -75,7 +75,8 @@ with_caps "$bin" metrics --listen "127.0.0.1:$port" 2> "$work/server.err" &
 pids+=($!)
 got=""
 for _ in $(seq 100); do
-    got=$(curl -sf --max-time 5 "http://127.0.0.1:$port/metrics" 2>/dev/null | awk -v s="$series" 'index($0, s) == 1 { printf "%.0f\n", $NF; exit }') && [[ -n $got ]] && break
+    curl -sf --max-time 5 -o "$work/served.prom" "http://127.0.0.1:$port/metrics" 2>/dev/null \
+        && got=$(value "$work/served.prom" "$series") && [[ -n $got ]] && break
     sleep 0.2
 done
 [[ $got == 4194304 ]] || fail "metrics --listen with $set_caps: '$got' ($(cat "$work/server.err"))"
