@@ -121,6 +121,8 @@ void dm_atomic_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATO
 
 uint64_t dm_atomic_add_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
 
+uint64_t dm_atomic_exchange_u64(uint64_t *p, uint64_t v) { return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL); }
+
 long dm_pagemap_scan(int pagemap_fd, struct dm_pm_scan_arg *arg) {
     return ioctl(pagemap_fd, DM_PAGEMAP_SCAN, arg);
 }

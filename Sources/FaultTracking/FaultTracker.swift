@@ -37,6 +37,11 @@ public final class FaultTracker: @unchecked Sendable {
     private let pageSize = UInt64(Syscall.pageSize)
     /// From the probed features given at init: never re-probed per read.
     private let pagemapScanAvailable: Bool
+    /// Pages of the region on a simulated device (events-only tracking of
+    /// anonymous memory): its MISSING faults and discards go through it.
+    public private(set) var devicePrivate: DevicePrivatePool?
+    /// The tracker's userfaultfd (nil when pagemap is polled).
+    public var userfaultfd: Userfaultfd? { uffd }
 
     /// Starts tracking [base, base+length). Invalidating events (unmap,
     /// remove, remap, fork) are logged by the handler thread; the kernel lets
@@ -45,7 +50,7 @@ public final class FaultTracker: @unchecked Sendable {
     /// `invalidations(since:)` and compare `invalidationSequence`.
     public init(base: UnsafeMutableRawPointer, length: Int, backing: TrackedMemory,
                 mechanism requested: TrackingMechanism? = nil, resolver: MissingResolver = .zero,
-                kernel: KernelFeatures = .probe()) throws(Failure) {
+                kernel: KernelFeatures = .probe(), devicePrivate: DevicePrivatePool? = nil) throws(Failure) {
         self.base = base
         self.length = length
         self.backing = backing
@@ -76,8 +81,9 @@ public final class FaultTracker: @unchecked Sendable {
             throw Failure(.unsupported, "\(error)")
         }
 
+        self.devicePrivate = choice.mechanism == .eventsOnly ? devicePrivate : nil
         let serve = Self.serve(mechanism: choice.mechanism, resolver: resolver, base: base,
-                               pageSize: pageSize, log: log)
+                               pageSize: pageSize, log: log, pool: self.devicePrivate)
         do {
             handler = try FaultHandler(uffd: uffd!, onError: { [log] e in log.recordError(e.errno.rawValue) },
                                        onEvent: serve)
@@ -122,15 +128,19 @@ public final class FaultTracker: @unchecked Sendable {
 
     /// The per-event work, on the handler thread: no allocation, no locks.
     private static func serve(mechanism: TrackingMechanism, resolver: MissingResolver, base: UnsafeMutableRawPointer,
-                              pageSize: UInt64, log: HandlerLog) -> @Sendable (UserfaultfdEvent, Userfaultfd) -> Void {
+                              pageSize: UInt64, log: HandlerLog,
+                              pool: DevicePrivatePool?) -> @Sendable (UserfaultfdEvent, Userfaultfd) -> Void {
         let start = UInt64(UInt(bitPattern: base))
         @Sendable func relative(_ address: UInt64) -> Int {
             address >= start ? Int((address - start) / pageSize) : -1
         }
         return { event, uffd in
             switch event {
-            case .pageFault(let address, _, _):
+            case .pageFault(let address, let kind, _):
                 let page = address & ~(pageSize - 1)
+                // A MISSING fault in events-only mode: a range registered for
+                // device-private pages (never counted as a tracked touch).
+                if let pool, !kind.contains(.writeProtect), pool.serveFault(page, uffd: uffd) { return }
                 let dst = UnsafeMutableRawPointer(bitPattern: UInt(page))!
                 // Record before resolving: resolving wakes the faulter, which may
                 // read the log at once.
@@ -161,12 +171,15 @@ public final class FaultTracker: @unchecked Sendable {
                 close(descriptor)  // the child is not tracked: its faults run as if unregistered
                 log.record(.fork)
             case .remap(let from, let to, let len):
+                pool?.removed(from, from + len)
                 log.clear(first: relative(from), last: relative(from + len))
                 log.record(.remap(from: from, to: to, length: len))
             case .remove(let s, let e):
+                pool?.removed(s, e)
                 log.clear(first: relative(s), last: relative(e))
                 log.record(.remove(start: s, end: e))
             case .unmap(let s, let e):
+                pool?.removed(s, e)
                 log.clear(first: relative(s), last: relative(e))
                 log.record(.unmap(start: s, end: e))
             case .unknown:

@@ -11,8 +11,9 @@ extension DeviceMirror {
     /// table honest. `writeBit` nil: soft-dirty where the kernel has it.
     public convenience init(region: Region, tracking: Bool = true, dax: Bool = false,
                             truth: CPUTruth? = nil, kernel: KernelFeatures = .probe(),
-                            writeBit: WriteBitSource? = nil) throws(Failure) {
-        let cpu = try KernelCPU(region: region, tracking: tracking, dax: dax, truth: truth, kernel: kernel)
+                            writeBit: WriteBitSource? = nil, device: Int = 0, sharing: DeviceMirror? = nil) throws(Failure) {
+        let cpu = try KernelCPU(region: region, tracking: tracking, dax: dax, truth: truth, kernel: kernel,
+                                sharing: sharing?.cpu as? KernelCPU)
         var order: UInt8?
         if case .devdax = region.backing {
             // The kernel's word on the entry size: the VMA's page size from
@@ -21,7 +22,7 @@ extension DeviceMirror {
                 ?? ((try? Smaps.parse(Smaps.read())) ?? []).first { $0.contains(region.base) }?.kernelPageSize ?? Syscall.pageBytes
             order = size >= 1 << 30 ? 18 : (size >= 2 << 20 ? 9 : 0)
         }
-        try self.init(region: region, cpu: cpu, dax: dax, devdaxOrder: order, writeBit: writeBit)
+        try self.init(region: region, cpu: cpu, dax: dax, devdaxOrder: order, writeBit: writeBit, device: device)
     }
 
     /// The kernel's tracker, when the CPU side is the kernel and it has one.

@@ -24,8 +24,14 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
     /// With `tracking`, a FaultTracker in events-only mode delivers the
     /// kernel's invalidation events (where this kernel can register the
     /// memory; else none arrive and revalidation alone keeps a mirror honest).
+    /// Where the region's device-private pages live, and the tracker whose
+    /// userfaultfd brings them home (shared by every mirror of the region).
+    public let devicePages: DevicePages?
+
+    /// `sharing`: another mirror's CPU side on the same region, whose
+    /// tracker holds the region's userfaultfd registration (one per range).
     public init(region: Region, tracking: Bool = true, dax: Bool = false,
-                truth: CPUTruth? = nil, kernel: KernelFeatures = .probe()) throws(Failure) {
+                truth: CPUTruth? = nil, kernel: KernelFeatures = .probe(), sharing: KernelCPU? = nil) throws(Failure) {
         self.region = region
         switch region.backing {
         case .shmem: sharedWithoutPageMkwrite = true
@@ -45,17 +51,37 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
             // Events only: a tracker that resolved faults itself would change
             // what the kernel maps (no THP, no huge zero page under MISSING).
             if TrackingMechanism.eventsOnly.refusal(for: backing, kernel: kernel) == nil {
+                // Anonymous memory can hold device-private pages: their
+                // MISSING faults are this tracker's to serve.
+                var pool: DevicePrivatePool?
+                if case .anonymous = region.backing {
+                    pool = try Failure.wrapping("reserve the device-private pool") { () throws(SystemCallError) in
+                        try DevicePrivatePool(base: region.base, length: Int(region.length))
+                    }
+                }
                 tracker = try FaultTracker(base: UnsafeMutableRawPointer(bitPattern: UInt(region.base))!,
                                            length: Int(region.length), backing: backing,
-                                           mechanism: .eventsOnly, kernel: kernel)
+                                           mechanism: .eventsOnly, kernel: kernel, devicePrivate: pool)
             }
         }
         self.tracker = tracker
+        if let shared = sharing?.devicePages, shared.pool.base == region.base {
+            devicePages = shared
+        } else if let tracker, let pool = tracker.devicePrivate {
+            devicePages = DevicePages(pool: pool, tracker: tracker)
+        } else {
+            devicePages = nil
+        }
     }
 
     deinit { stop() }
 
     public func stop() {
+        // As closing the kernel's mirror evicts its device's pages: nothing
+        // stays on a device once the tracker that brings pages home stops.
+        if let d = devicePages, d.tracker === tracker, d.pool.count > 0, let uffd = d.tracker.userfaultfd {
+            for i in 0..<d.pool.pages { _ = try? d.pool.bringHome(i, uffd: uffd) }
+        }
         tracker?.stop()
         aperture.unmap()
     }
@@ -74,6 +100,7 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
                       into out: inout [CPUPage]) throws(MirrorError) {
         do { try truth.read(startVPN, endVPN, vmas: vmas, detail: detail, into: &out) }
         catch { throw MirrorError(error.errno ?? .EIO, error.message) }
+        overlayDevicePages(startVPN, endVPN, into: &out)
     }
 
     public func populate(_ address: UInt64, _ length: UInt64, write: Bool) -> Errno? {
@@ -122,4 +149,68 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
         case .devdax: return aperture.base == nil ? "aperture" : (aperture.isPersistentMemory ? "pmem_memcpy_persist" : "memcpy+msync")
         }
     }
+
+    // MARK: - device-private memory
+
+    public var devicePrivateRefusal: String? {
+        if devicePages != nil { return nil }
+        switch region.backing {
+        case .file(_, _, false):
+            return "a MAP_PRIVATE file mapping accepts no userfaultfd MISSING registration, so its copy-on-write pages could not be caught on their way back from a device"
+        case .anonymous:
+            return "device-private pages need userfaultfd on the region (this mirror is untracked, or this kernel or user has no userfaultfd)"
+        default:
+            return "only anonymous memory moves to device-private memory"
+        }
+    }
+
+    public var devicePrivateMechanism: String { devicePages == nil ? "none" : "copy" }
+
+    public var devicePrivateCount: Int { devicePages?.pool.count ?? 0 }
+
+    public func migrateToDevice(_ moves: [DeviceMove], owner: Int) throws(MirrorError) -> Int {
+        guard let d = devicePages, let uffd = d.tracker.userfaultfd else {
+            throw MirrorError(.EOPNOTSUPP, devicePrivateRefusal ?? "no device-private memory here")
+        }
+        let first = region.base / pageSize
+        let indexed = moves.map { DevicePrivatePool.Move(index: Int($0.vpn - first), present: $0.present, writable: $0.writable) }
+        do { return try d.pool.migrate(indexed, device: owner, uffd: uffd, settle: { d.tracker.settle() }) }
+        catch { throw MirrorError(error.errno, "moving pages to the device: \(error)") }
+    }
+
+    public func migrateHome(_ vpn: UInt64) throws(MirrorError) -> Bool {
+        guard let d = devicePages, let uffd = d.tracker.userfaultfd else { return false }
+        do { return try d.pool.bringHome(Int(vpn - region.base / pageSize), uffd: uffd) }
+        catch { throw MirrorError(error.errno, "bringing a page home from the device: \(error)") }
+    }
+
+    public func devicePageRead(_ vpn: UInt64, offset: Int, into buffer: UnsafeMutableRawPointer, count: Int) {
+        guard let d = devicePages else { return }
+        buffer.copyMemory(from: d.pool.slot(Int(vpn - region.base / pageSize)) + offset, byteCount: count)
+    }
+
+    public func devicePageWrite(_ vpn: UInt64, offset: Int, from buffer: UnsafeRawPointer, count: Int) {
+        guard let d = devicePages else { return }
+        (d.pool.slot(Int(vpn - region.base / pageSize)) + offset).copyMemory(from: buffer, byteCount: count)
+    }
+
+    /// Marks the pages devices hold, which pagemap shows as absent.
+    func overlayDevicePages(_ startVPN: UInt64, _ endVPN: UInt64, into out: inout [CPUPage]) {
+        guard let pool = devicePages?.pool, pool.count > 0 else { return }
+        let first = region.base / pageSize
+        let lo = max(startVPN, first), hi = min(endVPN, first + UInt64(pool.pages))
+        guard lo < hi else { return }
+        for vpn in lo..<hi where out[Int(vpn - startVPN)].state == .notPresent {
+            guard let (device, writable) = pool.owner(ofPage: Int(vpn - first)) else { continue }
+            out[Int(vpn - startVPN)].state = .devicePrivate(owner: device)
+            out[Int(vpn - startVPN)].pfn = vpn - first
+            out[Int(vpn - startVPN)].devicePrivateWritable = writable
+        }
+    }
+}
+
+/// A region's device-private pool and the tracker serving its faults.
+public struct DevicePages: @unchecked Sendable {
+    public let pool: DevicePrivatePool
+    public let tracker: FaultTracker
 }

@@ -10,6 +10,10 @@ public struct CPUPage: Sendable, Equatable {
         /// Mapped VMA, no page table entry yet.
         case notPresent
         case present
+        /// Migrated to device `owner`'s private memory: not present to the
+        /// CPU (the kernel keeps a device-private swap entry), `pfn` is the
+        /// device page, `devicePrivateWritable` its permission.
+        case devicePrivate(owner: Int)
     }
     public var state: State
     public var pfn: UInt64 = 0
@@ -26,6 +30,8 @@ public struct CPUPage: Sendable, Equatable {
     public var uffdWriteProtected = false
     public var vmaWritable = false
     public var vmaShared = false
+    /// For a device-private page: the device may write it.
+    public var devicePrivateWritable = false
 
     public init(state: State) { self.state = state }
 

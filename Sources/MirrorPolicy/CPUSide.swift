@@ -52,6 +52,39 @@ public protocol CPUSide: AnyObject {
     func deviceWrite(_ address: UInt64, from buffer: UnsafeMutableRawPointer, count: Int) throws(MirrorError)
     /// How device writes reach memory (see Mirror.writePath).
     var writePath: String { get }
+
+    // Device-private memory (the kernel's ZONE_DEVICE pages, lib/test_hmm.c).
+    /// Why no page of this region can move to a device here (nil: they can).
+    var devicePrivateRefusal: String? { get }
+    /// How a page moves ("copy": UFFDIO_COPY back on the CPU's touch).
+    var devicePrivateMechanism: String { get }
+    /// Pages devices hold in the region now; `pages` reports each as
+    /// `.devicePrivate(owner:)`, absent to the CPU.
+    var devicePrivateCount: Int { get }
+    /// Moves `moves` (sorted) to device `owner`: the CPU loses them until
+    /// it touches them. Returns how many moved.
+    func migrateToDevice(_ moves: [DeviceMove], owner: Int) throws(MirrorError) -> Int
+    /// Brings page `vpn` home from the device holding it (the kernel's
+    /// migrate_to_ram); false if no device held it.
+    func migrateHome(_ vpn: UInt64) throws(MirrorError) -> Bool
+    /// The device's own access to its private page at `vpn`: `count` bytes
+    /// from `offset` within the page.
+    func devicePageRead(_ vpn: UInt64, offset: Int, into buffer: UnsafeMutableRawPointer, count: Int)
+    func devicePageWrite(_ vpn: UInt64, offset: Int, from buffer: UnsafeRawPointer, count: Int)
     /// Stops event delivery and unmaps the device's own view.
     func stop()
+}
+
+/// One page a migration moves to a device.
+public struct DeviceMove: Sendable, Equatable {
+    public var vpn: UInt64
+    /// The CPU has the page (else the device page starts zeroed).
+    public var present: Bool
+    /// The device may write it.
+    public var writable: Bool
+    public init(vpn: UInt64, present: Bool, writable: Bool) {
+        self.vpn = vpn
+        self.present = present
+        self.writable = writable
+    }
 }

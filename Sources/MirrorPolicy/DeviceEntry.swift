@@ -12,12 +12,16 @@ public struct DeviceEntry: Sendable, Equatable, CustomStringConvertible {
     public var writable: Bool
     /// The kernel's (huge) zero page: reads as zeros, never written.
     public var zero: Bool
+    /// The page is in the device's own private memory (migrated there):
+    /// `pfn` is the device page, not a CPU one.
+    public var devicePrivate: Bool
 
-    public init(pfn: UInt64, order: UInt8 = 0, writable: Bool, zero: Bool = false) {
+    public init(pfn: UInt64, order: UInt8 = 0, writable: Bool, zero: Bool = false, devicePrivate: Bool = false) {
         self.pfn = pfn
         self.order = order
         self.writable = writable
         self.zero = zero
+        self.devicePrivate = devicePrivate
     }
 
     public var pages: UInt64 { 1 << UInt64(order) }
@@ -26,16 +30,20 @@ public struct DeviceEntry: Sendable, Equatable, CustomStringConvertible {
     public func pfn(at index: UInt64) -> UInt64 { pfn + index }
 
     /// The dmirror snapshot code of any page of this entry.
-    public var code: SnapshotCode { .mapped(writable: writable, zero: zero, order: order) }
+    public var code: SnapshotCode {
+        devicePrivate ? .devicePrivate(writable: writable) : .mapped(writable: writable, zero: zero, order: order)
+    }
 
-    public var description: String { "pfn 0x\(String(pfn, radix: 16)) order \(order) \(code)" }
+    public var description: String {
+        "\(devicePrivate ? "device page" : "pfn") 0x\(String(pfn, radix: 16)) order \(order) \(code)"
+    }
 
     // Packed form used by the table: 8 bytes per entry.
-    //   bits 0–54 PFN, 55–59 order, 62 zero, 61 write, 63 valid.
+    //   bits 0–54 PFN, 55–59 order, 60 device-private, 61 write, 62 zero, 63 valid.
     static let validBit: UInt64 = 1 << 63
     var packed: UInt64 {
         (pfn & ((1 << 55) - 1)) | (UInt64(order) << 55) | (writable ? 1 << 61 : 0) | (zero ? 1 << 62 : 0)
-            | DeviceEntry.validBit
+            | (devicePrivate ? 1 << 60 : 0) | DeviceEntry.validBit
     }
     init?(packed p: UInt64) {
         guard p & DeviceEntry.validBit != 0 else { return nil }
@@ -43,6 +51,7 @@ public struct DeviceEntry: Sendable, Equatable, CustomStringConvertible {
         order = UInt8((p >> 55) & 0x1f)
         writable = p & (1 << 61) != 0
         zero = p & (1 << 62) != 0
+        devicePrivate = p & (1 << 60) != 0
     }
 }
 

@@ -84,6 +84,13 @@ extension DeviceMirror {
                     try copy(runStart, runEnd, buffer, address, write: write)
                     (buffer + Int(lo - address)).initializeMemory(as: UInt8.self, repeating: 0, count: Int(hi - lo))
                     runStart = hi
+                } else if entry.devicePrivate {
+                    // The device's own page: its memory, not the CPU's.
+                    try copy(runStart, runEnd, buffer, address, write: write)
+                    let offset = Int(lo - vpn * pageSize)
+                    if write { cpu.devicePageWrite(vpn, offset: offset, from: buffer + Int(lo - address), count: Int(hi - lo)) }
+                    else { cpu.devicePageRead(vpn, offset: offset, into: buffer + Int(lo - address), count: Int(hi - lo)) }
+                    runStart = hi
                 }
                 runEnd = hi
                 vpn = next
@@ -139,8 +146,15 @@ extension DeviceMirror {
             let entryEnd = min(start + entry.pages, hi)
             while vpn < entryEnd {
                 let p = pageScratch[Int(vpn - origin)]
-                var ok = p.state == .present && p.pfn == entry.pfn(at: vpn - start)
-                if ok && entry.writable { ok = p.writableWithoutCopyOnWrite }
+                var ok: Bool
+                if entry.devicePrivate {
+                    // Still this device's page (it went home at a CPU touch).
+                    ok = p.state == .devicePrivate(owner: device) && p.pfn == entry.pfn
+                        && (!entry.writable || p.devicePrivateWritable)
+                } else {
+                    ok = p.state == .present && p.pfn == entry.pfn(at: vpn - start)
+                    if ok && entry.writable { ok = p.writableWithoutCopyOnWrite }
+                }
                 guard !ok else { vpn += 1; continue }
                 var runEnd = vpn + 1
                 while runEnd < entryEnd {

@@ -14,6 +14,9 @@ extension DeviceMirror {
             switch p.state {
             case .unmapped, .inaccessible: return .error
             case .notPresent: return .none
+            case .devicePrivate(let owner):
+                // Another device's page is not present to this one.
+                return owner == device ? .devicePrivate(writable: p.devicePrivateWritable) : .none
             case .present:
                 let dev = table.lookup(s + UInt64(i)).map { $0.entry.writable && $0.entry.pfn(at: $0.index) == p.pfn } ?? false
                 return .mapped(writable: cpuWritable(p, deviceWritable: dev), zero: p.zero, order: p.order)
@@ -74,6 +77,14 @@ extension DeviceMirror {
                 let want = entry.pfn(at: vpn - start)
                 // A huge entry reaching outside the range is checked inside it only.
                 let dev = "pfn 0x\(String(want, radix: 16)) \(entry.code)"
+                if entry.devicePrivate {
+                    if p.state != .devicePrivate(owner: device) || p.pfn != want {
+                        note(vpn, "the device maps a private page it does not hold", dev, "\(p.state)")
+                    } else if entry.writable && !p.devicePrivateWritable {
+                        note(vpn, "the device may write its page read-only", dev, "read-only")
+                    }
+                    continue
+                }
                 guard p.state == .present else {
                     note(vpn, "the device maps a page the CPU does not", dev, "\(p.state)")
                     continue

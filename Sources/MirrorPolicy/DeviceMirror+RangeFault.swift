@@ -62,7 +62,7 @@ extension DeviceMirror {
             // first); dmirror keeps only whole 64-page windows before the error.
             let goodEnd = bad?.vpn ?? endVPN
             let storeEnd = bad.map { startVPN + ($0.vpn - startVPN) / 64 * 64 } ?? endVPN
-            if goodEnd > startVPN, let e = cpu.populate(startVPN * pageSize, (goodEnd - startVPN) * pageSize, write: write) {
+            if goodEnd > startVPN, let e = try populate(startVPN, goodEnd, vmas, write: write) {
                 if e == .EINTR || e == .EAGAIN || e == .ENOMEM || e == .EINVAL {
                     // The layout changed under us (or a signal): walk again.
                     if monotonicSeconds() > deadline { throw MirrorError(.EBUSY, "the range kept changing while faulting it in") }
@@ -88,11 +88,36 @@ extension DeviceMirror {
         }
     }
 
-    /// One entry per CPU mapping: a PUD, a PMD or a PTE, as the CPU maps it.
+    /// Faults [s, e) in on the CPU, except this device's own private pages:
+    /// hmm_range_fault reports those without a fault (for a write, only the
+    /// writable ones; a read-only one comes home to be written).
+    private func populate(_ s: UInt64, _ e: UInt64, _ vmas: [VMA], write: Bool) throws(MirrorError) -> Errno? {
+        guard cpu.devicePrivateCount > 0 else { return cpu.populate(s * pageSize, (e - s) * pageSize, write: write) }
+        let truth = try readTruth(s, e, vmas, detail: .presence)
+        func own(_ vpn: UInt64) -> Bool {
+            let p = truth[Int(vpn - s)]
+            return p.state == .devicePrivate(owner: device) && (!write || p.devicePrivateWritable)
+        }
+        var vpn = s
+        while vpn < e {
+            while vpn < e && own(vpn) { vpn += 1 }
+            var end = vpn
+            while end < e && !own(end) { end += 1 }
+            if end > vpn, let failed = cpu.populate(vpn * pageSize, (end - vpn) * pageSize, write: write) { return failed }
+            vpn = end
+        }
+        return nil
+    }
+
+    /// One entry per CPU mapping: a PUD, a PMD or a PTE, as the CPU maps it;
+    /// this device's own private pages as device-private entries.
     private func store(_ cpu: [CPUPage], hullStart: UInt64, _ s: UInt64, _ e: UInt64, write: Bool) {
         var vpn = s
         while vpn < e {
             let p = cpu[Int(vpn - hullStart)]
+            if p.state == .devicePrivate(owner: device) {
+                table.insert(DeviceEntry(pfn: p.pfn, writable: p.devicePrivateWritable, devicePrivate: true), at: vpn)
+            }
             guard p.state == .present else { vpn += 1; continue }
             let w = write || cpuWritable(p, deviceWritable: false)
             if p.order == 18 {

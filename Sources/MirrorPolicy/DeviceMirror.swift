@@ -32,6 +32,9 @@ import PageTables
 /// the pages used, and the copy (DeviceMirror+Access.swift).
 public final class DeviceMirror: @unchecked Sendable {
     public let region: Region
+    /// The device this mirror belongs to (the kernel's dmirror minor): pages
+    /// migrated through any mirror of it are this device's private pages.
+    public let device: Int
     public let table = DeviceTable()
     public let cpu: any CPUSide
     let pageSize: UInt64
@@ -94,8 +97,9 @@ public final class DeviceMirror: @unchecked Sendable {
 
     /// Starts mirroring `region` as `cpu` shows it (the kernel, or a fake).
     public init(region: Region, cpu: any CPUSide, dax: Bool = false, devdaxOrder: UInt8? = nil,
-                writeBit: WriteBitSource? = nil) throws(Failure) {
+                writeBit: WriteBitSource? = nil, device: Int = 0) throws(Failure) {
         self.region = region
+        self.device = device
         self.cpu = cpu
         pageSize = cpu.pageSize
         if case .file = region.backing { fileDAX = dax } else { fileDAX = false }

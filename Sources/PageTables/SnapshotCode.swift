@@ -1,5 +1,4 @@
-/// The per-page codes of `lib/test_hmm_uapi.h` (HMM_DMIRROR_PROT_*) that
-/// apply outside device-private memory.
+/// The per-page codes of `lib/test_hmm_uapi.h` (HMM_DMIRROR_PROT_*).
 public struct SnapshotCode: OptionSet, Sendable, Hashable, CustomStringConvertible {
     public let rawValue: UInt8
     public init(rawValue: UInt8) { self.rawValue = rawValue }
@@ -10,12 +9,18 @@ public struct SnapshotCode: OptionSet, Sendable, Hashable, CustomStringConvertib
     public static let pud = SnapshotCode(rawValue: 0x08)
     public static let zero = SnapshotCode(rawValue: 0x10)
     public static let error = SnapshotCode(rawValue: 0xFF)
+    /// A page in the asking device's own private memory (with READ or WRITE).
+    /// The kernel's REMOTE (0x30) never appears in a snapshot: another
+    /// device's private page is not present to this one (NONE).
+    public static let devicePrivateLocal = SnapshotCode(rawValue: 0x20)
 
     public var description: String {
         if self == .error { return "ERROR" }
         if isEmpty { return "NONE" }
-        return [(SnapshotCode.read, "READ"), (.write, "WRITE"), (.pmd, "PMD"), (.pud, "PUD"), (.zero, "ZERO")]
-            .filter { contains($0.0) }.map(\.1).joined(separator: "|")
+        var names = [(SnapshotCode.read, "READ"), (.write, "WRITE"), (.pmd, "PMD"), (.pud, "PUD"), (.zero, "ZERO")]
+            .filter { contains($0.0) }.map(\.1)
+        if contains(.devicePrivateLocal) { names.insert("DEV_PRIVATE_LOCAL", at: 0) }
+        return names.joined(separator: "|")
     }
 }
 
@@ -30,6 +35,11 @@ extension SnapshotCode {
         if zero && order == 0 { c.insert(.zero) }
         if order == 9 { c.insert(.pmd) } else if order == 18 { c.insert(.pud) }
         return c
+    }
+
+    /// dmirror's code for a device-private page its owner asks about.
+    public static func devicePrivate(writable: Bool) -> SnapshotCode {
+        [.devicePrivateLocal, writable ? .write : .read]
     }
 }
 

@@ -38,6 +38,11 @@ final class FakeCPU: CPUSide {
     let zeroPFN: UInt64 = 0x1
     let hugeZeroPFN: UInt64 = 0x200
     private var log: [Invalidation] = []
+    /// Pages on a device: vpn -> owner, permission, bytes (the device page's PFN is the vpn).
+    private(set) var devicePages: [UInt64: (owner: Int, writable: Bool, data: [UInt8])] = [:]
+    /// Why migration is refused here (nil: it works).
+    var devicePrivateRefusal: String?
+    let devicePrivateMechanism = "fake"
 
     /// Runs at the start of every populate (a concurrent change).
     var onPopulate: (() -> Void)?
@@ -65,6 +70,11 @@ final class FakeCPU: CPUSide {
             var p = CPUPage(state: v.readable ? .notPresent : .inaccessible)
             p.vmaWritable = v.writable
             p.vmaShared = v.shared
+            if v.readable, ptes[vpn] == nil, let d = devicePages[vpn] {
+                p.state = .devicePrivate(owner: d.owner)
+                p.pfn = vpn
+                p.devicePrivateWritable = d.writable
+            }
             if v.readable, let t = ptes[vpn] {
                 p.state = .present
                 p.pfn = t.pfn
@@ -122,6 +132,39 @@ final class FakeCPU: CPUSide {
 
     let writePath = "fake"
     func stop() {}
+
+    var devicePrivateCount: Int { devicePages.count }
+
+    /// The CPU loses each page (an invalidation for every mirror, as the
+    /// kernel's migrate notifier); the device keeps its bytes.
+    func migrateToDevice(_ moves: [DeviceMove], owner: Int) throws(MirrorError) -> Int {
+        for m in moves {
+            let data = m.present ? (ptes[m.vpn].flatMap { memory[$0.pfn] } ?? zeros) : zeros
+            devicePages[m.vpn] = (owner, m.writable, data)
+            ptes[m.vpn] = nil
+            log.append(.remove(start: m.vpn * pageSize, end: (m.vpn + 1) * pageSize))
+        }
+        return moves.count
+    }
+
+    /// migrate_to_ram: a new page with the device's bytes.
+    func migrateHome(_ vpn: UInt64) throws(MirrorError) -> Bool {
+        guard let d = devicePages.removeValue(forKey: vpn) else { return false }
+        let pfn = newPFN()
+        memory[pfn] = d.data
+        ptes[vpn] = PTE(pfn: pfn, writable: d.writable, exclusive: true)
+        return true
+    }
+
+    func devicePageRead(_ vpn: UInt64, offset: Int, into buffer: UnsafeMutableRawPointer, count: Int) {
+        devicePages[vpn]?.data.withUnsafeBytes { buffer.copyMemory(from: $0.baseAddress! + offset, byteCount: count) }
+    }
+
+    func devicePageWrite(_ vpn: UInt64, offset: Int, from buffer: UnsafeRawPointer, count: Int) {
+        devicePages[vpn]?.data.withUnsafeMutableBytes { ($0.baseAddress! + offset).copyMemory(from: buffer, byteCount: count) }
+    }
+
+    private var zeros: [UInt8] { [UInt8](repeating: 0, count: Int(pageSize)) }
 
     // MARK: - what the CPU side does (the test drives it)
 
@@ -194,6 +237,12 @@ final class FakeCPU: CPUSide {
         ptes[address / pageSize].map { memory[$0.pfn]?[Int(address % pageSize)] ?? 0 }
     }
 
+    /// A CPU load: a page on a device comes home first.
+    func cpuRead(_ address: UInt64) -> UInt8? {
+        if let v = vma(at: address / pageSize), v.readable { _ = fault(address / pageSize, v, write: false) }
+        return bytes(at: address)
+    }
+
     // MARK: - helpers
 
     private func vma(at vpn: UInt64) -> VMA? { vmaList.first { $0.contains(vpn * pageSize) } }
@@ -207,6 +256,7 @@ final class FakeCPU: CPUSide {
 
     /// Maps `vpn` (or its whole 2 MiB span, with THP) and returns the next page to look at.
     private func fault(_ vpn: UInt64, _ v: VMA, write: Bool) -> UInt64 {
+        if devicePages[vpn] != nil { _ = try? migrateHome(vpn) }
         if let t = ptes[vpn], t.writable || !write { return vpn + 1 }
         let span = vpn & ~511
         let huge = thp && !v.shared && span * pageSize >= v.start && (span + 512) * pageSize <= v.end
@@ -235,7 +285,7 @@ final class FakeCPU: CPUSide {
     }
 
     private func dropPTEs(_ start: UInt64, _ end: UInt64) {
-        for vpn in start / pageSize..<end / pageSize { ptes[vpn] = nil }
+        for vpn in start / pageSize..<end / pageSize { ptes[vpn] = nil; devicePages[vpn] = nil }
         // A PMD partly unmapped was split first.
         for edge in [start / pageSize, end / pageSize] where ptes[edge]?.order == 9 || ptes[edge &- 1]?.order == 9 {
             split(edge); split(edge &- 1)

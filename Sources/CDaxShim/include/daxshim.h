@@ -210,6 +210,9 @@ void dm_atomic_and_u64(uint64_t *p, uint64_t v);
 uint64_t dm_atomic_load_u64(const uint64_t *p);
 void dm_atomic_store_u64(uint64_t *p, uint64_t v);
 uint64_t dm_atomic_add_u64(uint64_t *p, uint64_t v);
+// Stores v and returns what was there: one of two threads releasing the same
+// device-private page sees the old word, the other 0.
+uint64_t dm_atomic_exchange_u64(uint64_t *p, uint64_t v);
 
 // ---------------------------------------------------------------------------
 // PAGEMAP_SCAN (Linux 6.7+, include/uapi/linux/fs.h): an ioctl on

@@ -1,0 +1,141 @@
+import DaxCore
+import PageTables
+
+/// Device-private memory: pages moved to the device and back, with the
+/// rules of the kernel's test driver (lib/test_hmm.c dmirror_migrate_*,
+/// mm/migrate_device.c; docs/device-private.md). The CPU side moves the
+/// bytes; this file decides which pages move, what the device's table
+/// holds after, and what the caller is told (`cpages`, errno).
+extension DeviceMirror {
+    /// What a migration to the device answers: the pages the device then
+    /// read back from its own table (`cpages`) and their bytes.
+    public struct Migrated: Sendable {
+        public var cpages: Int
+        public var bytes: [UInt8]
+    }
+
+    /// HMM_DMIRROR_MIGRATE_TO_DEV of [address, address+count). Windows of 64
+    /// pages cut at their VMA's end; a window with no VMA or no read
+    /// permission, or on DAX or device-dax, is EINVAL (earlier windows stay
+    /// moved). In a window: private anonymous pages move (an empty PTE or the
+    /// zero page as a zeroed device page, writable if the VMA is; a page
+    /// writable if its PTE is), as do the copy-on-write pages of a private
+    /// file mapping; page-cache and shmem pages, and pages already on a
+    /// device, stay. Other devices lose the moved pages; this device maps
+    /// them. Then the read-back: a page this device has no entry for is
+    /// ENOENT (`cpages` counts the pages before it).
+    public func migrateToDevice(_ address: UInt64, _ count: UInt64) throws(MirrorError) -> Migrated {
+        let (s, e) = try migrationPages(address, count)
+        try forEachWindow(s, e) { (ws, we, vma, vmas) throws(MirrorError) in
+            let truth = try readTruth(ws, we, vmas, detail: .presence)
+            let anonymousVMA = !vma.shared && vma.inode == 0
+            var moves: [DeviceMove] = []
+            for vpn in ws..<we {
+                let p = truth[Int(vpn - ws)]
+                switch p.state {
+                case .notPresent where anonymousVMA:
+                    moves.append(DeviceMove(vpn: vpn, present: false, writable: vma.writable))
+                case .present where !vma.shared && p.zero:
+                    if anonymousVMA { moves.append(DeviceMove(vpn: vpn, present: false, writable: vma.writable)) }
+                case .present where !vma.shared && !p.fileOrShared:
+                    moves.append(DeviceMove(vpn: vpn, present: true, writable: cpuWritable(p, deviceWritable: false)))
+                default:
+                    break
+                }
+            }
+            guard !moves.isEmpty else { return }
+            if let why = cpu.devicePrivateRefusal { throw MirrorError(.EOPNOTSUPP, why) }
+            _ = try cpu.migrateToDevice(moves, owner: device)
+            // The moves' own discards reach every mirror as events: apply
+            // them before mapping the pages (the kernel's MMU_NOTIFY_MIGRATE
+            // names the owner, whose entries it spares).
+            let after = try synchronize()
+            let now = try readTruth(ws, we, after, detail: .presence)
+            for m in moves {
+                let p = now[Int(m.vpn - ws)]
+                guard p.state == .devicePrivate(owner: device) else { continue }
+                table.insert(DeviceEntry(pfn: p.pfn, writable: p.devicePrivateWritable, devicePrivate: true), at: m.vpn)
+            }
+        }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int((e - s) * pageSize), alignment: 16)
+        defer { buffer.deallocate() }
+        var cpages = 0
+        for vpn in s..<e {
+            guard let (entry, _) = table.lookup(vpn) else {
+                throw MirrorError(.ENOENT, "page 0x\(String(vpn * pageSize, radix: 16)) is neither on the device nor mirrored by it (\(cpages) pages read back before it)")
+            }
+            try readEntry(entry, vpn, into: buffer.baseAddress! + cpages * Int(pageSize))
+            cpages += 1
+        }
+        return Migrated(cpages: cpages, bytes: [UInt8](buffer))
+    }
+
+    /// HMM_DMIRROR_MIGRATE_TO_SYS: this device's pages in the range come
+    /// home (counted); windows and EINVAL as for the way there.
+    public func migrateToSystem(_ address: UInt64, _ count: UInt64) throws(MirrorError) -> Int {
+        let (s, e) = try migrationPages(address, count)
+        var cpages = 0
+        try forEachWindow(s, e) { (ws, we, _, vmas) throws(MirrorError) in
+            let truth = try readTruth(ws, we, vmas, detail: .presence)
+            for vpn in ws..<we where truth[Int(vpn - ws)].state == .devicePrivate(owner: device) {
+                if try cpu.migrateHome(vpn) { cpages += 1 }
+                invalidate(vpn * pageSize, pageSize)
+            }
+        }
+        return cpages
+    }
+
+    /// HMM_DMIRROR_RELEASE for this region: every page this device holds
+    /// here comes home. Returns how many.
+    public func releaseDevicePages() throws(MirrorError) -> Int {
+        guard cpu.devicePrivateCount > 0 else { return 0 }
+        let vmas = try synchronize()
+        let (s, e) = (region.base / pageSize, region.end / pageSize)
+        let truth = try readTruth(s, e, vmas, detail: .presence)
+        var home = 0
+        for vpn in s..<e where truth[Int(vpn - s)].state == .devicePrivate(owner: device) {
+            if try cpu.migrateHome(vpn) { home += 1 }
+        }
+        return home
+    }
+
+    /// The pages of a migration's range: page-aligned, inside the region.
+    private func migrationPages(_ address: UInt64, _ count: UInt64) throws(MirrorError) -> (UInt64, UInt64) {
+        guard address % pageSize == 0, count % pageSize == 0 else {
+            throw MirrorError(.EINVAL, "a migration moves whole pages: 0x\(String(address, radix: 16))+\(count) is not page-aligned")
+        }
+        return try pages(address, count)
+    }
+
+    /// The kernel's walk: windows of up to 64 pages, each inside one VMA.
+    private func forEachWindow(_ s: UInt64, _ e: UInt64,
+                               _ body: (UInt64, UInt64, VMA, [VMA]) throws(MirrorError) -> Void) throws(MirrorError) {
+        var vpn = s
+        while vpn < e {
+            let vmas = try synchronize()
+            let addr = vpn * pageSize
+            guard let vma = vmas.first(where: { $0.start <= addr && addr < $0.end }) else {
+                throw MirrorError(.EINVAL, "nothing is mapped at 0x\(String(addr, radix: 16))")
+            }
+            guard vma.readable else { throw MirrorError(.EINVAL, "0x\(String(addr, radix: 16)) is mapped without read permission") }
+            if fileDAX || devdaxOrder != nil || { if case .devdax = region.backing { return true } else { return false } }() {
+                throw MirrorError(.EINVAL, "0x\(String(addr, radix: 16)) is DAX memory: mirrored, never migrated")
+            }
+            let next = min(e, vpn + 64, vma.end / pageSize)
+            try body(vpn, next, vma, vmas)
+            vpn = next
+        }
+    }
+
+    /// The device's copy of one page it has an entry for (dmirror_do_read):
+    /// its own private page, zeros, or the CPU page.
+    func readEntry(_ entry: DeviceEntry, _ vpn: UInt64, into buffer: UnsafeMutableRawPointer) throws(MirrorError) {
+        if entry.devicePrivate {
+            cpu.devicePageRead(vpn, offset: 0, into: buffer, count: Int(pageSize))
+        } else if entry.zero {
+            buffer.initializeMemory(as: UInt8.self, repeating: 0, count: Int(pageSize))
+        } else {
+            try cpu.deviceRead(vpn * pageSize, into: buffer, count: Int(pageSize))
+        }
+    }
+}
