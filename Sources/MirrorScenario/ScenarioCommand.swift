@@ -12,7 +12,7 @@ import MirrorKernel
 /// source of each command's name, usage line, help text and parser.
 public indirect enum ScenarioCommand: Equatable {
     case map(MapRequest)
-    case mirror(region: String, device: String?, untracked: Bool, writeBit: DeviceMirror.WriteBitSource?)
+    case mirror(region: String, device: String?, untracked: Bool, writeBit: DeviceMirror.WriteBitSource?, number: Int = 0)
     case cpuRead(Span)
     case cpuWrite(Span, byte: UInt8)
     case devRead(Span)
@@ -31,6 +31,9 @@ public indirect enum ScenarioCommand: Equatable {
     case stats(region: String)
     case expectFail(ScenarioCommand)
     case require(Requirement)
+    case migrate(Span)
+    case migrateBack(Span)
+    case release(device: String)
 
     public struct MapRequest: Equatable {
         public var region: String
@@ -96,6 +99,9 @@ public indirect enum ScenarioCommand: Equatable {
         case .stats: "stats"
         case .expectFail: "expect-fail"
         case .require: "require"
+        case .migrate: "migrate"
+        case .migrateBack: "migrate-back"
+        case .release: "release"
         }
     }
 }
@@ -243,12 +249,19 @@ extension ScenarioCommand {
             request.privateFile = flags.contains("private")
             return .map(request)
         },
-        .init(name: "mirror", usage: "R [as D] [untracked] [write-bit soft-dirty|pagemap]",
-              summary: "attach a simulated device to R, named R or D (untracked: no userfaultfd events; write-bit: where HMM's WRITE comes from, default soft-dirty where the kernel has it)") { w throws(ScenarioError) in
+        .init(name: "mirror", usage: "R [as D] [device 0|1] [untracked] [write-bit soft-dirty|pagemap]",
+              summary: "attach a simulated device's mirror to R, named R or D (device: which device it is a mirror of, default 0 — pages migrated through any mirror of a device are that device's; untracked: no userfaultfd events; write-bit: where HMM's WRITE comes from, default soft-dirty where the kernel has it)") { w throws(ScenarioError) in
             let region = try w.word("R")
-            var device: String?, untracked = false, writeBit: DeviceMirror.WriteBitSource?
+            var device: String?, untracked = false, writeBit: DeviceMirror.WriteBitSource?, number: Int?
             while let word = w.peek {
                 if w.take("as"), device == nil { device = try w.word("D") }
+                else if w.take("device"), number == nil {
+                    let v = try w.word("0|1")
+                    guard let n = Int(v), n == 0 || n == 1 else {
+                        throw ScenarioError(.EINVAL, "device takes 0 or 1 (the kernel's device-private dmirror0 and dmirror1), not \(v)")
+                    }
+                    number = n
+                }
                 else if w.take("untracked"), !untracked { untracked = true }
                 else if w.take("write-bit"), writeBit == nil {
                     let v = try w.word("soft-dirty|pagemap")
@@ -257,10 +270,10 @@ extension ScenarioCommand {
                     }
                     writeBit = source
                 } else {
-                    throw ScenarioError(.EINVAL, "unexpected word \(word): usage: mirror R [as D] [untracked] [write-bit soft-dirty|pagemap]")
+                    throw ScenarioError(.EINVAL, "unexpected word \(word): usage: mirror R [as D] [device 0|1] [untracked] [write-bit soft-dirty|pagemap]")
                 }
             }
-            return .mirror(region: region, device: device, untracked: untracked, writeBit: writeBit)
+            return .mirror(region: region, device: device, untracked: untracked, writeBit: writeBit, number: number ?? 0)
         },
         .init(name: "cpu-read", usage: "R OFF LEN", summary: "the CPU reads: checksum and uniform byte (a SIGBUS is the answer, EFAULT)") { w throws(ScenarioError) in
             .cpuRead(try w.span())
@@ -311,6 +324,17 @@ extension ScenarioCommand {
         },
         .init(name: "stats", usage: "R", summary: "table entries, mirrored pages, bytes, faults, stale entries dropped") { w throws(ScenarioError) in
             .stats(region: try w.word("R"))
+        },
+        .init(name: "migrate", usage: "D OFF LEN",
+              summary: "move pages to device D's private memory (HMM_DMIRROR_MIGRATE_TO_DEV): cpages, and the checksum and uniform byte the device read back") { w throws(ScenarioError) in
+            .migrate(try w.span())
+        },
+        .init(name: "migrate-back", usage: "D OFF LEN",
+              summary: "bring device D's pages in the range home (HMM_DMIRROR_MIGRATE_TO_SYS): cpages") { w throws(ScenarioError) in
+            .migrateBack(try w.span())
+        },
+        .init(name: "release", usage: "D", summary: "every page D's device holds comes home (HMM_DMIRROR_RELEASE): pages") { w throws(ScenarioError) in
+            .release(device: try w.word("D"))
         },
         .init(name: "expect-fail", usage: "CMD ...", summary: "CMD must fail (its errno is reported)") { w throws(ScenarioError) in
             let rest = w.rest()

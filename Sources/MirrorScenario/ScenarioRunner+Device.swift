@@ -10,7 +10,8 @@ import PageTables
 /// The device side of a scenario: simulated devices, their accesses, and
 /// what they are checked against (pagemap, the kernel's own dmirror).
 extension ScenarioRunner {
-    func mirror(_ name: String, as deviceName: String?, untracked: Bool, writeBit: DeviceMirror.WriteBitSource?) throws -> [(String, JSON)] {
+    func mirror(_ name: String, as deviceName: String?, untracked: Bool, writeBit: DeviceMirror.WriteBitSource?,
+                number: Int = 0) throws -> [(String, JSON)] {
         let m = try region(name)
         let device = deviceName ?? name
         guard mirrors[device] == nil else { throw ScenarioError(.EEXIST, "device \(device) exists") }
@@ -20,7 +21,7 @@ extension ScenarioRunner {
         let track = tracking && !untracked && other == nil
         if truth == nil { truth = try CPUTruth(scanAvailable: kernel.pagemapScan) }
         let mirror = try DeviceMirror(region: m.region, tracking: track, dax: m.mapSync, truth: truth, kernel: kernel,
-                                writeBit: writeBit)
+                                      writeBit: writeBit, device: number, sharing: other.flatMap { mirrors[$0] })
         mirrors[device] = mirror
         deviceRegion[device] = name
         if againstKernel { kernelDevices[device] = try KernelDmirror() }
@@ -28,7 +29,37 @@ extension ScenarioRunner {
                 ("events", .string(mirror.tracker.map { $0.mechanism.rawValue }
                                    ?? (other.map { "none (\($0) holds the registration)" } ?? "none"))),
                 ("huge_visible", .bool(mirror.cpu.seesMapOrder)), ("write_bit", .string(mirror.writeBit.rawValue)),
-                ("layout", .string(mirror.cpu.layoutMethod))]
+                ("layout", .string(mirror.cpu.layoutMethod)), ("device_number", .int(Int64(number))),
+                ("device_private", .string(mirror.cpu.devicePrivateRefusal == nil ? mirror.cpu.devicePrivateMechanism : "none"))]
+    }
+
+    /// `migrate D OFF LEN`: pages to D's device, and what it read back.
+    func migrate(_ s: ScenarioCommand.Span) throws -> [(String, JSON)] {
+        let m = try resolve(s)
+        let mirror = try mirrorOf(s.region)
+        let moved = try mirror.migrateToDevice(m.address + s.offset, s.length)
+        var out: [(String, JSON)] = [("cpages", .int(Int64(moved.cpages)))]
+        moved.bytes.withUnsafeBytes { out += ByteDigest.of($0) }
+        return out
+    }
+
+    /// `migrate-back D OFF LEN`: D's device's pages there come home.
+    func migrateBack(_ s: ScenarioCommand.Span) throws -> [(String, JSON)] {
+        let m = try resolve(s)
+        let mirror = try mirrorOf(s.region)
+        return [("cpages", .int(Int64(try mirror.migrateToSystem(m.address + s.offset, s.length))))]
+    }
+
+    /// `release D`: every page of D's device, in every region, comes home.
+    func release(_ name: String) throws -> [(String, JSON)] {
+        let device = try mirrorOf(name).device
+        var home = 0
+        var regionsDone: Set<UInt64> = []
+        for (_, mirror) in mirrors.sorted(by: { $0.key < $1.key }) where mirror.device == device {
+            guard regionsDone.insert(mirror.region.base).inserted else { continue }
+            home += try mirror.releaseDevicePages()
+        }
+        return [("pages", .int(Int64(home)))]
     }
 
     func devRead(_ s: ScenarioCommand.Span) throws -> [(String, JSON)] {

@@ -209,7 +209,7 @@ public final class ScenarioRunner {
     private func perform(_ command: ScenarioCommand) throws -> [(String, JSON)] {
         switch command {
         case .map(let r): return try map(r)
-        case .mirror(let r, let d, let untracked, let writeBit): return try mirror(r, as: d, untracked: untracked, writeBit: writeBit)
+        case .mirror(let r, let d, let untracked, let writeBit, let n): return try mirror(r, as: d, untracked: untracked, writeBit: writeBit, number: n)
         case .cpuRead(let s): return try cpuRead(s)
         case .cpuWrite(let s, let b): return try cpuWrite(s, b)
         case .devRead(let s): return try devRead(s)
@@ -227,6 +227,9 @@ public final class ScenarioRunner {
         case .check(let r, let range, let strict, let k): return try check(r, range, strict: strict, kernel: k)
         case .stats(let r): return try stats(r)
         case .require(let what): return try require(what)
+        case .migrate(let s): return try migrate(s)
+        case .migrateBack(let s): return try migrateBack(s)
+        case .release(let d): return try release(d)
         case .expectFail: return []  // execute() handles it
         }
     }

@@ -88,7 +88,7 @@ struct ScenarioLanguageTests {
         #expect(try ScenarioLine.parse("expect-fail dev-read A 0 4K")?.command
                 == .expectFail(.devRead(.init(region: "A", offset: 0, length: 4096))))
         #expect(try ScenarioLine.parse("mirror A write-bit pagemap as D")?.command
-                == .mirror(region: "A", device: "D", untracked: false, writeBit: .pagemap))
+                == .mirror(region: "A", device: "D", untracked: false, writeBit: .pagemap, number: 0))
         #expect(try ScenarioLine.parse("  # only a comment") == nil)
     }
 
@@ -112,7 +112,7 @@ struct ScenarioLanguageTests {
 
     @Test func theHelpListsEveryCommandFromTheTable() throws {
         let help = try CLI.daxmirror(["run", "--help"]).stdout
-        #expect(ScenarioCommand.specs.count == 20)
+        #expect(ScenarioCommand.specs.count == 23)
         for spec in ScenarioCommand.specs {
             #expect(help.contains("\(spec.name) \(spec.usage)"), "\(spec.name) missing from run --help")
         }

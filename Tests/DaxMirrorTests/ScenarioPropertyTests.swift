@@ -62,7 +62,7 @@ struct ScenarioLineGenerator {
 
     static let commands = ["map", "mirror", "cpu-read", "cpu-write", "dev-read", "dev-write", "snapshot", "protect",
                            "unmap", "remap", "discard", "truncate", "persist", "fork-write", "pwrite", "pread",
-                           "check", "stats", "expect-fail"]
+                           "check", "stats", "expect-fail", "migrate", "migrate-back", "release"]
     static let keywords = ["huge", "ro", "none", "private", "as", "untracked", "write-bit", "soft-dirty", "pagemap",
                            "strict", "kernel", "anon", "shmem", "file", "devdax", "read", "rw", "x=1", "faults=0"]
     static let extremes = ["0", "1", "4095", "4097", "-1", "-4096", "0x", "0xzz", "1.5M", "0b101", "1P", "16383P", "4E",
@@ -107,9 +107,10 @@ struct ScenarioLineGenerator {
             var w = [region()]
             if coin(0.2) { w += ["as", pick(["D1", "D2", "A"])] }
             if coin(0.2) { w.append("untracked") }
+            if coin(0.3) { w += ["device", coin(0.9) ? pick(["0", "1"]) : pick(["2", "-1", junk()])] }
             if coin(0.3) { w += ["write-bit", pick(["soft-dirty", "pagemap", junk()])] }
             return w
-        case "cpu-read", "dev-read", "unmap", "remap", "discard", "persist", "pread":
+        case "cpu-read", "dev-read", "unmap", "remap", "discard", "persist", "pread", "migrate", "migrate-back":
             return [region(), number(), number()]
         case "cpu-write", "dev-write", "fork-write", "pwrite":
             return [region(), number(), number(), byte]
@@ -121,7 +122,7 @@ struct ScenarioLineGenerator {
             if coin(0.4) { w += [number(), number()] }
             if coin(0.3) { w.append(pick(["strict", "kernel"])) }
             return w
-        case "stats": return [region()]
+        case "stats", "release": return [region()]
         case "expect-fail":
             let inner = pick(Self.commands.filter { $0 != "expect-fail" && $0 != "fork-write" })
             return [inner] + words(for: inner)

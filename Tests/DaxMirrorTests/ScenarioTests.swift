@@ -23,7 +23,8 @@ struct ScenarioTests {
         for name in ["anon_read", "anon_read_prot", "anon_write", "anon_write_prot", "anon_write_child",
                      "anon_write_child_shared", "anon_write_huge", "file_read", "file_write", "anon_teardown",
                      "mixedmap", "snapshot", "compound", "compound_dax", "double_map", "open_close",
-                     "dax_hole_zero", "dax_write_pmd", "dax_truncate"] {
+                     "dax_hole_zero", "dax_write_pmd", "dax_truncate", "migrate", "migrate_fault", "migrate_release",
+                     "migrate_shared", "migrate_mixed", "migrate_multiple"] {
             #expect(Self.names.contains(name + ".scn"), "Scenarios/\(name).scn is missing")
         }
     }
