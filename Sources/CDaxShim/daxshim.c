@@ -147,6 +147,31 @@ int dm_fork_fill(void *addr, size_t len, int byte) {
     return status;
 }
 
+int dm_fork_read(const void *addr, size_t len, uint64_t *hash, int *uniform_byte) {
+    uint64_t *shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (shared == MAP_FAILED) return -1;
+    pid_t pid = dm_raw_fork();
+    if (pid < 0) { int e = errno; munmap(shared, 4096); errno = e; return -1; }
+    if (pid == 0) {
+        const unsigned char *p = addr;
+        uint64_t h = 0xcbf29ce484222325ULL;
+        int u = len ? p[0] : 0;
+        for (size_t i = 0; i < len; i++) {
+            h = (h ^ p[i]) * 0x100000001b3ULL;
+            if (p[i] != p[0]) u = -1;
+        }
+        shared[0] = h;
+        shared[1] = (uint64_t)(int64_t)u;
+        _exit(0);
+    }
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0) { if (errno != EINTR) { munmap(shared, 4096); return -1; } }
+    *hash = shared[0];
+    *uniform_byte = (int)(int64_t)shared[1];
+    munmap(shared, 4096);
+    return status;
+}
+
 int dm_set_extent_size_hint(int fd, uint32_t bytes) {
     struct fsxattr fa;
     if (ioctl(fd, FS_IOC_FSGETXATTR, &fa) < 0) return -1;

@@ -21,7 +21,14 @@ import Userfaultfd
 /// without locks or allocation: 0 = the CPU's page; otherwise bits 0–15 the
 /// owning device + 1, bit 16 the device may write it, bit 17 a migration of
 /// it is under way (the handler must not take the migration's own
-/// MADV_DONTNEED for a user's discard).
+/// MADV_DONTNEED for a user's discard), bit 18 the page is held for the
+/// device's exclusive (atomic) access rather than migrated.
+///
+/// fork: the child's copy of the region has the same pages absent, so the
+/// FORK event hands its uffd to the handler, which keeps a copy of every
+/// device page as it was at the fork (`childPool`) and serves the child's
+/// faults from it. As the kernel's copy_nonpresent_pte, the parent's device
+/// pages become read-only and its exclusive pages come home.
 public final class DevicePrivatePool: @unchecked Sendable {
     public let base: UInt64
     public let pages: Int
@@ -30,10 +37,23 @@ public final class DevicePrivatePool: @unchecked Sendable {
     private let state: UnsafeMutablePointer<UInt64>
     /// Pages on a device now (a load per read: the truth overlay is skipped at 0).
     private let onDevice: UnsafeMutablePointer<UInt64>
+    /// The last forked child's device pages, as they were at the fork.
+    private let childPool: UnsafeMutableRawPointer
+    private let childState: UnsafeMutablePointer<UInt64>
+    /// The last forked child's uffd + 1 (0: none), polled by the handler.
+    public let childDescriptor: UnsafeMutablePointer<UInt64>
 
     static let ownerMask: UInt64 = 0xFFFF
     static let writableBit: UInt64 = 1 << 16
     static let pendingBit: UInt64 = 1 << 17
+    static let exclusiveBit: UInt64 = 1 << 18
+    /// Owner field of a page that is the CPU's again but not yet mapped:
+    /// an exclusive page at a fork, whose UFFDIO_COPY would be EAGAIN while
+    /// the fork is under way (mmap_changing); the next touch or `settle`
+    /// maps it.
+    static let returning: UInt64 = 0xFFFF
+    /// Set when some page is `returning`.
+    private let returningPending: UnsafeMutablePointer<UInt64>
 
     /// Reserves the pool (MAP_NORESERVE: it costs what devices hold).
     public init(base: UInt64, length: Int) throws(SystemCallError) {
@@ -42,27 +62,62 @@ public final class DevicePrivatePool: @unchecked Sendable {
         pages = (length + pageSize - 1) / pageSize
         let p = mmap(nil, pages * pageSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
         guard let p, p != MAP_FAILED else { throw SystemCallError("mmap", "the device-private pool", errno: Errno.current) }
+        let c = mmap(nil, pages * pageSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        guard let c, c != MAP_FAILED else {
+            munmap(p, pages * pageSize)
+            throw SystemCallError("mmap", "the device-private pool", errno: Errno.current)
+        }
         pool = p
+        childPool = c
         state = .allocate(capacity: pages)
         state.initialize(repeating: 0, count: pages)
+        childState = .allocate(capacity: pages)
+        childState.initialize(repeating: 0, count: pages)
         onDevice = .allocate(capacity: 1)
         onDevice.initialize(to: 0)
+        childDescriptor = .allocate(capacity: 1)
+        childDescriptor.initialize(to: 0)
+        returningPending = .allocate(capacity: 1)
+        returningPending.initialize(to: 0)
     }
 
     deinit {
+        closeChild()
         munmap(pool, pages * pageSize)
+        munmap(childPool, pages * pageSize)
         state.deallocate()
+        childState.deallocate()
         onDevice.deallocate()
+        childDescriptor.deallocate()
+        returningPending.deallocate()
+    }
+
+    /// Stops serving the last child (its faults then run as unregistered).
+    public func closeChild() {
+        let fd = dm_atomic_exchange_u64(childDescriptor, 0)
+        if fd != 0 { close(Int32(truncatingIfNeeded: fd) - 1) }
     }
 
     /// Pages any device holds now.
     public var count: Int { Int(dm_atomic_load_u64(onDevice)) }
 
-    /// The owner and permission of region page `index`, if a device holds it.
-    public func owner(ofPage index: Int) -> (device: Int, writable: Bool)? {
+    /// The owner and permission of region page `index`, if a device holds
+    /// it, and whether it holds it for exclusive access (not migrated).
+    public func owner(ofPage index: Int) -> (device: Int, writable: Bool, exclusive: Bool)? {
         let s = dm_atomic_load_u64(state + index)
-        guard s & Self.ownerMask != 0 else { return nil }
-        return (Int(s & Self.ownerMask) - 1, s & Self.writableBit != 0)
+        guard s & Self.ownerMask != 0, s & Self.ownerMask != Self.returning else { return nil }
+        return (Int(s & Self.ownerMask) - 1, s & Self.writableBit != 0, s & Self.exclusiveBit != 0)
+    }
+
+    /// Some device, or a fork's return, holds the page's bytes in its slot.
+    private func held(_ index: Int) -> Bool { dm_atomic_load_u64(state + index) & Self.ownerMask != 0 }
+
+    /// Maps the pages a fork gave back to the CPU (see `returning`).
+    public func mapReturned(uffd: Userfaultfd) {
+        guard dm_atomic_exchange_u64(returningPending, 0) != 0 else { return }
+        for i in 0..<pages where dm_atomic_load_u64(state + i) & Self.ownerMask == Self.returning {
+            _ = try? bringHome(i, uffd: uffd)
+        }
     }
 
     /// The slot's bytes (the device page), for the device's own access.
@@ -90,7 +145,8 @@ public final class DevicePrivatePool: @unchecked Sendable {
     /// `settle` waits for the handler to have served the discards' REMOVE
     /// events before the pages stop being "under way". Returns the pages moved
     /// (a page whose copy met SIGBUS — truncated away — stays).
-    public func migrate(_ moves: [Move], device: Int, uffd: Userfaultfd, settle: () -> Void) throws(SystemCallError) -> Int {
+    public func migrate(_ moves: [Move], device: Int, exclusive: Bool = false, uffd: Userfaultfd,
+                        settle: () -> Void) throws(SystemCallError) -> Int {
         var moved: [Move] = []
         moved.reserveCapacity(moves.count)
         for m in moves {
@@ -101,6 +157,7 @@ public final class DevicePrivatePool: @unchecked Sendable {
                 madvise(dst, pageSize, MADV_DONTNEED)  // reads as zeros
             }
             let word = UInt64(device + 1) | (m.writable ? Self.writableBit : 0) | Self.pendingBit
+                | (exclusive ? Self.exclusiveBit : 0)
             dm_atomic_store_u64(state + m.index, word)
             moved.append(m)
         }
@@ -126,7 +183,7 @@ public final class DevicePrivatePool: @unchecked Sendable {
     /// slot (EEXIST: the handler did it first). Returns whether it was on a device.
     @discardableResult
     public func bringHome(_ index: Int, uffd: Userfaultfd) throws(SystemCallError) -> Bool {
-        guard owner(ofPage: index) != nil else { return false }
+        guard held(index) else { return false }
         do { try uffd.copy(to: address(index), from: slot(index), length: pageSize) }
         catch where error.errno == .EEXIST {}
         release(index)
@@ -142,14 +199,14 @@ public final class DevicePrivatePool: @unchecked Sendable {
         let index = Int((page - base) / UInt64(pageSize))
         let dst = address(index)
         do {
-            if owner(ofPage: index) != nil {
+            if held(index) {
                 try uffd.copy(to: dst, from: slot(index), length: pageSize)
                 release(index)
             } else {
                 try uffd.zeropage(at: dst, length: pageSize)
             }
         } catch {
-            if error.errno == .EEXIST, owner(ofPage: index) != nil { release(index) }
+            if error.errno == .EEXIST, held(index) { release(index) }
             try? uffd.wake(dst, length: pageSize)
         }
         return true
@@ -164,6 +221,54 @@ public final class DevicePrivatePool: @unchecked Sendable {
         for i in Int((lo - base) / UInt64(pageSize))..<Int((hi - base + UInt64(pageSize) - 1) / UInt64(pageSize)) {
             let s = dm_atomic_load_u64(state + i)
             if s & Self.ownerMask != 0 && s & Self.pendingBit == 0 { release(i) }
+        }
+    }
+
+    /// On the handler thread: the process forked and `descriptor` is the
+    /// child's uffd. The child's device pages are copied aside for it; the
+    /// parent's lose write permission, and its exclusive pages are the CPU's
+    /// again (mapped at their next touch or by `mapReturned`).
+    public func forked(_ descriptor: Int32) {
+        closeChild()
+        for i in 0..<pages {
+            let s = dm_atomic_load_u64(state + i)
+            if s & Self.ownerMask != 0 { (childPool + i * pageSize).copyMemory(from: slot(i), byteCount: pageSize) }
+            dm_atomic_store_u64(childState + i, s & ~Self.pendingBit)
+            guard s & Self.ownerMask != 0 else { continue }
+            if s & Self.exclusiveBit != 0 {
+                dm_atomic_store_u64(state + i, Self.returning)
+                dm_atomic_store_u64(returningPending, 1)
+            } else {
+                dm_atomic_and_u64(state + i, ~Self.writableBit)
+            }
+        }
+        dm_atomic_store_u64(childDescriptor, UInt64(descriptor) + 1)
+    }
+
+    /// On the handler thread: an event of the child's uffd. A fault on a
+    /// page a device held at the fork gets that page; any other, zeros.
+    public func serveChild(_ event: UserfaultfdEvent, descriptor: Int32) {
+        switch event {
+        case .pageFault(let address, _, _):
+            let page = address & ~UInt64(pageSize - 1)
+            guard page >= base, page < base + UInt64(pages * pageSize) else {
+                Userfaultfd.wake(fd: descriptor, at: page, length: pageSize)
+                return
+            }
+            let i = Int((page - base) / UInt64(pageSize))
+            do {
+                if dm_atomic_exchange_u64(childState + i, 0) != 0 {
+                    try Userfaultfd.copy(fd: descriptor, to: page, from: childPool + i * pageSize, length: pageSize)
+                } else {
+                    try Userfaultfd.zeropage(fd: descriptor, at: page, length: pageSize)
+                }
+            } catch {
+                Userfaultfd.wake(fd: descriptor, at: page, length: pageSize)
+            }
+        case .fork(let grandchild):
+            close(grandchild)  // a grandchild's faults run as unregistered
+        default:
+            break
         }
     }
 

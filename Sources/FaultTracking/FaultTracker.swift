@@ -85,8 +85,11 @@ public final class FaultTracker: @unchecked Sendable {
         let serve = Self.serve(mechanism: choice.mechanism, resolver: resolver, base: base,
                                pageSize: pageSize, log: log, pool: self.devicePrivate)
         do {
+            let secondary = self.devicePrivate.map { pool in
+                FaultHandler.Secondary(descriptor: pool.childDescriptor) { event, fd in pool.serveChild(event, descriptor: fd) }
+            }
             handler = try FaultHandler(uffd: uffd!, onError: { [log] e in log.recordError(e.errno.rawValue) },
-                                       onEvent: serve)
+                                       secondary: secondary, onEvent: serve)
         } catch {
             throw Failure.from(error, doing: "start the fault handler")
         }
@@ -168,7 +171,9 @@ public final class FaultTracker: @unchecked Sendable {
                     try? uffd.wake(dst, length: Int(pageSize))
                 }
             case .fork(let descriptor):
-                close(descriptor)  // the child is not tracked: its faults run as if unregistered
+                // The child is not tracked: its faults run as if unregistered,
+                // except where device pages must reach it (DevicePrivatePool).
+                if let pool { pool.forked(descriptor) } else { close(descriptor) }
                 log.record(.fork)
             case .remap(let from, let to, let len):
                 pool?.removed(from, from + len)
@@ -321,6 +326,7 @@ public final class FaultTracker: @unchecked Sendable {
         }
         handler?.stop()
         handler = nil
+        devicePrivate?.closeChild()
         uffd?.close()
     }
 

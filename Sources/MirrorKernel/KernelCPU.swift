@@ -114,7 +114,10 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
 
     public var eventSequence: Int { tracker?.invalidationSequence ?? 0 }
 
-    public func settleEvents() { tracker?.settle() }
+    public func settleEvents() {
+        tracker?.settle()
+        if let d = devicePages, let uffd = d.tracker.userfaultfd { d.pool.mapReturned(uffd: uffd) }
+    }
 
     public func events(since: Int) -> (events: [Invalidation], overflowed: Bool) {
         guard let tracker, tracker.invalidationSequence != since else { return ([], false) }
@@ -168,13 +171,13 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
 
     public var devicePrivateCount: Int { devicePages?.pool.count ?? 0 }
 
-    public func migrateToDevice(_ moves: [DeviceMove], owner: Int) throws(MirrorError) -> Int {
+    public func migrateToDevice(_ moves: [DeviceMove], owner: Int, exclusive: Bool) throws(MirrorError) -> Int {
         guard let d = devicePages, let uffd = d.tracker.userfaultfd else {
             throw MirrorError(.EOPNOTSUPP, devicePrivateRefusal ?? "no device-private memory here")
         }
         let first = region.base / pageSize
         let indexed = moves.map { DevicePrivatePool.Move(index: Int($0.vpn - first), present: $0.present, writable: $0.writable) }
-        do { return try d.pool.migrate(indexed, device: owner, uffd: uffd, settle: { d.tracker.settle() }) }
+        do { return try d.pool.migrate(indexed, device: owner, exclusive: exclusive, uffd: uffd, settle: { d.tracker.settle() }) }
         catch { throw MirrorError(error.errno, "moving pages to the device: \(error)") }
     }
 
@@ -201,8 +204,8 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
         let lo = max(startVPN, first), hi = min(endVPN, first + UInt64(pool.pages))
         guard lo < hi else { return }
         for vpn in lo..<hi where out[Int(vpn - startVPN)].state == .notPresent {
-            guard let (device, writable) = pool.owner(ofPage: Int(vpn - first)) else { continue }
-            out[Int(vpn - startVPN)].state = .devicePrivate(owner: device)
+            guard let (device, writable, exclusive) = pool.owner(ofPage: Int(vpn - first)) else { continue }
+            out[Int(vpn - startVPN)].state = exclusive ? .deviceExclusive(owner: device) : .devicePrivate(owner: device)
             out[Int(vpn - startVPN)].pfn = vpn - first
             out[Int(vpn - startVPN)].devicePrivateWritable = writable
         }

@@ -14,6 +14,10 @@ public struct CPUPage: Sendable, Equatable {
         /// CPU (the kernel keeps a device-private swap entry), `pfn` is the
         /// device page, `devicePrivateWritable` its permission.
         case devicePrivate(owner: Int)
+        /// Held for device `owner`'s exclusive access (make_device_exclusive):
+        /// not present to the CPU, whose next access takes it back; `pfn` is
+        /// the device's copy.
+        case deviceExclusive(owner: Int)
     }
     public var state: State
     public var pfn: UInt64 = 0

@@ -59,11 +59,12 @@ public protocol CPUSide: AnyObject {
     /// How a page moves ("copy": UFFDIO_COPY back on the CPU's touch).
     var devicePrivateMechanism: String { get }
     /// Pages devices hold in the region now; `pages` reports each as
-    /// `.devicePrivate(owner:)`, absent to the CPU.
+    /// `.devicePrivate(owner:)` or `.deviceExclusive(owner:)`, absent to the CPU.
     var devicePrivateCount: Int { get }
-    /// Moves `moves` (sorted) to device `owner`: the CPU loses them until
-    /// it touches them. Returns how many moved.
-    func migrateToDevice(_ moves: [DeviceMove], owner: Int) throws(MirrorError) -> Int
+    /// Moves `moves` (sorted) to device `owner` (`exclusive`: held for its
+    /// exclusive access instead): the CPU loses them until it touches them.
+    /// Returns how many moved.
+    func migrateToDevice(_ moves: [DeviceMove], owner: Int, exclusive: Bool) throws(MirrorError) -> Int
     /// Brings page `vpn` home from the device holding it (the kernel's
     /// migrate_to_ram); false if no device held it.
     func migrateHome(_ vpn: UInt64) throws(MirrorError) -> Bool

@@ -149,7 +149,8 @@ extension DeviceMirror {
                 var ok: Bool
                 if entry.devicePrivate {
                     // Still this device's page (it went home at a CPU touch).
-                    ok = p.state == .devicePrivate(owner: device) && p.pfn == entry.pfn
+                    let held: CPUPage.State = entry.atomic ? .deviceExclusive(owner: device) : .devicePrivate(owner: device)
+                    ok = p.state == held && p.pfn == entry.pfn
                         && (!entry.writable || p.devicePrivateWritable)
                 } else {
                     ok = p.state == .present && p.pfn == entry.pfn(at: vpn - start)

@@ -14,6 +14,9 @@ extension DeviceMirror {
             switch p.state {
             case .unmapped, .inaccessible: return .error
             case .notPresent: return .none
+            case .deviceExclusive:
+                // A device-exclusive entry is not present to a snapshot's walk.
+                return .none
             case .devicePrivate(let owner):
                 // Another device's page is not present to this one.
                 return owner == device ? .devicePrivate(writable: p.devicePrivateWritable) : .none
@@ -78,7 +81,8 @@ extension DeviceMirror {
                 // A huge entry reaching outside the range is checked inside it only.
                 let dev = "pfn 0x\(String(want, radix: 16)) \(entry.code)"
                 if entry.devicePrivate {
-                    if p.state != .devicePrivate(owner: device) || p.pfn != want {
+                    let held: CPUPage.State = entry.atomic ? .deviceExclusive(owner: device) : .devicePrivate(owner: device)
+                    if p.state != held || p.pfn != want {
                         note(vpn, "the device maps a private page it does not hold", dev, "\(p.state)")
                     } else if entry.writable && !p.devicePrivateWritable {
                         note(vpn, "the device may write its page read-only", dev, "read-only")

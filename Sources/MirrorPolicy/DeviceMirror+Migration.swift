@@ -45,7 +45,7 @@ extension DeviceMirror {
             }
             guard !moves.isEmpty else { return }
             if let why = cpu.devicePrivateRefusal { throw MirrorError(.EOPNOTSUPP, why) }
-            _ = try cpu.migrateToDevice(moves, owner: device)
+            _ = try cpu.migrateToDevice(moves, owner: device, exclusive: false)
             // The moves' own discards reach every mirror as events: apply
             // them before mapping the pages (the kernel's MMU_NOTIFY_MIGRATE
             // names the owner, whose entries it spares).
@@ -57,6 +57,12 @@ extension DeviceMirror {
                 table.insert(DeviceEntry(pfn: p.pfn, writable: p.devicePrivateWritable, devicePrivate: true), at: m.vpn)
             }
         }
+        return try readBack(s, e)
+    }
+
+    /// dmirror_do_read of [s, e) from this device's table as it is: a page
+    /// without an entry is ENOENT.
+    private func readBack(_ s: UInt64, _ e: UInt64) throws(MirrorError) -> Migrated {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int((e - s) * pageSize), alignment: 16)
         defer { buffer.deallocate() }
         var cpages = 0
@@ -68,6 +74,52 @@ extension DeviceMirror {
             cpages += 1
         }
         return Migrated(cpages: cpages, bytes: [UInt8](buffer))
+    }
+
+    /// HMM_DMIRROR_EXCLUSIVE (make_device_exclusive_range) of [address,
+    /// address+count), in windows of 64 pages: each page is faulted in for
+    /// writing, as GUP does (a page it cannot get — no VMA, read-only — is
+    /// EBUSY), must be anonymous (else EBUSY), and is then held for this
+    /// device's exclusive access: every device's entries for the window go
+    /// (the owner's too) and this device holds ATOMIC entries. Any CPU
+    /// access, an mprotect or a fork ends it. Then the read-back.
+    public func makeExclusive(_ address: UInt64, _ count: UInt64) throws(MirrorError) -> Migrated {
+        let (s, e) = try migrationPages(address, count)
+        var vpn = s
+        while vpn < e {
+            let next = min(e, vpn + 64)
+            _ = try synchronize()
+            if let failed = cpu.populate(vpn * pageSize, (next - vpn) * pageSize, write: true) {
+                throw MirrorError(.EBUSY, "the pages at 0x\(String(vpn * pageSize, radix: 16)) cannot be faulted in for writing (\(failed.name))")
+            }
+            let vmas = try synchronize()
+            let truth = try readTruth(vpn, next, vmas, detail: .presence)
+            if let i = truth.firstIndex(where: { $0.state != .present || $0.fileOrShared || $0.vmaShared || $0.zero }) {
+                throw MirrorError(.EBUSY, "0x\(String((vpn + UInt64(i)) * pageSize, radix: 16)) is not an anonymous page: only those can be held exclusively")
+            }
+            if let why = cpu.devicePrivateRefusal { throw MirrorError(.EOPNOTSUPP, why) }
+            let moves = (vpn..<next).map { DeviceMove(vpn: $0, present: true, writable: true) }
+            _ = try cpu.migrateToDevice(moves, owner: device, exclusive: true)
+            invalidate(vpn * pageSize, (next - vpn) * pageSize)
+            let after = try synchronize()
+            let now = try readTruth(vpn, next, after, detail: .presence)
+            for v in vpn..<next where now[Int(v - vpn)].state == .deviceExclusive(owner: device) {
+                table.insert(DeviceEntry(pfn: now[Int(v - vpn)].pfn, writable: false, atomic: true), at: v)
+            }
+            vpn = next
+        }
+        return try readBack(s, e)
+    }
+
+    /// HMM_DMIRROR_CHECK_EXCLUSIVE: EPERM while any page of the range still
+    /// has this device's ATOMIC entry (after what revoked it is applied).
+    public func checkExclusive(_ address: UInt64, _ count: UInt64) throws(MirrorError) {
+        let (s, e) = try pages(address, count)
+        let vmas = try synchronize()
+        try revalidate(s, e, vmas)
+        for vpn in s..<e where table.lookup(vpn)?.entry.atomic == true {
+            throw MirrorError(.EPERM, "0x\(String(vpn * pageSize, radix: 16)) is still held for the device's exclusive access")
+        }
     }
 
     /// HMM_DMIRROR_MIGRATE_TO_SYS: this device's pages in the range come

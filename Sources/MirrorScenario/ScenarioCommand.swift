@@ -34,6 +34,9 @@ public indirect enum ScenarioCommand: Equatable {
     case migrate(Span)
     case migrateBack(Span)
     case release(device: String)
+    case exclusive(Span)
+    case checkExclusive(Span)
+    case forkRead(Span)
 
     public struct MapRequest: Equatable {
         public var region: String
@@ -102,6 +105,9 @@ public indirect enum ScenarioCommand: Equatable {
         case .migrate: "migrate"
         case .migrateBack: "migrate-back"
         case .release: "release"
+        case .exclusive: "exclusive"
+        case .checkExclusive: "check-exclusive"
+        case .forkRead: "fork-read"
         }
     }
 }
@@ -335,6 +341,17 @@ extension ScenarioCommand {
         },
         .init(name: "release", usage: "D", summary: "every page D's device holds comes home (HMM_DMIRROR_RELEASE): pages") { w throws(ScenarioError) in
             .release(device: try w.word("D"))
+        },
+        .init(name: "exclusive", usage: "D OFF LEN",
+              summary: "hold the pages for device D's exclusive access until any CPU access, an mprotect or a fork (HMM_DMIRROR_EXCLUSIVE): cpages, checksum, uniform byte") { w throws(ScenarioError) in
+            .exclusive(try w.span())
+        },
+        .init(name: "check-exclusive", usage: "D OFF LEN",
+              summary: "fails with EPERM while D still holds a page of the range exclusively (HMM_DMIRROR_CHECK_EXCLUSIVE)") { w throws(ScenarioError) in
+            .checkExclusive(try w.span())
+        },
+        .init(name: "fork-read", usage: "R OFF LEN", summary: "fork; the child reads (checksum, uniform byte) and exits; the parent waits") { w throws(ScenarioError) in
+            .forkRead(try w.span())
         },
         .init(name: "expect-fail", usage: "CMD ...", summary: "CMD must fail (its errno is reported)") { w throws(ScenarioError) in
             let rest = w.rest()

@@ -43,6 +43,22 @@ extension ScenarioRunner {
         return out
     }
 
+    /// `exclusive D OFF LEN`: the pages held for D's exclusive access.
+    func exclusive(_ s: ScenarioCommand.Span) throws -> [(String, JSON)] {
+        let m = try resolve(s)
+        let held = try mirrorOf(s.region).makeExclusive(m.address + s.offset, s.length)
+        var out: [(String, JSON)] = [("cpages", .int(Int64(held.cpages)))]
+        held.bytes.withUnsafeBytes { out += ByteDigest.of($0) }
+        return out
+    }
+
+    /// `check-exclusive D OFF LEN`: EPERM while D holds a page there.
+    func checkExclusive(_ s: ScenarioCommand.Span) throws -> [(String, JSON)] {
+        let m = try resolve(s)
+        try mirrorOf(s.region).checkExclusive(m.address + s.offset, s.length)
+        return []
+    }
+
     /// `migrate-back D OFF LEN`: D's device's pages there come home.
     func migrateBack(_ s: ScenarioCommand.Span) throws -> [(String, JSON)] {
         let m = try resolve(s)

@@ -149,6 +149,24 @@ extension ScenarioRunner {
         return []
     }
 
+    /// The child's view of the range (device pages included: the parent's
+    /// handler serves them to it).
+    func forkRead(_ s: ScenarioCommand.Span) throws -> [(String, JSON)] {
+        let m = try resolve(s)
+        try cpuAccessible(m, s.offset, s.length, write: false)
+        var hash: UInt64 = 0
+        var uniform: Int32 = 0
+        let status = dm_fork_read(m.base + Int(s.offset), Int(s.length), &hash, &uniform)
+        guard status >= 0 else { throw MirrorError(Errno.current, "fork") }
+        for mirror in mirrors.values { mirror.tracker?.settle() }
+        guard status & 0x7f == 0, (status >> 8) & 0xff == 0 else {
+            throw ScenarioError(.EIO, "the child did not exit cleanly (wait status \(status))")
+        }
+        let hex = String(UInt8(truncatingIfNeeded: uniform), radix: 16)
+        return [("checksum", .string(String(hash, radix: 16))),
+                ("uniform", uniform < 0 ? .null : .string("0x" + (hex.count == 1 ? "0" + hex : hex)))]
+    }
+
     func pwrite(_ s: ScenarioCommand.Span, _ byte: UInt8) throws -> [(String, JSON)] {
         let m = try resolve(s)
         guard let fd = m.fileDescriptor else { throw ScenarioError(.EINVAL, "\(s.region) has no file") }

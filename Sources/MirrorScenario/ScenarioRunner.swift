@@ -230,6 +230,9 @@ public final class ScenarioRunner {
         case .migrate(let s): return try migrate(s)
         case .migrateBack(let s): return try migrateBack(s)
         case .release(let d): return try release(d)
+        case .exclusive(let s): return try exclusive(s)
+        case .checkExclusive(let s): return try checkExclusive(s)
+        case .forkRead(let s): return try forkRead(s)
         case .expectFail: return []  // execute() handles it
         }
     }

@@ -60,9 +60,17 @@ extension Userfaultfd {
     @discardableResult
     public func forEachEvent(in buffer: UnsafeMutableRawBufferPointer,
                              _ body: (UserfaultfdEvent) throws(SystemCallError) -> Void) throws(SystemCallError) -> Int {
+        try Self.forEachEvent(fd: fd.rawValue, in: buffer, body)
+    }
+
+    /// The same on a bare descriptor: a forked child's uffd, which arrives
+    /// with its API handshake done (UFFD_EVENT_FORK).
+    @discardableResult
+    public static func forEachEvent(fd: Int32, in buffer: UnsafeMutableRawBufferPointer,
+                                    _ body: (UserfaultfdEvent) throws(SystemCallError) -> Void) throws(SystemCallError) -> Int {
         let size = Int(DM_UFFD_MSG_SIZE)
         let n: Int
-        switch Syscall.probe("read", { read(fd.rawValue, buffer.baseAddress, buffer.count - buffer.count % size) }) {
+        switch Syscall.probe("read", { read(fd, buffer.baseAddress, buffer.count - buffer.count % size) }) {
         case .success(let got): n = got
         case .failure(.EAGAIN): return 0
         case .failure(let e): throw SystemCallError("read", "userfaultfd", errno: e)

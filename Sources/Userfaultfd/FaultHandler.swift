@@ -24,9 +24,22 @@ public final class FaultHandler: @unchecked Sendable {
     /// read; raw memory and atomics, as the handler may not allocate or lock.
     private let busy: UnsafeMutablePointer<UInt64>
 
+    /// A second descriptor the thread serves beside `uffd`: a forked child's
+    /// uffd, which the handler of `uffd`'s FORK event stores (as fd + 1; 0:
+    /// none), so it is polled from the next round on.
+    public struct Secondary: @unchecked Sendable {
+        public let descriptor: UnsafeMutablePointer<UInt64>
+        public let onEvent: @Sendable (UserfaultfdEvent, Int32) -> Void
+        public init(descriptor: UnsafeMutablePointer<UInt64>, onEvent: @escaping @Sendable (UserfaultfdEvent, Int32) -> Void) {
+            self.descriptor = descriptor
+            self.onEvent = onEvent
+        }
+    }
+
     /// Starts serving `uffd`. `onEvent` runs on the handler thread, one event at a time.
     public init(uffd: Userfaultfd,
                 onError: @escaping @Sendable (SystemCallError) -> Void = { _ in },
+                secondary: Secondary? = nil,
                 onEvent: @escaping @Sendable (UserfaultfdEvent, Userfaultfd) -> Void) throws(SystemCallError) {
         self.uffd = uffd
         self.onEvent = onEvent
@@ -40,12 +53,14 @@ public final class FaultHandler: @unchecked Sendable {
             let buffer = Userfaultfd.eventBuffer()
             defer { buffer.deallocate() }
             var fds = [pollfd(fd: ufd, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: wfd, events: Int16(POLLIN), revents: 0)]
+                       pollfd(fd: wfd, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: -1, events: Int16(POLLIN), revents: 0)]
             while true {
-                fds[0].revents = 0
-                fds[1].revents = 0
+                let child = secondary.map { Int32(truncatingIfNeeded: dm_atomic_load_u64($0.descriptor)) - 1 } ?? -1
+                fds[2].fd = child  // poll skips a negative descriptor
+                for i in fds.indices { fds[i].revents = 0 }
                 do throws(SystemCallError) {
-                    try Syscall.retrying("poll", "userfaultfd") { poll(&fds, 2, -1) }  // the eventfd is the wake-up: no timeout needed
+                    try Syscall.retrying("poll", "userfaultfd") { poll(&fds, 3, -1) }  // the eventfd is the wake-up: no timeout needed
                 } catch {
                     onError(error)
                     return
@@ -54,6 +69,10 @@ public final class FaultHandler: @unchecked Sendable {
                 if fds[0].revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 { return }
                 dm_atomic_store_u64(busy, 1)
                 defer { dm_atomic_store_u64(busy, 0) }
+                if let secondary, child >= 0, fds[2].revents & Int16(POLLIN) != 0 {
+                    // A child's faults; an error here is the child's, never the loop's end.
+                    _ = try? Userfaultfd.forEachEvent(fd: child, in: buffer) { secondary.onEvent($0, child) }
+                }
                 do throws(SystemCallError) {
                     try uffd.forEachEvent(in: buffer) { onEvent($0, uffd) }
                 } catch {

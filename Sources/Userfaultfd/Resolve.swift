@@ -14,17 +14,33 @@ extension Userfaultfd {
     /// UFFDIO_COPY: fills [dst, dst+length) from `source` and wakes the faulter.
     public func copy(to dst: UnsafeMutableRawPointer, from source: UnsafeRawPointer, length: Int,
                      writeProtect: Bool = false, wake: Bool = true) throws(SystemCallError) {
-        var c = uffdio_copy(dst: addr(dst), src: addr(source), len: UInt64(length),
+        try Self.copy(fd: fd.rawValue, to: addr(dst), from: source, length: length, writeProtect: writeProtect, wake: wake)
+    }
+
+    /// UFFDIO_COPY on a bare descriptor; `dst` is in the descriptor's
+    /// process (a forked child's), `source` in this one.
+    public static func copy(fd: Int32, to dst: UInt64, from source: UnsafeRawPointer, length: Int,
+                            writeProtect: Bool = false, wake: Bool = true) throws(SystemCallError) {
+        var c = uffdio_copy(dst: dst, src: UInt64(UInt(bitPattern: source)), len: UInt64(length),
                             mode: (wake ? 0 : UInt64(UFFDIO_COPY_MODE_DONTWAKE)) | (writeProtect ? UInt64(UFFDIO_COPY_MODE_WP) : 0),
                             copy: 0)
-        try Syscall.retrying("UFFDIO_COPY") { dm_uffdio_copy(fd.rawValue, &c) }
+        try Syscall.retrying("UFFDIO_COPY") { dm_uffdio_copy(fd, &c) }
     }
 
     /// UFFDIO_ZEROPAGE: maps zeros (the zero page for a read fault on anon memory).
     public func zeropage(at dst: UnsafeMutableRawPointer, length: Int, wake: Bool = true) throws(SystemCallError) {
-        var z = uffdio_zeropage(range: uffdio_range(start: addr(dst), len: UInt64(length)),
+        try Self.zeropage(fd: fd.rawValue, at: addr(dst), length: length, wake: wake)
+    }
+
+    public static func zeropage(fd: Int32, at dst: UInt64, length: Int, wake: Bool = true) throws(SystemCallError) {
+        var z = uffdio_zeropage(range: uffdio_range(start: dst, len: UInt64(length)),
                                 mode: wake ? 0 : UInt64(UFFDIO_ZEROPAGE_MODE_DONTWAKE), zeropage: 0)
-        try Syscall.retrying("UFFDIO_ZEROPAGE") { dm_uffdio_zeropage(fd.rawValue, &z) }
+        try Syscall.retrying("UFFDIO_ZEROPAGE") { dm_uffdio_zeropage(fd, &z) }
+    }
+
+    public static func wake(fd: Int32, at start: UInt64, length: Int) {
+        var r = uffdio_range(start: start, len: UInt64(length))
+        _ = dm_uffdio_wake(fd, &r)
     }
 
     /// UFFDIO_CONTINUE: maps the page already in the page cache (MINOR faults).

@@ -117,4 +117,47 @@ struct DevicePrivatePolicyTests {
         #expect(try d1.releaseDevicePages() == 4)
         #expect(cpu.devicePrivateCount == 0 && cpu.cpuRead(Self.base + 7 * page) == 4)
     }
+
+    @Test func exclusiveAccessIsReadOnlyForTheDeviceAndEndsAtAnyCPUAccess() throws {
+        let cpu = FakeCPU()
+        cpu.map(Self.base, pages: 4)
+        written(cpu, pages: 4, byte: 6)
+        let d0 = try mirror(cpu, pages: 4, device: 0), d1 = try mirror(cpu, pages: 4, device: 1)
+        #expect(try d1.read(Self.base, Int(4 * page)).faults == 1)
+        let held = try d0.makeExclusive(Self.base, 4 * page)
+        #expect(held.cpages == 4 && firstBytes(held.bytes) == [6, 6, 6, 6])
+        #expect(try d0.snapshot(Self.base, 4 * page).allSatisfy { $0 == .none }, "a snapshot's walk does not see it")
+        #expect(errno { try d0.checkExclusive(Self.base, 4 * page) } == .EPERM)
+        #expect(try d0.read(Self.base, Int(4 * page)).faults == 0, "the holder reads its ATOMIC entries")
+        #expect(cpu.cpuRead(Self.base + page) == 6, "the CPU's access takes the page back")
+        #expect(errno { try d0.checkExclusive(Self.base + page, page) } == nil)
+        #expect(errno { try d0.checkExclusive(Self.base, 4 * page) } == .EPERM, "the other pages are still held")
+        // The holder's own write faults (ATOMIC entries are not WRITE) and ends it.
+        #expect(try d0.write(Self.base, [UInt8](repeating: 9, count: Int(4 * page))) == 1)
+        #expect(errno { try d0.checkExclusive(Self.base, 4 * page) } == nil)
+        #expect(try d1.read(Self.base, 1).bytes == [9])
+        #expect(try d0.check().disagreements.isEmpty && d1.check().disagreements.isEmpty)
+    }
+
+    @Test func onlyAnonymousPagesTheCPUCanWriteAreHeldExclusively() throws {
+        let shared = FakeCPU()
+        shared.map(Self.base, pages: 2, shared: true, inode: 5)
+        #expect(errno { try mirror(shared, pages: 2, device: 0, shared: true).makeExclusive(Self.base, 2 * page) } == .EBUSY)
+        let readOnly = FakeCPU()
+        readOnly.map(Self.base, pages: 2, writable: false)
+        #expect(errno { try mirror(readOnly, pages: 2, device: 0).makeExclusive(Self.base, 2 * page) } == .EBUSY)
+        #expect(readOnly.devicePrivateCount == 0 && shared.devicePrivateCount == 0)
+    }
+
+    @Test func aForkEndsExclusiveAccessAndMakesDevicePagesReadOnly() throws {
+        let cpu = FakeCPU()
+        cpu.map(Self.base, pages: 4)
+        written(cpu, pages: 4, byte: 2)
+        let m = try mirror(cpu, pages: 4, device: 0)
+        _ = try m.makeExclusive(Self.base, 2 * page)
+        _ = try m.migrateToDevice(Self.base + 2 * page, 2 * page)
+        cpu.fork()
+        #expect(errno { try m.checkExclusive(Self.base, 2 * page) } == nil)
+        #expect(try m.snapshot(Self.base, 4 * page) == [.read, .read, [.devicePrivateLocal, .read], [.devicePrivateLocal, .read]])
+    }
 }

@@ -39,7 +39,7 @@ final class FakeCPU: CPUSide {
     let hugeZeroPFN: UInt64 = 0x200
     private var log: [Invalidation] = []
     /// Pages on a device: vpn -> owner, permission, bytes (the device page's PFN is the vpn).
-    private(set) var devicePages: [UInt64: (owner: Int, writable: Bool, data: [UInt8])] = [:]
+    private(set) var devicePages: [UInt64: (owner: Int, writable: Bool, exclusive: Bool, data: [UInt8])] = [:]
     /// Why migration is refused here (nil: it works).
     var devicePrivateRefusal: String?
     let devicePrivateMechanism = "fake"
@@ -71,7 +71,7 @@ final class FakeCPU: CPUSide {
             p.vmaWritable = v.writable
             p.vmaShared = v.shared
             if v.readable, ptes[vpn] == nil, let d = devicePages[vpn] {
-                p.state = .devicePrivate(owner: d.owner)
+                p.state = d.exclusive ? .deviceExclusive(owner: d.owner) : .devicePrivate(owner: d.owner)
                 p.pfn = vpn
                 p.devicePrivateWritable = d.writable
             }
@@ -137,10 +137,10 @@ final class FakeCPU: CPUSide {
 
     /// The CPU loses each page (an invalidation for every mirror, as the
     /// kernel's migrate notifier); the device keeps its bytes.
-    func migrateToDevice(_ moves: [DeviceMove], owner: Int) throws(MirrorError) -> Int {
+    func migrateToDevice(_ moves: [DeviceMove], owner: Int, exclusive: Bool) throws(MirrorError) -> Int {
         for m in moves {
             let data = m.present ? (ptes[m.vpn].flatMap { memory[$0.pfn] } ?? zeros) : zeros
-            devicePages[m.vpn] = (owner, m.writable, data)
+            devicePages[m.vpn] = (owner, m.writable, exclusive, data)
             ptes[m.vpn] = nil
             log.append(.remove(start: m.vpn * pageSize, end: (m.vpn + 1) * pageSize))
         }
@@ -198,6 +198,10 @@ final class FakeCPU: CPUSide {
 
     /// fork: private pages become copy-on-write in both processes.
     func fork() {
+        // As copy_nonpresent_pte: device pages turn read-only, exclusive ones come home.
+        for (vpn, d) in devicePages {
+            if d.exclusive { _ = try? migrateHome(vpn) } else { devicePages[vpn]!.writable = false }
+        }
         for (vpn, _) in ptes where !(vma(at: vpn)?.shared ?? true) { ptes[vpn]!.writable = false; ptes[vpn]!.exclusive = false }
         log.append(.fork)
     }

@@ -62,7 +62,8 @@ struct ScenarioLineGenerator {
 
     static let commands = ["map", "mirror", "cpu-read", "cpu-write", "dev-read", "dev-write", "snapshot", "protect",
                            "unmap", "remap", "discard", "truncate", "persist", "fork-write", "pwrite", "pread",
-                           "check", "stats", "expect-fail", "migrate", "migrate-back", "release"]
+                           "check", "stats", "expect-fail", "migrate", "migrate-back", "release",
+                           "exclusive", "check-exclusive", "fork-read"]
     static let keywords = ["huge", "ro", "none", "private", "as", "untracked", "write-bit", "soft-dirty", "pagemap",
                            "strict", "kernel", "anon", "shmem", "file", "devdax", "read", "rw", "x=1", "faults=0"]
     static let extremes = ["0", "1", "4095", "4097", "-1", "-4096", "0x", "0xzz", "1.5M", "0b101", "1P", "16383P", "4E",
@@ -110,7 +111,8 @@ struct ScenarioLineGenerator {
             if coin(0.3) { w += ["device", coin(0.9) ? pick(["0", "1"]) : pick(["2", "-1", junk()])] }
             if coin(0.3) { w += ["write-bit", pick(["soft-dirty", "pagemap", junk()])] }
             return w
-        case "cpu-read", "dev-read", "unmap", "remap", "discard", "persist", "pread", "migrate", "migrate-back":
+        case "cpu-read", "dev-read", "unmap", "remap", "discard", "persist", "pread", "migrate", "migrate-back",
+             "exclusive", "check-exclusive", "fork-read":
             return [region(), number(), number()]
         case "cpu-write", "dev-write", "fork-write", "pwrite":
             return [region(), number(), number(), byte]
@@ -124,7 +126,7 @@ struct ScenarioLineGenerator {
             return w
         case "stats", "release": return [region()]
         case "expect-fail":
-            let inner = pick(Self.commands.filter { $0 != "expect-fail" && $0 != "fork-write" })
+            let inner = pick(Self.commands.filter { $0 != "expect-fail" && !$0.hasPrefix("fork-") })
             return [inner] + words(for: inner)
         default: return []
         }
@@ -137,6 +139,7 @@ struct ScenarioLineGenerator {
         if op.isEmpty { op = "x" }
         // Forks are slow (a process each): keep them rare.
         if op == "fork-write" && !coin(0.05) { op = "cpu-write" }
+        if op == "fork-read" && !coin(0.05) { op = "cpu-read" }
         var w = [op] + words(for: op)
         if coin(0.15) {  // the wrong number of words
             if coin(0.5), w.count > 1 { w.removeLast(Int.random(in: 1...(w.count - 1), using: &rng)) }

@@ -24,7 +24,8 @@ struct ScenarioTests {
                      "anon_write_child_shared", "anon_write_huge", "file_read", "file_write", "anon_teardown",
                      "mixedmap", "snapshot", "compound", "compound_dax", "double_map", "open_close",
                      "dax_hole_zero", "dax_write_pmd", "dax_truncate", "migrate", "migrate_fault", "migrate_release",
-                     "migrate_shared", "migrate_mixed", "migrate_multiple"] {
+                     "migrate_shared", "migrate_mixed", "migrate_multiple", "exclusive", "exclusive_mprotect",
+                     "exclusive_cow", "hmm_cow_in_device"] {
             #expect(Self.names.contains(name + ".scn"), "Scenarios/\(name).scn is missing")
         }
     }

@@ -308,6 +308,11 @@ pid_t dm_raw_fork(void);
 /// fork(2); the child fills [addr, addr+len) with `byte` and exits 0; the
 /// parent waits for it. Returns the child's wait status, or -1 (errno).
 int dm_fork_fill(void *addr, size_t len, int byte);
+// Forks; the child reads [addr, addr+len) (FNV-1a hash, and the byte every
+// byte equals or -1) and reports through a shared page; the parent waits.
+// Returns the wait status, or -1 with errno. What a forked child sees of
+// device-private pages, which the parent's handler serves to it.
+int dm_fork_read(const void *addr, size_t len, uint64_t *hash, int *uniform_byte);
 
 // ---------------------------------------------------------------------------
 // XFS/ext4 extent-size hint (FS_IOC_FSGETXATTR / FS_IOC_FSSETXATTR,
