@@ -98,6 +98,24 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
         return r
     }
 
+    /// How anonymous pages move to a simulated device on this kernel (the
+    /// mirror's `migrate`, `exclusive`), from the probes above, and why.
+    public var devicePrivate: (mechanism: String, reason: String) {
+        guard let f = features else {
+            return ("none", "no userfaultfd: nothing would catch the CPU's touch of a migrated page")
+        }
+        let anonymous = registrations.first { $0.0.kind == .anonymous }?.1
+        let missing = anonymous?.first { $0.0 == .missing }?.1.isOK ?? false
+        let wp = anonymous?.first { $0.0 == .wp }?.1.isOK ?? false
+        guard missing && wp else {
+            return ("none", "anonymous memory takes no MISSING and WP registration here")
+        }
+        let move = f.contains(.move)
+            ? "this kernel offers UFFDIO_MOVE (6.8+), which would move pages without a copy; not used yet"
+            : "this kernel has no UFFDIO_MOVE"
+        return ("copy", "pages are copied to the device's memory; the CPU's touch is a MISSING fault served with UFFDIO_COPY (\(move))")
+    }
+
     // MARK: probes
 
     static func probeOpen(_ body: () -> Int32) -> ProbeResult {
@@ -237,6 +255,8 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
                 .object(["read": .string(p.read.rawValue), "write": .string(p.write.rawValue),
                          "safe": .bool(p.isSafe), "detail": p.detail.isEmpty ? nil : .string(p.detail)])
             },
+            "device_private": .object(["mechanism": .string(devicePrivate.mechanism), "reason": .string(devicePrivate.reason),
+                                       "uffdio_move": .bool(features?.contains(.move) ?? false)]),
             "tracker": .object(trackerChoices.map { kind, choice in
                 (kind, .object(["mechanism": .string(choice.mechanism.rawValue), "reason": .string(choice.reason)]))
             }),

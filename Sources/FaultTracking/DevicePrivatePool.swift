@@ -193,11 +193,15 @@ public final class DevicePrivatePool: @unchecked Sendable {
     /// On the handler thread (no allocation, no lock): a MISSING fault at
     /// `page`. A device-private page comes home from its slot; any other
     /// page of a range registered for migration is served as the kernel
-    /// would without userfaultfd (zeros). Returns false outside the region.
-    public func serveFault(_ page: UInt64, uffd: Userfaultfd) -> Bool {
-        guard page >= base, page < base + UInt64(pages * pageSize) else { return false }
+    /// would without userfaultfd (zeros) — outside the region too: a
+    /// registered run mremap moved away. Never leaves the faulter asleep.
+    public func serveFault(_ page: UInt64, uffd: Userfaultfd) {
+        let dst = UnsafeMutableRawPointer(bitPattern: UInt(page))!
+        guard page >= base, page < base + UInt64(pages * pageSize) else {
+            do { try uffd.zeropage(at: dst, length: pageSize) } catch { try? uffd.wake(dst, length: pageSize) }
+            return
+        }
         let index = Int((page - base) / UInt64(pageSize))
-        let dst = address(index)
         do {
             if held(index) {
                 try uffd.copy(to: dst, from: slot(index), length: pageSize)
@@ -209,7 +213,6 @@ public final class DevicePrivatePool: @unchecked Sendable {
             if error.errno == .EEXIST, held(index) { release(index) }
             try? uffd.wake(dst, length: pageSize)
         }
-        return true
     }
 
     /// On the handler thread: [start, end) was discarded or unmapped. A

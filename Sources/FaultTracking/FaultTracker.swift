@@ -143,7 +143,10 @@ public final class FaultTracker: @unchecked Sendable {
                 let page = address & ~(pageSize - 1)
                 // A MISSING fault in events-only mode: a range registered for
                 // device-private pages (never counted as a tracked touch).
-                if let pool, !kind.contains(.writeProtect), pool.serveFault(page, uffd: uffd) { return }
+                if let pool, !kind.contains(.writeProtect) {
+                    pool.serveFault(page, uffd: uffd)
+                    return
+                }
                 let dst = UnsafeMutableRawPointer(bitPattern: UInt(page))!
                 // Record before resolving: resolving wakes the faulter, which may
                 // read the log at once.

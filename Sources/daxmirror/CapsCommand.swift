@@ -73,6 +73,7 @@ struct CapsCommand: ParsableCommand {
         for (kind, choice) in report.trackerChoices {
             t.row(kind, "\(choice.mechanism.rawValue): \(choice.reason)")
         }
+        t.row("device-private memory", "\(report.devicePrivate.mechanism): \(report.devicePrivate.reason)")
         if let p = report.daxWriteProtect {
             t.row("DAX write-protect probe", p.summary + (p.detail.isEmpty ? "" : " (\(p.detail))"))
         } else {
