@@ -198,6 +198,15 @@ int dm_hmm_write(int fd, struct dm_hmm_dmirror_cmd *cmd) { return ioctl(fd, DM_H
 
 int dm_hmm_snapshot(int fd, struct dm_hmm_dmirror_cmd *cmd) { return ioctl(fd, DM_HMM_DMIRROR_SNAPSHOT, cmd); }
 
+int dm_hmm_command(int fd, enum dm_hmm_request request, struct dm_hmm_dmirror_cmd *cmd) {
+    static const unsigned long number[] = {
+        [DM_HMM_MIGRATE_TO_DEV] = DM_HMM_DMIRROR_MIGRATE_TO_DEV, [DM_HMM_MIGRATE_TO_SYS] = DM_HMM_DMIRROR_MIGRATE_TO_SYS,
+        [DM_HMM_EXCLUSIVE] = DM_HMM_DMIRROR_EXCLUSIVE, [DM_HMM_CHECK_EXCLUSIVE] = DM_HMM_DMIRROR_CHECK_EXCLUSIVE,
+        [DM_HMM_RELEASE] = DM_HMM_DMIRROR_RELEASE,
+    };
+    return ioctl(fd, number[request], cmd);
+}
+
 // ---------------------------------------------------------------------------
 // Failure injection: one armed call per thread is all a test needs.
 // ---------------------------------------------------------------------------

@@ -120,6 +120,11 @@ public final class DevicePrivatePool: @unchecked Sendable {
         }
     }
 
+    /// The device pages of `indices` become read-only.
+    public func writeProtect(_ indices: Range<Int>) {
+        for i in indices { dm_atomic_and_u64(state + i, ~Self.writableBit) }
+    }
+
     /// The slot's bytes (the device page), for the device's own access.
     public func slot(_ index: Int) -> UnsafeMutableRawPointer { pool + index * pageSize }
 

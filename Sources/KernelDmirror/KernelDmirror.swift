@@ -66,6 +66,46 @@ public final class KernelDmirror {
         return codes.map(SnapshotCode.init(rawValue:))
     }
 
+    /// HMM_DMIRROR_MIGRATE_TO_DEV of whole pages: the pages read back and their bytes.
+    public func migrateToDevice(_ address: UInt64, _ count: UInt64) throws(MirrorError) -> (cpages: Int, bytes: [UInt8]) {
+        try readBackCommand(DM_HMM_MIGRATE_TO_DEV, "HMM_DMIRROR_MIGRATE_TO_DEV", address, count)
+    }
+
+    /// HMM_DMIRROR_EXCLUSIVE of whole pages: the pages read back and their bytes.
+    public func makeExclusive(_ address: UInt64, _ count: UInt64) throws(MirrorError) -> (cpages: Int, bytes: [UInt8]) {
+        try readBackCommand(DM_HMM_EXCLUSIVE, "HMM_DMIRROR_EXCLUSIVE", address, count)
+    }
+
+    /// HMM_DMIRROR_MIGRATE_TO_SYS: the pages that came home.
+    public func migrateToSystem(_ address: UInt64, _ count: UInt64) throws(MirrorError) -> Int {
+        var none: UInt8 = 0
+        return try command(DM_HMM_MIGRATE_TO_SYS, "HMM_DMIRROR_MIGRATE_TO_SYS", address, &none, Int(count)).get().pages
+    }
+
+    /// HMM_DMIRROR_CHECK_EXCLUSIVE: throws EPERM while a page is held.
+    public func checkExclusive(_ address: UInt64, _ count: UInt64) throws(MirrorError) {
+        var none: UInt8 = 0
+        _ = try command(DM_HMM_CHECK_EXCLUSIVE, "HMM_DMIRROR_CHECK_EXCLUSIVE", address, &none, Int(count)).get()
+    }
+
+    /// HMM_DMIRROR_RELEASE: every page the device holds comes home.
+    public func release() throws(MirrorError) {
+        var none: UInt8 = 0
+        _ = try command(DM_HMM_RELEASE, "HMM_DMIRROR_RELEASE", pageSize, &none, Int(pageSize)).get()  // the range is checked, not used
+    }
+
+    private func readBackCommand(_ request: dm_hmm_request, _ name: String, _ address: UInt64,
+                                 _ count: UInt64) throws(MirrorError) -> (cpages: Int, bytes: [UInt8]) {
+        var buffer = [UInt8](repeating: 0, count: Int(count))
+        let r = buffer.withUnsafeMutableBytes { b in command(request, name, address, b.baseAddress!, Int(count)) }
+        return (try r.get().pages, buffer)
+    }
+
+    private func command(_ request: dm_hmm_request, _ name: String, _ address: UInt64, _ buffer: UnsafeMutableRawPointer,
+                         _ bytes: Int) -> Result<(pages: Int, faults: Int), MirrorError> {
+        command({ dm_hmm_command($0, request, $1) }, name, address, buffer, bytes)
+    }
+
     private func command(_ call: (Int32, UnsafeMutablePointer<dm_hmm_dmirror_cmd>?) -> Int32, _ name: String,
                          _ address: UInt64, _ buffer: UnsafeMutableRawPointer, _ bytes: Int) -> Result<(pages: Int, faults: Int), MirrorError> {
         var cmd = dm_hmm_dmirror_cmd(addr: address, ptr: UInt64(UInt(bitPattern: buffer)),

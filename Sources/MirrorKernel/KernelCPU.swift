@@ -187,6 +187,12 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
         catch { throw MirrorError(error.errno, "bringing a page home from the device: \(error)") }
     }
 
+    public func deviceWriteProtect(_ startVPN: UInt64, _ endVPN: UInt64) {
+        guard let pool = devicePages?.pool else { return }
+        let first = region.base / pageSize
+        pool.writeProtect(Int(max(startVPN, first) - first)..<Int(min(endVPN, first + UInt64(pool.pages)) - first))
+    }
+
     public func devicePageRead(_ vpn: UInt64, offset: Int, into buffer: UnsafeMutableRawPointer, count: Int) {
         guard let d = devicePages else { return }
         buffer.copyMemory(from: d.pool.slot(Int(vpn - region.base / pageSize)) + offset, byteCount: count)

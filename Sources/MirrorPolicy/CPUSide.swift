@@ -65,6 +65,9 @@ public protocol CPUSide: AnyObject {
     /// exclusive access instead): the CPU loses them until it touches them.
     /// Returns how many moved.
     func migrateToDevice(_ moves: [DeviceMove], owner: Int, exclusive: Bool) throws(MirrorError) -> Int
+    /// Device pages in [startVPN, endVPN) lose write permission (an
+    /// mprotect took it from their VMA).
+    func deviceWriteProtect(_ startVPN: UInt64, _ endVPN: UInt64)
     /// Brings page `vpn` home from the device holding it (the kernel's
     /// migrate_to_ram); false if no device held it.
     func migrateHome(_ vpn: UInt64) throws(MirrorError) -> Bool

@@ -57,7 +57,16 @@ extension DeviceMirror {
             let s = max(v.start, address), e = min(v.end, end)
             invalidate(s, e - s)
             if writable && !v.writable && writeRestoreProtectsAll { softDirtyStale = true }
+            if !writable && v.writable { writeProtectDevicePages(s, e) }
         }
+    }
+
+    /// Write permission taken away from [s, e): as change_pte_range, device
+    /// pages there become read-only (giving it back upgrades none).
+    func writeProtectDevicePages(_ s: UInt64, _ e: UInt64) {
+        let lo = max(s, region.base), hi = min(e, region.end)
+        guard lo < hi, cpu.devicePrivateCount > 0 else { return }
+        cpu.deviceWriteProtect(lo / pageSize, (hi + pageSize - 1) / pageSize)
     }
 
     /// Applies what changed since the last operation: events and VMA layout
@@ -131,6 +140,7 @@ extension DeviceMirror {
             // soft-dirty all over (VM_SOFTDIRTY).
             mappedAnew = mappedAnew || change.mappedAnew
             if change.writeRestored && writeRestoreProtectsAll { softDirtyStale = true }
+            if change.writeRemoved { writeProtectDevicePages(change.start, change.end) }
         }
         lastLayout = layoutScratch
         return mappedAnew

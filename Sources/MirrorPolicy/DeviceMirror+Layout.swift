@@ -29,7 +29,8 @@ extension DeviceMirror {
     /// A range the two layouts map differently; `mappedAnew` if a VMA there
     /// now maps other memory than before (not only other permissions);
     /// `writeRestored` if the same memory is writable now and was not.
-    struct LayoutChange: Equatable { var start: UInt64, end: UInt64, mappedAnew: Bool, writeRestored: Bool }
+    /// `writeRemoved` if the same memory was writable and is not now.
+    struct LayoutChange: Equatable { var start: UInt64, end: UInt64, mappedAnew: Bool, writeRestored: Bool, writeRemoved = false }
 
     /// Ranges where the two layouts map the region differently.
     func changedRanges(_ a: [VMA], _ b: [VMA]) -> [LayoutChange] {
@@ -52,12 +53,13 @@ extension DeviceMirror {
             guard !sameBacking || !samePermissions(va, vb) else { continue }
             let anew = vb != nil && !sameBacking
             let restored = sameBacking && va?.writable != true && vb?.writable == true
-            if let last = out.last, last.end == s {
+            let removed = sameBacking && va?.writable == true && vb?.writable != true
+            if let last = out.last, last.end == s, last.writeRemoved == removed {
                 out[out.count - 1].end = e
                 out[out.count - 1].mappedAnew = last.mappedAnew || anew
                 out[out.count - 1].writeRestored = last.writeRestored || restored
             } else {
-                out.append(LayoutChange(start: s, end: e, mappedAnew: anew, writeRestored: restored))
+                out.append(LayoutChange(start: s, end: e, mappedAnew: anew, writeRestored: restored, writeRemoved: removed))
             }
         }
         return out

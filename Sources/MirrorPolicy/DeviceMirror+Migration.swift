@@ -170,7 +170,7 @@ extension DeviceMirror {
                 throw MirrorError(.EINVAL, "nothing is mapped at 0x\(String(addr, radix: 16))")
             }
             guard vma.readable else { throw MirrorError(.EINVAL, "0x\(String(addr, radix: 16)) is mapped without read permission") }
-            if fileDAX || devdaxOrder != nil || { if case .devdax = region.backing { return true } else { return false } }() {
+            if mapsDAX {
                 throw MirrorError(.EINVAL, "0x\(String(addr, radix: 16)) is DAX memory: mirrored, never migrated")
             }
             let next = min(e, vpn + 64, vma.end / pageSize)

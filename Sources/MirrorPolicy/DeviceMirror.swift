@@ -84,6 +84,9 @@ public final class DeviceMirror: @unchecked Sendable {
     public let writeBit: WriteBitSource
     /// The region maps a file on a DAX filesystem (MAP_SYNC worked).
     let fileDAX: Bool
+    /// The region's VMAs are DAX (vma_is_dax): a shared or a private mapping
+    /// of a DAX file, or device-dax. Such memory is mirrored, never migrated.
+    public var mapsDAX = false
     /// A shared mapping whose backing has no page_mkwrite (shmem, memfd,
     /// tmpfs files): when mprotect gives write permission back, the kernel
     /// upgrades none of its PTEs (mprotect_fixup asks vma_wants_writenotify
@@ -105,6 +108,8 @@ public final class DeviceMirror: @unchecked Sendable {
         if case .file = region.backing { fileDAX = dax } else { fileDAX = false }
         writeRestoreProtectsAll = cpu.sharedWithoutPageMkwrite
         self.devdaxOrder = devdaxOrder
+        if case .devdax = region.backing { mapsDAX = true }
+        if case .file = region.backing, dax { mapsDAX = true }
         // Device-dax keeps pagemap: its 1 GiB entries are invisible to soft-dirty.
         let softDirtyUsable = devdaxOrder == nil && cpu.softDirtyAvailable
         switch writeBit {

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CDaxShim
 import DaxCore
 import MirrorPolicy
 import MirrorKernel
@@ -22,9 +23,15 @@ extension ScenarioRunner {
         if truth == nil { truth = try CPUTruth(scanAvailable: kernel.pagemapScan) }
         let mirror = try DeviceMirror(region: m.region, tracking: track, dax: m.mapSync, truth: truth, kernel: kernel,
                                       writeBit: writeBit, device: number, sharing: other.flatMap { mirrors[$0] })
+        // A private mapping of a DAX file has no MAP_SYNC, but its VMA is DAX all the same.
+        if case .file(let path, _, false) = m.backing {
+            var sx = dm_statx_result()
+            if dm_statx(AT_FDCWD, path, 0, &sx) == 0, sx.attributes_mask & DM_STATX_ATTR_DAX != 0,
+               sx.attributes & DM_STATX_ATTR_DAX != 0 { mirror.mapsDAX = true }
+        }
         mirrors[device] = mirror
         deviceRegion[device] = name
-        if againstKernel { kernelDevices[device] = try KernelDmirror() }
+        if againstKernel { kernelDevices[device] = try KernelDmirror(path: "/dev/hmm_dmirror\(number)") }
         return [("region", .string(name)), ("device", .string(device)),
                 ("events", .string(mirror.tracker.map { $0.mechanism.rawValue }
                                    ?? (other.map { "none (\($0) holds the registration)" } ?? "none"))),
@@ -35,27 +42,53 @@ extension ScenarioRunner {
 
     /// `migrate D OFF LEN`: pages to D's device, and what it read back.
     func migrate(_ s: ScenarioCommand.Span) throws -> [(String, JSON)] {
-        let m = try resolve(s)
-        let mirror = try mirrorOf(s.region)
-        let moved = try mirror.migrateToDevice(m.address + s.offset, s.length)
-        var out: [(String, JSON)] = [("cpages", .int(Int64(moved.cpages)))]
-        moved.bytes.withUnsafeBytes { out += ByteDigest.of($0) }
-        return out
+        try readBackCommand(s) { (mirror, at) throws(MirrorError) in
+            let r = try mirror.migrateToDevice(at, s.length)
+            return (r.cpages, r.bytes)
+        } kernel: { (twin, at) throws(MirrorError) in try twin.migrateToDevice(at, s.length) }
     }
 
     /// `exclusive D OFF LEN`: the pages held for D's exclusive access.
     func exclusive(_ s: ScenarioCommand.Span) throws -> [(String, JSON)] {
+        try readBackCommand(s) { (mirror, at) throws(MirrorError) in
+            let r = try mirror.makeExclusive(at, s.length)
+            return (r.cpages, r.bytes)
+        } kernel: { (twin, at) throws(MirrorError) in try twin.makeExclusive(at, s.length) }
+    }
+
+    /// A command whose device reads the range back (migrate, exclusive):
+    /// cpages and the bytes' digest; in twin mode the kernel's twin does the
+    /// same on the twin region and must agree (errno, cpages, bytes).
+    private func readBackCommand(_ s: ScenarioCommand.Span,
+                                 _ ours: (DeviceMirror, UInt64) throws(MirrorError) -> (Int, [UInt8]),
+                                 kernel: (KernelDmirror, UInt64) throws(MirrorError) -> (cpages: Int, bytes: [UInt8])) throws -> [(String, JSON)] {
         let m = try resolve(s)
-        let held = try mirrorOf(s.region).makeExclusive(m.address + s.offset, s.length)
-        var out: [(String, JSON)] = [("cpages", .int(Int64(held.cpages)))]
-        held.bytes.withUnsafeBytes { out += ByteDigest.of($0) }
+        let mirror = try mirrorOf(s.region)
+        let mine = Result { () throws(MirrorError) in try ours(mirror, m.address + s.offset) }
+        var extra: [(String, JSON)] = []
+        if let twin = try twinOnly(s.region) {
+            let theirs = Result { () throws(MirrorError) in try kernel(twin, kernelBase(s.region, m) + s.offset) }
+            try agree(mine.map(\.1), theirs.map(\.bytes), mine.map(\.0), theirs.map(\.cpages), counting: "pages read back")
+            if case .success(let k) = theirs { extra.append(("kernel_cpages", .int(Int64(k.cpages)))) }
+            _ = try sharedOutcome(mine)
+        }
+        let (cpages, bytes) = try mine.get()
+        var out: [(String, JSON)] = [("cpages", .int(Int64(cpages)))] + extra
+        bytes.withUnsafeBytes { out += ByteDigest.of($0) }
         return out
     }
 
     /// `check-exclusive D OFF LEN`: EPERM while D holds a page there.
     func checkExclusive(_ s: ScenarioCommand.Span) throws -> [(String, JSON)] {
         let m = try resolve(s)
-        try mirrorOf(s.region).checkExclusive(m.address + s.offset, s.length)
+        let mirror = try mirrorOf(s.region)
+        let mine = Result { () throws(MirrorError) in try mirror.checkExclusive(m.address + s.offset, s.length) }
+        if let twin = try twinOnly(s.region) {
+            let theirs = Result { () throws(MirrorError) in try twin.checkExclusive(kernelBase(s.region, m) + s.offset, s.length) }
+            try agree(mine.map { _ in [] }, theirs.map { _ in [] }, mine.map { _ in 0 }, theirs.map { _ in 0 })
+            try sharedOutcome(mine)
+        }
+        try mine.get()
         return []
     }
 
@@ -63,7 +96,15 @@ extension ScenarioRunner {
     func migrateBack(_ s: ScenarioCommand.Span) throws -> [(String, JSON)] {
         let m = try resolve(s)
         let mirror = try mirrorOf(s.region)
-        return [("cpages", .int(Int64(try mirror.migrateToSystem(m.address + s.offset, s.length))))]
+        let mine = Result { () throws(MirrorError) in try mirror.migrateToSystem(m.address + s.offset, s.length) }
+        var extra: [(String, JSON)] = []
+        if let twin = try twinOnly(s.region) {
+            let theirs = Result { () throws(MirrorError) in try twin.migrateToSystem(kernelBase(s.region, m) + s.offset, s.length) }
+            try agree(mine.map { _ in [] }, theirs.map { _ in [] }, mine, theirs, counting: "pages brought home")
+            if case .success(let k) = theirs { extra.append(("kernel_cpages", .int(Int64(k)))) }
+            _ = try sharedOutcome(mine)
+        }
+        return [("cpages", .int(Int64(try mine.get())))] + extra
     }
 
     /// `release D`: every page of D's device, in every region, comes home.
@@ -75,7 +116,21 @@ extension ScenarioRunner {
             guard regionsDone.insert(mirror.region.base).inserted else { continue }
             home += try mirror.releaseDevicePages()
         }
+        if let twin = try twinOnly(name) { try twin.release() }
         return [("pages", .int(Int64(home)))]
+    }
+
+    /// The kernel's twin of R's device where device-private commands are
+    /// compared: twin regions only (on the region itself the kernel's device
+    /// would take daxmirror's device pages home through its faults).
+    private func twinOnly(_ name: String) throws -> KernelDmirror? {
+        twinRegions ? try kernelTwin(name) : nil
+    }
+
+    /// Where the kernel's twin device works for region (or device) `name`:
+    /// the twin region in twin mode, else the region itself.
+    func kernelBase(_ name: String, _ m: MappedMemory) -> UInt64 {
+        twins[deviceRegion[name] ?? name]?.address ?? m.address
     }
 
     func devRead(_ s: ScenarioCommand.Span) throws -> [(String, JSON)] {
@@ -84,9 +139,10 @@ extension ScenarioRunner {
         let ours = Result { () throws(MirrorError) in try mirror.read(m.address + s.offset, Int(s.length)) }
         var out: [(String, JSON)] = []
         if let twin = try kernelTwin(s.region) {
-            let theirs = Result { () throws(MirrorError) in try twin.read(m.address + s.offset, Int(s.length)) }
+            let theirs = Result { () throws(MirrorError) in try twin.read(kernelBase(s.region, m) + s.offset, Int(s.length)) }
             try agree(ours.map { [UInt8]($0.bytes) }, theirs.map(\.bytes), ours.map(\.faults), theirs.map(\.faults))
             if case .success(let k) = theirs { out.append(("kernel_faults", .int(Int64(k.faults)))) }
+            _ = try sharedOutcome(ours)
         }
         let (data, faults) = try ours.get()
         out.insert(("faults", .int(Int64(faults))), at: 0)
@@ -103,9 +159,10 @@ extension ScenarioRunner {
         let wholePages = (m.address + s.offset) % pageSize == 0 && s.length % pageSize == 0
         if let twin = try kernelTwin(s.region) {
             if wholePages {
-                let theirs = Result { () throws(MirrorError) in try twin.write(m.address + s.offset, data) }
+                let theirs = Result { () throws(MirrorError) in try twin.write(kernelBase(s.region, m) + s.offset, data) }
                 try agree(ours.map { _ in [] }, theirs.map { _ in [] }, ours, theirs)
                 if case .success(let k) = theirs { extra.append(("kernel_faults", .int(Int64(k)))) }
+                _ = try sharedOutcome(ours)
             } else {
                 extra.append(("kernel", .string("not compared: the kernel's dmirror writes whole pages only")))
             }
@@ -123,7 +180,7 @@ extension ScenarioRunner {
         let dev = try mirror.deviceSnapshot(at, len)
         var kernelCodes: [(String, JSON)] = []
         if let twin = try kernelTwin(name) {
-            let theirs = try twin.snapshot(at, len)
+            let theirs = try twin.snapshot(kernelBase(name, m) + (at - m.address), len)
             try agree(snapshot: cpu, theirs)
             kernelCodes = [("kernel_codes", .string(theirs.runLengthHex))]
         }
@@ -154,7 +211,7 @@ extension ScenarioRunner {
         // The kernel's SNAPSHOT as a second oracle for the CPU side.
         var oracle: [(String, JSON)] = []
         if useKernel || againstKernel, let twin = try kernelTwin(name, open: useKernel) {
-            try agree(snapshot: try mirror.snapshot(s, n), try twin.snapshot(s, n))
+            try agree(snapshot: try mirror.snapshot(s, n), try twin.snapshot(kernelBase(name, m) + (s - m.address), n))
             oracle.append(("kernel_snapshot", .string("agrees")))
         }
         return oracle + [("disagreements", .int(0)), ("revalidated", .int(Int64(revalidated))),

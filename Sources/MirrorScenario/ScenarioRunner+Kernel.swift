@@ -13,6 +13,20 @@ extension ScenarioRunner {
         let what: String
     }
 
+    /// Both devices failed, with the same errno: the answer is the failure,
+    /// marked as the kernel's too.
+    struct FailedAlike: Error {
+        let error: MirrorError
+    }
+
+    /// After `agree`: our failure, if any, is one the kernel shared.
+    func sharedOutcome<T>(_ ours: Result<T, MirrorError>) throws -> T {
+        switch ours {
+        case .success(let v): return v
+        case .failure(let e): throw FailedAlike(error: e)
+        }
+    }
+
     /// The kernel twin of R's device: R's own in differential mode; for
     /// `check … kernel` outside it, opened on first use.
     func kernelTwin(_ name: String, open: Bool = false) throws -> KernelDmirror? {
@@ -26,7 +40,8 @@ extension ScenarioRunner {
 
     /// Same outcome (errno), same bytes, same number of fault rounds.
     func agree(_ ours: Result<[UInt8], MirrorError>, _ theirs: Result<[UInt8], MirrorError>,
-                       _ ourFaults: Result<Int, MirrorError>, _ theirFaults: Result<Int, MirrorError>) throws {
+                       _ ourFaults: Result<Int, MirrorError>, _ theirFaults: Result<Int, MirrorError>,
+                       counting: String = "faults") throws {
         switch (ours, theirs) {
         case (.failure(let a), .failure(let b)):
             if a.errno != b.errno { throw KernelDisagrees(what: "ours failed with \(a.errno.name), the kernel's with \(b.errno.name)") }
@@ -40,7 +55,7 @@ extension ScenarioRunner {
                 throw KernelDisagrees(what: "bytes differ first at offset \(i)")
             }
             if case .success(let f) = ourFaults, case .success(let g) = theirFaults, f != g {
-                throw KernelDisagrees(what: "ours faulted \(f) times, the kernel's \(g)")
+                throw KernelDisagrees(what: counting == "faults" ? "ours faulted \(f) times, the kernel's \(g)" : "\(counting): ours \(f), the kernel's \(g)")
             }
         }
     }

@@ -22,6 +22,14 @@ extension ScenarioRunner {
         let m = try MappedMemory(name: r.region, kind: r.kind, path: path, size: Int(r.size), options: options)
         memory[r.region] = m
         if m.createdFile, let path { ownFiles.insert(path) }
+        if twinRegions {
+            guard r.kind != .devdax else { throw ScenarioError(.EINVAL, "twin regions: a device-dax device has no twin") }
+            let twinPath = path.map { $0 + ".twin" }
+            options.mayResizeExisting = twinPath.map { ownFiles.contains($0) } ?? false
+            let twin = try MappedMemory(name: r.region + "'", kind: r.kind, path: twinPath, size: Int(r.size), options: options)
+            twins[r.region] = twin
+            if twin.createdFile, let twinPath { ownFiles.insert(twinPath) }
+        }
         return [("region", .string(r.region)), ("kind", .string(m.backing.name)),
                 ("address", .string("0x" + String(m.address, radix: 16))), ("size", .uint(r.size)),
                 ("map_sync", .bool(m.mapSync)), ("pmem", .bool(m.mapSync)),

@@ -33,16 +33,26 @@ public final class ScenarioRunner {
     /// test driver, driven with the same commands and compared after each.
     public let againstKernel: Bool
     var kernelDevices: [String: KernelDmirror] = [:]
+    /// Twin regions (differential with device-private memory): each region
+    /// has a twin of the same kind and size that every CPU command also
+    /// acts on, and the kernel's twin device works on the twin — a page has
+    /// one owner, so daxmirror's device and the kernel's cannot share memory
+    /// once pages migrate. Same process: a soft-dirty clear write-protects
+    /// both alike.
+    public let twinRegions: Bool
+    var twins: [String: MappedMemory] = [:]
     let kernel: KernelFeatures
     var truth: CPUTruth?
     let pageSize = UInt64(Syscall.pageSize)
     let environment: (String) -> String?
 
-    public init(directory: String = ".", tracking: Bool = true, againstKernel: Bool = false, kernel: KernelFeatures = .probe(),
+    public init(directory: String = ".", tracking: Bool = true, againstKernel: Bool = false, twinRegions: Bool = false,
+                kernel: KernelFeatures = .probe(),
                 environment: @escaping (String) -> String? = ScenarioLine.processEnvironment) {
         self.directory = directory
         self.tracking = tracking
         self.againstKernel = againstKernel
+        self.twinRegions = againstKernel && twinRegions
         self.kernel = kernel
         self.environment = environment
     }
@@ -64,6 +74,7 @@ public final class ScenarioRunner {
         mirrors.removeAll()
         kernelDevices.removeAll()
         memory.removeAll()
+        twins.removeAll()
         guard let dir = privateDirectory else { return }
         for f in ownFiles where f.hasPrefix(dir + "/") { unlink(f) }
         rmdir(dir)
@@ -171,6 +182,9 @@ public final class ScenarioRunner {
         } catch let e as CPUSignal {
             return .object([("op", .string(op)), ("ok", .bool(false)), ("errno", .string("EFAULT")),
                             ("signal", .string("SIGBUS")), ("error", .string(e.message))])
+        } catch let e as FailedAlike {
+            return .object([("op", .string(op)), ("ok", .bool(false)), ("errno", .string(e.error.errno.name)),
+                            ("kernel_errno", .string(e.error.errno.name)), ("error", .string(e.error.message))])
         } catch let e as KernelDisagrees {
             return .object([("op", .string(op)), ("ok", .bool(false)), ("errno", .string("EDOM")),
                             ("error", .string("the kernel's dmirror disagrees: " + e.what))])
@@ -210,20 +224,45 @@ public final class ScenarioRunner {
         switch command {
         case .map(let r): return try map(r)
         case .mirror(let r, let d, let untracked, let writeBit, let n): return try mirror(r, as: d, untracked: untracked, writeBit: writeBit, number: n)
-        case .cpuRead(let s): return try cpuRead(s)
-        case .cpuWrite(let s, let b): return try cpuWrite(s, b)
+        case .cpuRead(let s): return try onTwins(s.region, compare: true) { () throws in try cpuRead(s) }
+        case .cpuWrite(let s, let b): return try onTwins(s.region) { () throws in try cpuWrite(s, b) }
+        case .protect(let s, let p): return try onTwins(s.region) { () throws in try protect(s, p) }
+        case .unmap(let s): return try onTwins(s.region) { () throws in try unmap(s) }
+        case .remap(let s): return try onTwins(s.region) { () throws in try remap(s) }
+        case .discard(let s): return try onTwins(s.region) { () throws in try discard(s) }
+        case .forkWrite(let s, let b): return try onTwins(s.region) { () throws in try forkWrite(s, b) }
+        case .forkRead(let s): return try onTwins(s.region, compare: true) { () throws in try forkRead(s) }
+        case .truncate(let r, let size): return try onTwins(r) { () throws in try truncate(r, size) }
+        case .persist(let s): return try onTwins(s.region) { () throws in try persist(s) }
+        case .pwrite(let s, let b): return try onTwins(s.region) { () throws in try pwrite(s, b) }
+        case .pread(let s): return try onTwins(s.region, compare: true) { () throws in try pread(s) }
+        default: return try performOnce(command)
+        }
+    }
+
+    /// Runs a CPU command on the region, then (twin regions) on its twin;
+    /// `compare`: the two must have read the same bytes.
+    private func onTwins(_ name: String, compare: Bool = false, _ body: () throws -> [(String, JSON)]) throws -> [(String, JSON)] {
+        let ours = try body()
+        let key = deviceRegion[name] ?? name
+        guard let twin = twins[key], let mine = memory[key] else { return ours }
+        memory[key] = twin
+        defer { memory[key] = mine }
+        let theirs = try body()
+        if compare, !ours.elementsEqual(theirs, by: { $0.0 == $1.0 && $0.1 == $1.1 }) {
+            throw KernelDisagrees(what: "the CPU read different bytes in the region and its twin")
+        }
+        return ours
+    }
+
+    private func performOnce(_ command: ScenarioCommand) throws -> [(String, JSON)] {
+        switch command {
+        case .map, .mirror, .cpuRead, .cpuWrite, .protect, .unmap, .remap, .discard, .forkWrite, .forkRead,
+             .truncate, .persist, .pwrite, .pread:
+            return try perform(command)
         case .devRead(let s): return try devRead(s)
         case .devWrite(let s, let b): return try devWrite(s, b)
         case .snapshot(let r, let range): return try snapshot(r, range)
-        case .protect(let s, let p): return try protect(s, p)
-        case .unmap(let s): return try unmap(s)
-        case .remap(let s): return try remap(s)
-        case .discard(let s): return try discard(s)
-        case .truncate(let r, let size): return try truncate(r, size)
-        case .persist(let s): return try persist(s)
-        case .forkWrite(let s, let b): return try forkWrite(s, b)
-        case .pwrite(let s, let b): return try pwrite(s, b)
-        case .pread(let s): return try pread(s)
         case .check(let r, let range, let strict, let k): return try check(r, range, strict: strict, kernel: k)
         case .stats(let r): return try stats(r)
         case .require(let what): return try require(what)
@@ -232,7 +271,6 @@ public final class ScenarioRunner {
         case .release(let d): return try release(d)
         case .exclusive(let s): return try exclusive(s)
         case .checkExclusive(let s): return try checkExclusive(s)
-        case .forkRead(let s): return try forkRead(s)
         case .expectFail: return []  // execute() handles it
         }
     }

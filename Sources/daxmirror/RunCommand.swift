@@ -51,6 +51,10 @@ struct RunCommand: ParsableCommand {
                              discussion: "Needs a kernel built with TEST_HMM: `Scripts/guest.sh --kernel hmm -- daxmirror run --against-kernel …`."))
     var againstKernel = false
 
+    @Flag(help: ArgumentHelp("With --against-kernel: give every region a twin of the same kind and size that every CPU command also acts on, and let the kernel's device work on the twin.",
+                             discussion: "Needed to compare device-private memory (migrate, migrate-back, release, exclusive, check-exclusive): a migrated page has one owner, so the two devices cannot share memory."))
+    var twinRegions = false
+
     @Flag(help: "Pretty-print each answer instead of one line per command.")
     var pretty = false
 
@@ -78,7 +82,8 @@ struct RunCommand: ParsableCommand {
         if againstKernel && access(KernelDmirror.defaultPath, F_OK) != 0 {
             throw Failure(.unsupported, "--against-kernel needs \(KernelDmirror.defaultPath) (a kernel with CONFIG_TEST_HMM): run it in `Scripts/guest.sh --kernel hmm`")
         }
-        let runner = ScenarioRunner(directory: dir, tracking: !untracked, againstKernel: againstKernel)
+        if twinRegions && !againstKernel { throw Failure(.usage, "--twin-regions compares with the kernel's device: give --against-kernel too") }
+        let runner = ScenarioRunner(directory: dir, tracking: !untracked, againstKernel: againstKernel, twinRegions: twinRegions)
         // The run's private directory goes however the command ends (a
         // reader that went away, a write error).
         ExitCleanup.register { runner.finish() }

@@ -160,4 +160,17 @@ struct DevicePrivatePolicyTests {
         #expect(errno { try m.checkExclusive(Self.base, 2 * page) } == nil)
         #expect(try m.snapshot(Self.base, 4 * page) == [.read, .read, [.devicePrivateLocal, .read], [.devicePrivateLocal, .read]])
     }
+
+    @Test func anMprotectMakesDevicePagesReadOnlyAndGivingWriteBackUpgradesNone() throws {
+        let cpu = FakeCPU()
+        cpu.map(Self.base, pages: 4)
+        written(cpu, pages: 4, byte: 8)
+        let m = try mirror(cpu, pages: 4, device: 0)
+        _ = try m.migrateToDevice(Self.base, 4 * page)
+        cpu.protect(Self.base, 2 * page, readable: true, writable: false)
+        let ro: SnapshotCode = [.devicePrivateLocal, .read], rw: SnapshotCode = [.devicePrivateLocal, .write]
+        #expect(try m.snapshot(Self.base, 4 * page) == [ro, ro, rw, rw])
+        cpu.protect(Self.base, 2 * page, readable: true, writable: true)
+        #expect(try m.snapshot(Self.base, 4 * page) == [ro, ro, rw, rw])
+    }
 }

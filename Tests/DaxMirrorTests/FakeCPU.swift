@@ -147,6 +147,10 @@ final class FakeCPU: CPUSide {
         return moves.count
     }
 
+    func deviceWriteProtect(_ startVPN: UInt64, _ endVPN: UInt64) {
+        for vpn in startVPN..<endVPN where devicePages[vpn] != nil { devicePages[vpn]!.writable = false }
+    }
+
     /// migrate_to_ram: a new page with the device's bytes.
     func migrateHome(_ vpn: UInt64) throws(MirrorError) -> Bool {
         guard let d = devicePages.removeValue(forKey: vpn) else { return false }

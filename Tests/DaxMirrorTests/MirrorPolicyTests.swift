@@ -205,7 +205,8 @@ struct MirrorPolicyTests {
         let a = [vma(0, 16)]
         #expect(m.changedRanges(a, a).isEmpty)
         #expect(m.changedRanges(a, [vma(0, 4), vma(4, 8, w: false, offset: 4 * page), vma(8, 16, offset: 8 * page)])
-                == [.init(start: Self.base + 4 * page, end: Self.base + 8 * page, mappedAnew: false, writeRestored: false)])
+                == [.init(start: Self.base + 4 * page, end: Self.base + 8 * page, mappedAnew: false, writeRestored: false,
+                          writeRemoved: true)])
         #expect(m.changedRanges([vma(0, 4, w: false)], [vma(0, 4)]).first?.writeRestored == true)
         #expect(m.changedRanges(a, [vma(0, 16, offset: page)]).first?.mappedAnew == true, "other file pages: new memory")
         let unmapped = m.changedRanges(a, [vma(0, 8)])

@@ -362,6 +362,11 @@ struct dm_hmm_dmirror_cmd {
 #define DM_HMM_DMIRROR_READ      _IOWR('H', 0x00, struct dm_hmm_dmirror_cmd)
 #define DM_HMM_DMIRROR_WRITE     _IOWR('H', 0x01, struct dm_hmm_dmirror_cmd)
 #define DM_HMM_DMIRROR_SNAPSHOT  _IOWR('H', 0x04, struct dm_hmm_dmirror_cmd)
+#define DM_HMM_DMIRROR_MIGRATE_TO_DEV   _IOWR('H', 0x02, struct dm_hmm_dmirror_cmd)
+#define DM_HMM_DMIRROR_MIGRATE_TO_SYS   _IOWR('H', 0x03, struct dm_hmm_dmirror_cmd)
+#define DM_HMM_DMIRROR_EXCLUSIVE        _IOWR('H', 0x05, struct dm_hmm_dmirror_cmd)
+#define DM_HMM_DMIRROR_CHECK_EXCLUSIVE  _IOWR('H', 0x06, struct dm_hmm_dmirror_cmd)
+#define DM_HMM_DMIRROR_RELEASE          _IOWR('H', 0x07, struct dm_hmm_dmirror_cmd)
 /// HMM_DMIRROR_READ: the device reads npages at addr into ptr, faulting
 /// (read) what its table lacks. -1 with errno as the driver returns it.
 int dm_hmm_read(int fd, struct dm_hmm_dmirror_cmd *cmd);
@@ -370,6 +375,13 @@ int dm_hmm_write(int fd, struct dm_hmm_dmirror_cmd *cmd);
 /// HMM_DMIRROR_SNAPSHOT: the CPU page table as hmm_range_fault sees it
 /// without faulting, one HMM_DMIRROR_PROT_* code per page.
 int dm_hmm_snapshot(int fd, struct dm_hmm_dmirror_cmd *cmd);
+/// The device-private commands: MIGRATE_TO_DEV (pages to the device, then
+/// read back into ptr), MIGRATE_TO_SYS, EXCLUSIVE (then read back),
+/// CHECK_EXCLUSIVE, RELEASE (every page the device holds comes home).
+enum dm_hmm_request {
+    DM_HMM_MIGRATE_TO_DEV, DM_HMM_MIGRATE_TO_SYS, DM_HMM_EXCLUSIVE, DM_HMM_CHECK_EXCLUSIVE, DM_HMM_RELEASE
+};
+int dm_hmm_command(int fd, enum dm_hmm_request request, struct dm_hmm_dmirror_cmd *cmd);
 
 // ---------------------------------------------------------------------------
 // Failure injection (daxshim.c), swift-system's Mocking.swift idea: a test

@@ -1,0 +1,193 @@
+import Foundation
+import Testing
+import DaxCore
+
+/// Device-private memory against the kernel's own: random migrations, CPU
+/// touches, exclusive access, releases, forks, mprotects, discards and
+/// remaps on an anonymous region with two devices, driven through daxmirror
+/// and the kernel's dmirror at once on twin regions (`run --against-kernel
+/// --twin-regions`): every migration's errno, cpages and read-back bytes,
+/// every device access, every CPU read (region against twin) and, every 10
+/// operations, both devices' snapshots compared. Runs where
+/// /dev/hmm_dmirror0 exists (the hmm guest). DAXMIRROR_DEVMEM_OPS sizes it,
+/// DAXMIRROR_STRESS_SEED replays it.
+///
+/// Kept out of the stream, as the kernel's driver WARNs or oopses on them
+/// (docs/kernel-facts.md): a device writing a page it holds as device-private
+/// memory (it may be read-only there), and a device reading a page it holds
+/// after something dropped its entry (a fork, an mprotect, a soft-dirty clear
+/// — which daxmirror's mirror makes after a fork or a new VMA).
+@Suite("device-private memory against the kernel (twin regions)", .serialized)
+struct DeviceMemoryDifferentialTests {
+    @Test(.enabled(if: access("/dev/hmm_dmirror0", F_OK) == 0, "no /dev/hmm_dmirror0: runs in `Scripts/guest.sh --kernel hmm`"))
+    func randomDeviceMemoryOperationsAgreeWithTheKernel() throws {
+        try MirrorStressTests.skipUnlessRunsHere("anon")
+        let seed = MirrorStressTests.seed()
+        let ops = Int(ProcessInfo.processInfo.environment["DAXMIRROR_DEVMEM_OPS"] ?? "") ?? 10_000
+        let replay = "seed \(seed) (replay: DAXMIRROR_STRESS_SEED=\(seed)), \(ops) operations"
+        let (script, stats) = Self.script(seed: seed, ops: ops)
+        let dir = try ScratchDirectory(base: DaxEnvironment.directory ?? NSTemporaryDirectory())
+        let r = try CLI.run(CLI.binary, ["run", "--against-kernel", "--twin-regions", "--dir", dir.path, "-"], timeout: 3600,
+                            stdin: script.joined(separator: "\n") + "\n")
+        let lines = r.stdout.split(separator: "\n")
+        // A command both failed alike (same errno) agrees; anything else failed.
+        let bad = lines.filter { answerFailed($0) && !Self.failedAlike($0) }.prefix(5)
+        if let first = bad.first { print(MirrorStressTests.context(of: first, in: script, answers: lines)) }
+        #expect(bad.isEmpty, "\(replay):\n\(bad.joined(separator: "\n"))\n\(r.stderr)")
+        #expect(lines.count == script.count, "\(replay): \(lines.count) answers for \(script.count) commands")
+        let migrations = lines.filter { $0.contains("\"kernel_cpages\"") }.count
+        let accesses = lines.filter { $0.contains("\"kernel_faults\"") }.count
+        let snapshots = lines.filter { $0.contains("\"kernel_snapshot\":\"agrees\"") }.count
+        #expect(migrations >= ops / 10, "\(replay): only \(migrations) migrations compared")
+        #expect(snapshots >= ops / 10, "\(replay): only \(snapshots) snapshots compared")
+        print("device-private differential: \(replay): \(bad.count) disagreements; compared with the kernel's dmirror: \(migrations) migrations/exclusive/migrate-backs, \(accesses) device accesses, \(snapshots) snapshots; ops \(stats.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))")
+    }
+
+    /// The same stream through daxmirror alone, on any kernel: one answer
+    /// per command, no death by signal, every `check` (the device tables
+    /// against pagemap) without a disagreement. (The data is compared in the
+    /// twin run: region against twin, daxmirror's device against the kernel's.)
+    @Test func deviceMemoryStressKeepsTheMirrorsConsistent() throws {
+        let seed = MirrorStressTests.seed()
+        let (script, _) = Self.script(seed: seed, ops: 3_000)
+        let dir = try ScratchDirectory()
+        let r = try CLI.run(CLI.binary, ["run", "--dir", dir.path, "-"], timeout: 600, stdin: script.joined(separator: "\n") + "\n")
+        let lines = r.stdout.split(separator: "\n")
+        #expect(lines.count == script.count, "seed \(seed): \(lines.count) answers for \(script.count) commands\n\(r.stderr)")
+        #expect(r.status == 0 || r.status == 1, "seed \(seed): exit \(r.status)\n\(r.stderr)")
+        let broken = lines.filter { $0.contains("\"op\":\"check\"") && answerFailed($0) }.prefix(3)
+        #expect(broken.isEmpty, "seed \(seed) (DAXMIRROR_STRESS_SEED replays):\n\(broken.joined(separator: "\n"))")
+    }
+
+    /// The same seed, the same commands; every operation drawn.
+    @Test func aDeviceMemorySeedReplays() {
+        let a = Self.script(seed: 7_340_551, ops: 2_000).0, b = Self.script(seed: 7_340_551, ops: 2_000).0
+        #expect(a == b)
+        #expect(a != Self.script(seed: 7_340_552, ops: 2_000).0)
+        for op in ["migrate", "migrate-back", "release", "exclusive", "check-exclusive", "dev-read", "dev-write", "cpu-read",
+                   "cpu-write", "protect", "discard", "unmap", "remap", "fork-read"] {
+            #expect(a.contains { $0.hasPrefix(op + " ") }, "\(op) never drawn")
+        }
+    }
+
+    static func failedAlike(_ line: Substring) -> Bool {
+        guard let e = line.range(of: "\"errno\":\""), let k = line.range(of: "\"kernel_errno\":\"") else { return false }
+        return line[e.upperBound...].prefix { $0 != "\"" } == line[k.upperBound...].prefix { $0 != "\"" }
+    }
+
+    /// What the generator knows: which device may hold each page, and whether
+    /// that device's entry for it may have been dropped since (`tainted`).
+    struct Model {
+        let pages: Int
+        var mapped: [Bool]
+        var prot: [String]
+        var owners: [Set<Int>]
+        var tainted: [[Bool]]
+        init(pages: Int) {
+            self.pages = pages
+            mapped = .init(repeating: true, count: pages)
+            prot = .init(repeating: "rw", count: pages)
+            owners = .init(repeating: [], count: pages)
+            tainted = [.init(repeating: false, count: pages), .init(repeating: false, count: pages)]
+        }
+        func accessible(_ p: Int, _ n: Int, write: Bool) -> Bool {
+            (p..<(p + n)).allSatisfy { mapped[$0] && prot[$0] != "none" && (!write || prot[$0] == "rw") }
+        }
+        /// Device `d` may read [p, p+n): none of its own pages there lost its entry.
+        func safeToRead(_ d: Int, _ p: Int, _ n: Int) -> Bool {
+            (p..<(p + n)).allSatisfy { !(owners[$0].contains(d) && tainted[d][$0]) }
+        }
+        mutating func home(_ p: Int, _ n: Int) {
+            for i in p..<(p + n) { owners[i] = []; tainted[0][i] = false; tainted[1][i] = false }
+        }
+        mutating func taint(_ range: Range<Int>, device: Int? = nil) {
+            for i in range { for d in owners[i] where device == nil || d == device { tainted[d][i] = true } }
+        }
+    }
+
+    static func script(seed: UInt64, ops: Int) -> ([String], [String: Int]) {
+        var rng = SplitMix64(seed: seed)
+        let pages = 64, page = 4096
+        var m = Model(pages: pages)
+        var script = ["map A anon \(pages * page)", "mirror A as D0 device 0", "mirror A as D1 device 1",
+                      "cpu-write A 0 \(pages * page) 1"]
+        var stats = [String: Int]()
+        var step = 0
+        while step < ops {
+            let p = rng.below(pages), n = 1 + rng.below(min(16, pages - p))
+            let d = rng.below(2)
+            let at = "\(p * page) \(n * page)"
+            let line: String
+            switch rng.below(100) {
+            case 0..<18:
+                // The migration's notifier spares only the migrating device:
+                // the other one's entries in the range go, its pages stay.
+                line = "migrate D\(d) \(at)"
+                m.taint(p..<(p + n), device: 1 - d)
+                for i in p..<(p + n) where !(m.owners[i].contains(d) && m.tainted[d][i]) {
+                    m.owners[i].insert(d)
+                    m.tainted[d][i] = false
+                }
+            case 18..<26:
+                line = "migrate-back D\(d) \(at)"
+                m.taint(p..<(p + n), device: 1 - d)
+                for i in p..<(p + n) where m.accessible(i, 1, write: false) { m.owners[i].remove(d); m.tainted[d][i] = false }
+            case 26..<29:
+                line = "release D\(d)"
+                for i in 0..<pages { m.owners[i].remove(d); m.tainted[d][i] = false }
+            case 29..<36:
+                line = "exclusive D\(d) \(at)"
+                if m.accessible(p, n, write: true) { m.home(p, n) }
+            case 36..<40:
+                line = "check-exclusive D\(d) \(at)"
+            case 40..<52:
+                guard m.safeToRead(d, p, n) else { continue }
+                line = "dev-read D\(d) \(at)"
+                if m.accessible(p, n, write: false) { for i in p..<(p + n) where !m.owners[i].contains(d) { m.home(i, 1) } }
+            case 52..<58:
+                // Never over its own device pages (which may be read-only there).
+                guard (p..<(p + n)).allSatisfy({ !m.owners[$0].contains(d) }) else { continue }
+                line = "dev-write D\(d) \(at) \(rng.below(256))"
+                if m.accessible(p, n, write: true) { m.home(p, n) }
+            case 58..<70:
+                guard m.accessible(p, n, write: false) else { continue }
+                line = "cpu-read A \(at)"
+                m.home(p, n)
+            case 70..<80:
+                guard m.accessible(p, n, write: true) else { continue }
+                line = "cpu-write A \(at) \(rng.below(256))"
+                m.home(p, n)
+            case 80..<86:
+                guard (p..<(p + n)).allSatisfy({ m.mapped[$0] }) else { continue }
+                let prot = ["none", "read", "rw", "rw"][rng.below(4)]
+                line = "protect A \(at) \(prot)"
+                for i in p..<(p + n) { m.prot[i] = prot }
+                m.taint(p..<(p + n))
+            case 86..<90:
+                guard (p..<(p + n)).allSatisfy({ m.mapped[$0] }) else { continue }
+                line = "discard A \(at)"
+                m.home(p, n)
+            case 90..<93:
+                line = "unmap A \(at)"
+                for i in p..<(p + n) { m.mapped[i] = false }
+                m.home(p, n)
+            case 93..<97:
+                // A new VMA: the mirror clears soft-dirty, which drops every entry of every device.
+                line = "remap A \(at)"
+                for i in p..<(p + n) { m.mapped[i] = true; m.prot[i] = "rw" }
+                m.home(p, n)
+                m.taint(0..<pages)
+            default:
+                guard m.accessible(p, n, write: false) else { continue }
+                line = "fork-read A \(at)"
+                m.taint(0..<pages)
+            }
+            step += 1
+            stats[String(line.split(separator: " ")[0]), default: 0] += 1
+            script.append(line)
+            if step % 10 == 0 { script += ["check D0", "check D1"] }
+        }
+        script += ["check D0", "check D1"]
+        return (script, stats)
+    }
+}
