@@ -47,6 +47,12 @@ public final class DevicePrivatePool: @unchecked Sendable {
     static let writableBit: UInt64 = 1 << 16
     static let pendingBit: UInt64 = 1 << 17
     static let exclusiveBit: UInt64 = 1 << 18
+    /// The page was on the device at the last fork: the child shares it, and
+    /// the first of the two to touch it brings it home for both (the kernel
+    /// migrates the one shared device page).
+    static let sharedBit: UInt64 = 1 << 19
+    /// The page's VMA is read-only now (see `comesHomeReadOnly`).
+    static let readOnlyVMABit: UInt64 = 1 << 20
     /// Owner field of a page that is the CPU's again but not yet mapped:
     /// an exclusive page at a fork, whose UFFDIO_COPY would be EAGAIN while
     /// the fork is under way (mmap_changing); the next touch or `settle`
@@ -120,9 +126,17 @@ public final class DevicePrivatePool: @unchecked Sendable {
         }
     }
 
-    /// The device pages of `indices` become read-only.
-    public func writeProtect(_ indices: Range<Int>) {
-        for i in indices { dm_atomic_and_u64(state + i, ~Self.writableBit) }
+    /// An mprotect of `indices`: without write, their device pages become
+    /// read-only; with it given back, they stay read-only (the kernel
+    /// upgrades no device-private entry) in a writable VMA.
+    public func vmaWritable(_ indices: Range<Int>, _ writable: Bool) {
+        for i in indices where held(i) {
+            if writable { dm_atomic_and_u64(state + i, ~Self.readOnlyVMABit) }
+            else {
+                dm_atomic_and_u64(state + i, ~Self.writableBit)
+                dm_atomic_or_u64(state + i, Self.readOnlyVMABit)
+            }
+        }
     }
 
     /// The slot's bytes (the device page), for the device's own access.
@@ -189,10 +203,38 @@ public final class DevicePrivatePool: @unchecked Sendable {
     @discardableResult
     public func bringHome(_ index: Int, uffd: Userfaultfd) throws(SystemCallError) -> Bool {
         guard held(index) else { return false }
-        do { try uffd.copy(to: address(index), from: slot(index), length: pageSize) }
+        do { try uffd.copy(to: address(index), from: slot(index), length: pageSize, writeProtect: comesHomeReadOnly(index)) }
         catch where error.errno == .EEXIST {}
         release(index)
         return true
+    }
+
+    /// Whether the page comes home write-protected (with userfaultfd, which
+    /// the handler lifts at the first write: `serveWrite`), as the kernel's
+    /// page would be read-only and stay so through an mprotect:
+    /// - a device-private page the device may not write (a fork, an
+    ///   mprotect, a read-only source made it so): the kernel's migration
+    ///   entry keeps that permission and the new page is not marked
+    ///   exclusively the process's, so nothing but a write upgrades it;
+    /// - a page a fork took from exclusive access (copy-on-write shared);
+    /// - an exclusive page whose entry was made read-only while its VMA is
+    ///   writable again. An exclusive page in a read-only VMA comes home by
+    ///   the VMA's permission: it stays the process's own page, which an
+    ///   mprotect makes writable, as the kernel's restore does.
+    private func comesHomeReadOnly(_ index: Int) -> Bool {
+        let s = dm_atomic_load_u64(state + index)
+        if s & Self.ownerMask == Self.returning { return true }
+        if s & Self.exclusiveBit != 0 { return s & (Self.writableBit | Self.readOnlyVMABit) == 0 }
+        return s & Self.writableBit == 0
+    }
+
+    /// On the handler thread: a write-protect fault at `page`. Only a page
+    /// that came home read-only is write-protected in an events-only range:
+    /// lift it (the kernel's copy-on-write would give the writer its own page;
+    /// this one is already its own). Returns false outside the region.
+    public func serveWrite(_ page: UInt64, uffd: Userfaultfd) {
+        let dst = UnsafeMutableRawPointer(bitPattern: UInt(page))!
+        do { try uffd.writeProtect(dst, length: pageSize, protect: false) } catch { try? uffd.wake(dst, length: pageSize) }
     }
 
     /// On the handler thread (no allocation, no lock): a MISSING fault at
@@ -209,7 +251,7 @@ public final class DevicePrivatePool: @unchecked Sendable {
         let index = Int((page - base) / UInt64(pageSize))
         do {
             if held(index) {
-                try uffd.copy(to: dst, from: slot(index), length: pageSize)
+                try uffd.copy(to: dst, from: slot(index), length: pageSize, writeProtect: comesHomeReadOnly(index))
                 release(index)
             } else {
                 try uffd.zeropage(at: dst, length: pageSize)
@@ -236,22 +278,27 @@ public final class DevicePrivatePool: @unchecked Sendable {
     /// child's uffd. The child's device pages are copied aside for it; the
     /// parent's lose write permission, and its exclusive pages are the CPU's
     /// again (mapped at their next touch or by `mapReturned`).
-    public func forked(_ descriptor: Int32) {
+    public func forked(_ descriptor: Int32, uffd: Userfaultfd) {
         closeChild()
+        parent = uffd
         for i in 0..<pages {
             let s = dm_atomic_load_u64(state + i)
             if s & Self.ownerMask != 0 { (childPool + i * pageSize).copyMemory(from: slot(i), byteCount: pageSize) }
             dm_atomic_store_u64(childState + i, s & ~Self.pendingBit)
             guard s & Self.ownerMask != 0 else { continue }
             if s & Self.exclusiveBit != 0 {
-                dm_atomic_store_u64(state + i, Self.returning)
+                // Restored before the copy, then copy-on-write: home read-only.
+                dm_atomic_store_u64(state + i, Self.returning | (s & Self.readOnlyVMABit))
                 dm_atomic_store_u64(returningPending, 1)
             } else {
-                dm_atomic_and_u64(state + i, ~Self.writableBit)
+                dm_atomic_store_u64(state + i, (s & ~Self.writableBit) | Self.sharedBit)
             }
         }
         dm_atomic_store_u64(childDescriptor, UInt64(descriptor) + 1)
     }
+
+    /// The parent's uffd, for the child's faults that bring a shared page home.
+    private var parent: Userfaultfd?
 
     /// On the handler thread: an event of the child's uffd. A fault on a
     /// page a device held at the fork gets that page; any other, zeros.
@@ -267,6 +314,10 @@ public final class DevicePrivatePool: @unchecked Sendable {
             do {
                 if dm_atomic_exchange_u64(childState + i, 0) != 0 {
                     try Userfaultfd.copy(fd: descriptor, to: page, from: childPool + i * pageSize, length: pageSize)
+                    // The device page the two shared comes home in the parent too.
+                    if dm_atomic_load_u64(state + i) & Self.sharedBit != 0, let parent {
+                        _ = try? bringHome(i, uffd: parent)
+                    }
                 } else {
                     try Userfaultfd.zeropage(fd: descriptor, at: page, length: pageSize)
                 }

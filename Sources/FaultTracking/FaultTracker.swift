@@ -143,8 +143,10 @@ public final class FaultTracker: @unchecked Sendable {
                 let page = address & ~(pageSize - 1)
                 // A MISSING fault in events-only mode: a range registered for
                 // device-private pages (never counted as a tracked touch).
-                if let pool, !kind.contains(.writeProtect) {
-                    pool.serveFault(page, uffd: uffd)
+                if let pool {
+                    // Events-only mode arms nothing: a MISSING fault is a device
+                    // page's range, a WP fault a device page that came home read-only.
+                    if kind.contains(.writeProtect) { pool.serveWrite(page, uffd: uffd) } else { pool.serveFault(page, uffd: uffd) }
                     return
                 }
                 let dst = UnsafeMutableRawPointer(bitPattern: UInt(page))!
@@ -176,7 +178,7 @@ public final class FaultTracker: @unchecked Sendable {
             case .fork(let descriptor):
                 // The child is not tracked: its faults run as if unregistered,
                 // except where device pages must reach it (DevicePrivatePool).
-                if let pool { pool.forked(descriptor) } else { close(descriptor) }
+                if let pool { pool.forked(descriptor, uffd: uffd) } else { close(descriptor) }
                 log.record(.fork)
             case .remap(let from, let to, let len):
                 pool?.removed(from, from + len)

@@ -27,6 +27,9 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
     /// Where the region's device-private pages live, and the tracker whose
     /// userfaultfd brings them home (shared by every mirror of the region).
     public let devicePages: DevicePages?
+    public let migrationWalks: MigrationWalks
+    /// The tracker of the mirror this one shares its region with (no registration of its own).
+    let sharedTracker: FaultTracker?
 
     /// `sharing`: another mirror's CPU side on the same region, whose
     /// tracker holds the region's userfaultfd registration (one per range).
@@ -65,6 +68,8 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
             }
         }
         self.tracker = tracker
+        migrationWalks = sharing.flatMap { $0.region.base == region.base ? $0.migrationWalks : nil } ?? MigrationWalks()
+        sharedTracker = sharing.flatMap { $0.region.base == region.base ? $0.eventSource : nil }
         if let shared = sharing?.devicePages, shared.pool.base == region.base {
             devicePages = shared
         } else if let tracker, let pool = tracker.devicePrivate {
@@ -112,16 +117,26 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
         do { try SoftDirty.clear() } catch { throw MirrorError(error.errno, "clearing soft-dirty bits: \(error)") }
     }
 
-    public var eventSequence: Int { tracker?.invalidationSequence ?? 0 }
+    /// Where this CPU side hears the kernel's invalidations: its own tracker,
+    /// or the one holding the region's registration for another mirror of it
+    /// (the kernel's notifiers reach every mirror alike).
+    var eventSource: FaultTracker? { tracker ?? devicePages?.tracker ?? sharedTracker }
+
+    public var eventSequence: Int { eventSource?.invalidationSequence ?? 0 }
 
     public func settleEvents() {
-        tracker?.settle()
-        if let d = devicePages, let uffd = d.tracker.userfaultfd { d.pool.mapReturned(uffd: uffd) }
+        eventSource?.settle()
+        // A mirror sharing another's registration waits for its handler too:
+        // an unmap's event frees device pages there.
+        if let d = devicePages {
+            if d.tracker !== tracker { d.tracker.settle() }
+            if let uffd = d.tracker.userfaultfd { d.pool.mapReturned(uffd: uffd) }
+        }
     }
 
     public func events(since: Int) -> (events: [Invalidation], overflowed: Bool) {
-        guard let tracker, tracker.invalidationSequence != since else { return ([], false) }
-        return tracker.invalidations(since: since)
+        guard let source = eventSource, source.invalidationSequence != since else { return ([], false) }
+        return source.invalidations(since: since)
     }
 
     public func registerAgain(start: UInt64, end: UInt64) {
@@ -187,10 +202,18 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
         catch { throw MirrorError(error.errno, "bringing a page home from the device: \(error)") }
     }
 
-    public func deviceWriteProtect(_ startVPN: UInt64, _ endVPN: UInt64) {
+    public func devicePages(owner: Int) -> [UInt64] {
+        guard let pool = devicePages?.pool, pool.count > 0 else { return [] }
+        let first = region.base / pageSize
+        return (0..<pool.pages).compactMap { i in
+            pool.owner(ofPage: i).map { $0.device == owner && !$0.exclusive } == true ? first + UInt64(i) : nil
+        }
+    }
+
+    public func deviceVMAWritable(_ startVPN: UInt64, _ endVPN: UInt64, _ writable: Bool) {
         guard let pool = devicePages?.pool else { return }
         let first = region.base / pageSize
-        pool.writeProtect(Int(max(startVPN, first) - first)..<Int(min(endVPN, first + UInt64(pool.pages)) - first))
+        pool.vmaWritable(Int(max(startVPN, first) - first)..<Int(min(endVPN, first + UInt64(pool.pages)) - first), writable)
     }
 
     public func devicePageRead(_ vpn: UInt64, offset: Int, into buffer: UnsafeMutableRawPointer, count: Int) {

@@ -65,9 +65,15 @@ public protocol CPUSide: AnyObject {
     /// exclusive access instead): the CPU loses them until it touches them.
     /// Returns how many moved.
     func migrateToDevice(_ moves: [DeviceMove], owner: Int, exclusive: Bool) throws(MirrorError) -> Int
-    /// Device pages in [startVPN, endVPN) lose write permission (an
-    /// mprotect took it from their VMA).
-    func deviceWriteProtect(_ startVPN: UInt64, _ endVPN: UInt64)
+    /// The migrations' walks over this region, shared by every mirror of it.
+    var migrationWalks: MigrationWalks { get }
+    /// The pages device `owner` holds in the region, whatever their VMA now.
+    func devicePages(owner: Int) -> [UInt64]
+    /// An mprotect took write permission from [startVPN, endVPN)
+    /// (`writable` false: the device pages there become read-only) or gave
+    /// it back (true: they stay read-only, as the kernel upgrades no
+    /// device-private entry, but come home into a writable VMA).
+    func deviceVMAWritable(_ startVPN: UInt64, _ endVPN: UInt64, _ writable: Bool)
     /// Brings page `vpn` home from the device holding it (the kernel's
     /// migrate_to_ram); false if no device held it.
     func migrateHome(_ vpn: UInt64) throws(MirrorError) -> Bool
@@ -90,5 +96,22 @@ public struct DeviceMove: Sendable, Equatable {
         self.vpn = vpn
         self.present = present
         self.writable = writable
+    }
+}
+
+/// The kernel's MMU_NOTIFY_MIGRATE: each window a migration walks (to the
+/// device or back) invalidates [start, end) for every device but the one
+/// migrating, whether or not a page moved. One log per region, shared by its
+/// mirrors (which are used from one thread, as a scenario is).
+public final class MigrationWalks: @unchecked Sendable {
+    public struct Walk: Sendable, Equatable {
+        public var startVPN: UInt64
+        public var endVPN: UInt64
+        public var owner: Int
+    }
+    public private(set) var walks: [Walk] = []
+    public init() {}
+    public func note(_ startVPN: UInt64, _ endVPN: UInt64, owner: Int) {
+        walks.append(Walk(startVPN: startVPN, endVPN: endVPN, owner: owner))
     }
 }

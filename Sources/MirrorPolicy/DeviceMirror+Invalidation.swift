@@ -57,16 +57,16 @@ extension DeviceMirror {
             let s = max(v.start, address), e = min(v.end, end)
             invalidate(s, e - s)
             if writable && !v.writable && writeRestoreProtectsAll { softDirtyStale = true }
-            if !writable && v.writable { writeProtectDevicePages(s, e) }
+            if writable != v.writable { devicePagesVMAWritable(s, e, writable) }
         }
     }
 
-    /// Write permission taken away from [s, e): as change_pte_range, device
-    /// pages there become read-only (giving it back upgrades none).
-    func writeProtectDevicePages(_ s: UInt64, _ e: UInt64) {
+    /// Write permission taken from [s, e) or given back: as change_pte_range,
+    /// device pages there become read-only (giving it back upgrades none).
+    func devicePagesVMAWritable(_ s: UInt64, _ e: UInt64, _ writable: Bool) {
         let lo = max(s, region.base), hi = min(e, region.end)
         guard lo < hi, cpu.devicePrivateCount > 0 else { return }
-        cpu.deviceWriteProtect(lo / pageSize, (hi + pageSize - 1) / pageSize)
+        cpu.deviceVMAWritable(lo / pageSize, (hi + pageSize - 1) / pageSize, writable)
     }
 
     /// Applies what changed since the last operation: events and VMA layout
@@ -76,6 +76,7 @@ extension DeviceMirror {
     @discardableResult
     public func synchronize() throws(MirrorError) -> [VMA] {
         var (replaced, forked) = applyEvents()
+        applyMigrationWalks()
         try cpu.vmas(overlapping: region.base, region.end, into: &vmaScratch)
         layout(vmaScratch, into: &layoutScratch)
         let mappedAnew = applyLayoutChanges(&replaced)
@@ -93,6 +94,17 @@ extension DeviceMirror {
             }
         }
         return vmaScratch
+    }
+
+    /// Other devices' migration walks since the last operation: their
+    /// windows' entries go (the migrating device's own are spared).
+    private func applyMigrationWalks() {
+        let walks = cpu.migrationWalks.walks
+        guard walksSeen < walks.count else { return }
+        for w in walks[walksSeen...] where w.owner != device {
+            invalidate(w.startVPN * pageSize, (w.endVPN - w.startVPN) * pageSize)
+        }
+        walksSeen = walks.count
     }
 
     /// The notifier events since the last operation, applied. Returns the
@@ -140,7 +152,8 @@ extension DeviceMirror {
             // soft-dirty all over (VM_SOFTDIRTY).
             mappedAnew = mappedAnew || change.mappedAnew
             if change.writeRestored && writeRestoreProtectsAll { softDirtyStale = true }
-            if change.writeRemoved { writeProtectDevicePages(change.start, change.end) }
+            if change.writeRemoved { devicePagesVMAWritable(change.start, change.end, false) }
+            if change.writeRestored { devicePagesVMAWritable(change.start, change.end, true) }
         }
         lastLayout = layoutScratch
         return mappedAnew

@@ -27,6 +27,7 @@ extension DeviceMirror {
     public func migrateToDevice(_ address: UInt64, _ count: UInt64) throws(MirrorError) -> Migrated {
         let (s, e) = try migrationPages(address, count)
         try forEachWindow(s, e) { (ws, we, vma, vmas) throws(MirrorError) in
+            cpu.migrationWalks.note(ws, we, owner: device)
             let truth = try readTruth(ws, we, vmas, detail: .presence)
             let anonymousVMA = !vma.shared && vma.inode == 0
             var moves: [DeviceMove] = []
@@ -77,38 +78,63 @@ extension DeviceMirror {
     }
 
     /// HMM_DMIRROR_EXCLUSIVE (make_device_exclusive_range) of [address,
-    /// address+count), in windows of 64 pages: each page is faulted in for
-    /// writing, as GUP does (a page it cannot get — no VMA, read-only — is
-    /// EBUSY), must be anonymous (else EBUSY), and is then held for this
-    /// device's exclusive access: every device's entries for the window go
-    /// (the owner's too) and this device holds ATOMIC entries. Any CPU
-    /// access, an mprotect or a fork ends it. Then the read-back.
+    /// address+count), in windows of 64 pages. Each window is faulted in for
+    /// writing as GUP does, which stops at the first page it cannot get (no
+    /// VMA, no write permission); the anonymous pages it got are then held
+    /// for this device's exclusive access — invisible to snapshots until the
+    /// CPU's next access, an mprotect or a fork — and every device's entries
+    /// for them go (the owner's too). Only a window GUP got whole, every page
+    /// of it anonymous, gives this device ATOMIC entries; otherwise EBUSY,
+    /// with the pages GUP got still held (as the kernel leaves them). Then
+    /// the read-back.
     public func makeExclusive(_ address: UInt64, _ count: UInt64) throws(MirrorError) -> Migrated {
         let (s, e) = try migrationPages(address, count)
         var vpn = s
         while vpn < e {
             let next = min(e, vpn + 64)
-            _ = try synchronize()
-            if let failed = cpu.populate(vpn * pageSize, (next - vpn) * pageSize, write: true) {
-                throw MirrorError(.EBUSY, "the pages at 0x\(String(vpn * pageSize, radix: 16)) cannot be faulted in for writing (\(failed.name))")
-            }
+            let got = try faultInForWriting(vpn, next)
             let vmas = try synchronize()
             let truth = try readTruth(vpn, next, vmas, detail: .presence)
-            if let i = truth.firstIndex(where: { $0.state != .present || $0.fileOrShared || $0.vmaShared || $0.zero }) {
-                throw MirrorError(.EBUSY, "0x\(String((vpn + UInt64(i)) * pageSize, radix: 16)) is not an anonymous page: only those can be held exclusively")
+            let anonymous = (vpn..<got).filter { v in
+                let p = truth[Int(v - vpn)]
+                return p.state == .present && !p.fileOrShared && !p.vmaShared && !p.zero
             }
-            if let why = cpu.devicePrivateRefusal { throw MirrorError(.EOPNOTSUPP, why) }
-            let moves = (vpn..<next).map { DeviceMove(vpn: $0, present: true, writable: true) }
-            _ = try cpu.migrateToDevice(moves, owner: device, exclusive: true)
-            invalidate(vpn * pageSize, (next - vpn) * pageSize)
+            if !anonymous.isEmpty {
+                if let why = cpu.devicePrivateRefusal { throw MirrorError(.EOPNOTSUPP, why) }
+                _ = try cpu.migrateToDevice(anonymous.map { DeviceMove(vpn: $0, present: true, writable: true) },
+                                            owner: device, exclusive: true)
+                for v in anonymous { invalidate(v * pageSize, pageSize) }
+            }
+            guard got == next else {
+                throw MirrorError(.EBUSY, "0x\(String(got * pageSize, radix: 16)) cannot be faulted in for writing (no VMA or no write permission)")
+            }
             let after = try synchronize()
             let now = try readTruth(vpn, next, after, detail: .presence)
             for v in vpn..<next where now[Int(v - vpn)].state == .deviceExclusive(owner: device) {
                 table.insert(DeviceEntry(pfn: now[Int(v - vpn)].pfn, writable: false, atomic: true), at: v)
             }
+            guard anonymous.count == Int(next - vpn) else {
+                let v = (vpn..<next).first { !anonymous.contains($0) } ?? vpn
+                throw MirrorError(.EBUSY, "0x\(String(v * pageSize, radix: 16)) is not an anonymous page: only those can be held exclusively")
+            }
             vpn = next
         }
         return try readBack(s, e)
+    }
+
+    /// GUP with FOLL_WRITE over [s, e): faults in, for writing, the pages up
+    /// to the first it cannot get; returns that page (e: all of them).
+    private func faultInForWriting(_ s: UInt64, _ e: UInt64) throws(MirrorError) -> UInt64 {
+        let vmas = try synchronize()
+        var got = s
+        while got < e, let v = vmas.first(where: { $0.start <= got * pageSize && got * pageSize < $0.end }),
+              v.readable && v.writable {
+            got = min(e, v.end / pageSize)
+        }
+        if got > s, let failed = cpu.populate(s * pageSize, (got - s) * pageSize, write: true) {
+            throw MirrorError(.EBUSY, "the pages at 0x\(String(s * pageSize, radix: 16)) cannot be faulted in for writing (\(failed.name))")
+        }
+        return got
     }
 
     /// HMM_DMIRROR_CHECK_EXCLUSIVE: EPERM while any page of the range still
@@ -128,6 +154,7 @@ extension DeviceMirror {
         let (s, e) = try migrationPages(address, count)
         var cpages = 0
         try forEachWindow(s, e) { (ws, we, _, vmas) throws(MirrorError) in
+            cpu.migrationWalks.note(ws, we, owner: device)
             let truth = try readTruth(ws, we, vmas, detail: .presence)
             for vpn in ws..<we where truth[Int(vpn - ws)].state == .devicePrivate(owner: device) {
                 if try cpu.migrateHome(vpn) { cpages += 1 }
@@ -138,16 +165,13 @@ extension DeviceMirror {
     }
 
     /// HMM_DMIRROR_RELEASE for this region: every page this device holds
-    /// here comes home. Returns how many.
+    /// here comes home — by the device's own list, as the kernel evicts its
+    /// chunks, whatever the VMA is now (PROT_NONE included). Returns how many.
     public func releaseDevicePages() throws(MirrorError) -> Int {
         guard cpu.devicePrivateCount > 0 else { return 0 }
-        let vmas = try synchronize()
-        let (s, e) = (region.base / pageSize, region.end / pageSize)
-        let truth = try readTruth(s, e, vmas, detail: .presence)
+        _ = try synchronize()
         var home = 0
-        for vpn in s..<e where truth[Int(vpn - s)].state == .devicePrivate(owner: device) {
-            if try cpu.migrateHome(vpn) { home += 1 }
-        }
+        for vpn in cpu.devicePages(owner: device) where try cpu.migrateHome(vpn) { home += 1 }
         return home
     }
 

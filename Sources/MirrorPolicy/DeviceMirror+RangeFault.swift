@@ -20,7 +20,7 @@ extension DeviceMirror {
             guard p.softDirty, !p.uffdWriteProtected else { return false }
             return p.writableWithoutCopyOnWrite
         }
-        if !p.vmaShared { return p.exclusive && !p.fileOrShared }
+        if !p.vmaShared { return p.exclusive && !p.fileOrShared && !p.uffdWriteProtected }
         if case .shmem = region.backing { return true }
         if case .devdax = region.backing { return true }  // no page cache, no dirty tracking
         return deviceWritable

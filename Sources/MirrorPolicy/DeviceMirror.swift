@@ -59,6 +59,8 @@ public final class DeviceMirror: @unchecked Sendable {
     var populatedPUDs = Set<UInt64>()
     var ownSequence = 0
     var eventsSeen = 0
+    /// Migration walks (MigrationWalks) already applied.
+    var walksSeen = 0
     var lastLayout: [VMA] = []
     /// The CPU side's soft-dirty epoch when the table last dropped everything for a clear.
     var softDirtySeen = 0
@@ -121,6 +123,7 @@ public final class DeviceMirror: @unchecked Sendable {
         case nil: self.writeBit = softDirtyUsable ? .softDirty : .pagemap
         }
         eventsSeen = cpu.eventSequence
+        walksSeen = cpu.migrationWalks.walks.count
         do {
             try cpu.vmas(overlapping: region.base, region.end, into: &vmaScratch)
             lastLayout = layout(vmaScratch)

@@ -17,7 +17,7 @@ extension ScenarioRunner {
         let device = deviceName ?? name
         guard mirrors[device] == nil else { throw ScenarioError(.EEXIST, "device \(device) exists") }
         // userfaultfd allows one registration per range: a second device on
-        // the same memory relies on revalidation alone.
+        // the same memory hears the first one's events.
         let other = deviceRegion.first { $0.value == name }?.key
         let track = tracking && !untracked && other == nil
         if truth == nil { truth = try CPUTruth(scanAvailable: kernel.pagemapScan) }
@@ -34,7 +34,7 @@ extension ScenarioRunner {
         if againstKernel { kernelDevices[device] = try KernelDmirror(path: "/dev/hmm_dmirror\(number)") }
         return [("region", .string(name)), ("device", .string(device)),
                 ("events", .string(mirror.tracker.map { $0.mechanism.rawValue }
-                                   ?? (other.map { "none (\($0) holds the registration)" } ?? "none"))),
+                                   ?? (other.flatMap { o in mirrors[o]?.tracker.map { "\($0.mechanism.rawValue) (\(o)'s registration)" } } ?? "none"))),
                 ("huge_visible", .bool(mirror.cpu.seesMapOrder)), ("write_bit", .string(mirror.writeBit.rawValue)),
                 ("layout", .string(mirror.cpu.layoutMethod)), ("device_number", .int(Int64(number))),
                 ("device_private", .string(mirror.cpu.devicePrivateRefusal == nil ? mirror.cpu.devicePrivateMechanism : "none"))]

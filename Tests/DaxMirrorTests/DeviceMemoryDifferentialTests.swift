@@ -10,13 +10,13 @@ import DaxCore
 /// every device access, every CPU read (region against twin) and, every 10
 /// operations, both devices' snapshots compared. Runs where
 /// /dev/hmm_dmirror0 exists (the hmm guest). DAXMIRROR_DEVMEM_OPS sizes it,
-/// DAXMIRROR_STRESS_SEED replays it.
+/// DAXMIRROR_STRESS_SEED replays it, DAXMIRROR_DIFF_SCRIPT=FILE keeps its script.
 ///
-/// Kept out of the stream, as the kernel's driver WARNs or oopses on them
-/// (docs/kernel-facts.md): a device writing a page it holds as device-private
-/// memory (it may be read-only there), and a device reading a page it holds
-/// after something dropped its entry (a fork, an mprotect, a soft-dirty clear
-/// — which daxmirror's mirror makes after a fork or a new VMA).
+/// Kept out of the stream, as the kernel's driver oopses or fails on them
+/// (docs/kernel-facts.md §7): a device reading or writing a range that holds
+/// a page it has as device-private memory (a range fault there stores the
+/// device page itself as the entry, which the driver's read then copies
+/// from: an oops; a write to one that is read-only there: EFAULT).
 @Suite("device-private memory against the kernel (twin regions)", .serialized)
 struct DeviceMemoryDifferentialTests {
     @Test(.enabled(if: access("/dev/hmm_dmirror0", F_OK) == 0, "no /dev/hmm_dmirror0: runs in `Scripts/guest.sh --kernel hmm`"))
@@ -26,6 +26,10 @@ struct DeviceMemoryDifferentialTests {
         let ops = Int(ProcessInfo.processInfo.environment["DAXMIRROR_DEVMEM_OPS"] ?? "") ?? 10_000
         let replay = "seed \(seed) (replay: DAXMIRROR_STRESS_SEED=\(seed)), \(ops) operations"
         let (script, stats) = Self.script(seed: seed, ops: ops)
+        // DAXMIRROR_DIFF_SCRIPT=FILE writes the script there (to replay it by hand).
+        if let path = ProcessInfo.processInfo.environment["DAXMIRROR_DIFF_SCRIPT"], path.hasPrefix("/") {
+            try script.joined(separator: "\n").write(toFile: path, atomically: true, encoding: .utf8)
+        }
         let dir = try ScratchDirectory(base: DaxEnvironment.directory ?? NSTemporaryDirectory())
         let r = try CLI.run(CLI.binary, ["run", "--against-kernel", "--twin-regions", "--dir", dir.path, "-"], timeout: 3600,
                             stdin: script.joined(separator: "\n") + "\n")
@@ -59,8 +63,16 @@ struct DeviceMemoryDifferentialTests {
         #expect(broken.isEmpty, "seed \(seed) (DAXMIRROR_STRESS_SEED replays):\n\(broken.joined(separator: "\n"))")
     }
 
-    /// The same seed, the same commands; every operation drawn.
-    @Test func aDeviceMemorySeedReplays() {
+    /// The same seed, the same commands; every operation drawn. With
+    /// DAXMIRROR_STRESS_SEED and DAXMIRROR_DIFF_SCRIPT=FILE it also writes that
+    /// seed's script (DAXMIRROR_DEVMEM_OPS long), on any machine, to replay
+    /// by hand in the hmm guest (`daxmirror run --against-kernel --twin-regions FILE`).
+    @Test func aDeviceMemorySeedReplays() throws {
+        let env = ProcessInfo.processInfo.environment
+        if let path = env["DAXMIRROR_DIFF_SCRIPT"], path.hasPrefix("/"), let seed = env["DAXMIRROR_STRESS_SEED"].flatMap(UInt64.init) {
+            let ops = Int(env["DAXMIRROR_DEVMEM_OPS"] ?? "") ?? 10_000
+            try Self.script(seed: seed, ops: ops).0.joined(separator: "\n").write(toFile: path, atomically: true, encoding: .utf8)
+        }
         let a = Self.script(seed: 7_340_551, ops: 2_000).0, b = Self.script(seed: 7_340_551, ops: 2_000).0
         #expect(a == b)
         #expect(a != Self.script(seed: 7_340_552, ops: 2_000).0)
@@ -93,9 +105,9 @@ struct DeviceMemoryDifferentialTests {
         func accessible(_ p: Int, _ n: Int, write: Bool) -> Bool {
             (p..<(p + n)).allSatisfy { mapped[$0] && prot[$0] != "none" && (!write || prot[$0] == "rw") }
         }
-        /// Device `d` may read [p, p+n): none of its own pages there lost its entry.
-        func safeToRead(_ d: Int, _ p: Int, _ n: Int) -> Bool {
-            (p..<(p + n)).allSatisfy { !(owners[$0].contains(d) && tainted[d][$0]) }
+        /// Device `d` may touch [p, p+n): it holds none of those pages.
+        func holdsNone(_ d: Int, _ p: Int, _ n: Int) -> Bool {
+            (p..<(p + n)).allSatisfy { !owners[$0].contains(d) }
         }
         mutating func home(_ p: Int, _ n: Int) {
             for i in p..<(p + n) { owners[i] = []; tainted[0][i] = false; tainted[1][i] = false }
@@ -131,7 +143,9 @@ struct DeviceMemoryDifferentialTests {
             case 18..<26:
                 line = "migrate-back D\(d) \(at)"
                 m.taint(p..<(p + n), device: 1 - d)
-                for i in p..<(p + n) where m.accessible(i, 1, write: false) { m.owners[i].remove(d); m.tainted[d][i] = false }
+                // Pages come home only if the walk cannot stop early (EINVAL at an
+                // unmapped or unreadable page); otherwise the model keeps them.
+                if m.accessible(p, n, write: false) { for i in p..<(p + n) { m.owners[i].remove(d); m.tainted[d][i] = false } }
             case 26..<29:
                 line = "release D\(d)"
                 for i in 0..<pages { m.owners[i].remove(d); m.tainted[d][i] = false }
@@ -141,12 +155,11 @@ struct DeviceMemoryDifferentialTests {
             case 36..<40:
                 line = "check-exclusive D\(d) \(at)"
             case 40..<52:
-                guard m.safeToRead(d, p, n) else { continue }
+                guard m.holdsNone(d, p, n) else { continue }
                 line = "dev-read D\(d) \(at)"
                 if m.accessible(p, n, write: false) { for i in p..<(p + n) where !m.owners[i].contains(d) { m.home(i, 1) } }
             case 52..<58:
-                // Never over its own device pages (which may be read-only there).
-                guard (p..<(p + n)).allSatisfy({ !m.owners[$0].contains(d) }) else { continue }
+                guard m.holdsNone(d, p, n) else { continue }
                 line = "dev-write D\(d) \(at) \(rng.below(256))"
                 if m.accessible(p, n, write: true) { m.home(p, n) }
             case 58..<70:

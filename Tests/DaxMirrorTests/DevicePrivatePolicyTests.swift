@@ -62,6 +62,13 @@ struct DevicePrivatePolicyTests {
         #expect(try m.read(Self.base, Int(4 * page)).faults == 1)
         #expect(try m.migrateToDevice(Self.base, 4 * page).cpages == 4)
         #expect(cpu.devicePrivateCount == 0, "nothing moved")
+        // The walk invalidates every other device's entries all the same.
+        let other = try mirror(cpu, pages: 4, device: 1, shared: true)
+        #expect(try other.read(Self.base, Int(4 * page)).faults == 1)
+        #expect(try other.read(Self.base, Int(4 * page)).faults == 0)
+        _ = try m.migrateToDevice(Self.base, 4 * page)
+        #expect(try other.read(Self.base, Int(4 * page)).faults == 1, "MMU_NOTIFY_MIGRATE spares only the migrating device")
+        #expect(try m.read(Self.base, Int(4 * page)).faults == 0)
     }
 
     @Test func anEmptyPageBecomesAZeroedDevicePageWritableAsItsVMA() throws {

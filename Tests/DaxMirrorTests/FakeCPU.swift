@@ -43,6 +43,7 @@ final class FakeCPU: CPUSide {
     /// Why migration is refused here (nil: it works).
     var devicePrivateRefusal: String?
     let devicePrivateMechanism = "fake"
+    let migrationWalks = MigrationWalks()
 
     /// Runs at the start of every populate (a concurrent change).
     var onPopulate: (() -> Void)?
@@ -147,7 +148,12 @@ final class FakeCPU: CPUSide {
         return moves.count
     }
 
-    func deviceWriteProtect(_ startVPN: UInt64, _ endVPN: UInt64) {
+    func devicePages(owner: Int) -> [UInt64] {
+        devicePages.filter { $0.value.owner == owner && !$0.value.exclusive }.map(\.key).sorted()
+    }
+
+    func deviceVMAWritable(_ startVPN: UInt64, _ endVPN: UInt64, _ writable: Bool) {
+        guard !writable else { return }
         for vpn in startVPN..<endVPN where devicePages[vpn] != nil { devicePages[vpn]!.writable = false }
     }
 
