@@ -120,7 +120,8 @@ public final class DevicePrivatePool: @unchecked Sendable {
 
     /// Maps the pages a fork gave back to the CPU (see `returning`).
     public func mapReturned(uffd: Userfaultfd) {
-        guard dm_atomic_exchange_u64(returningPending, 0) != 0 else { return }
+        // Every device access settles through here: a load when nothing returns.
+        guard dm_atomic_load_u64(returningPending) != 0, dm_atomic_exchange_u64(returningPending, 0) != 0 else { return }
         for i in 0..<pages where dm_atomic_load_u64(state + i) & Self.ownerMask == Self.returning {
             _ = try? bringHome(i, uffd: uffd)
         }
@@ -231,7 +232,7 @@ public final class DevicePrivatePool: @unchecked Sendable {
     /// On the handler thread: a write-protect fault at `page`. Only a page
     /// that came home read-only is write-protected in an events-only range:
     /// lift it (the kernel's copy-on-write would give the writer its own page;
-    /// this one is already its own). Returns false outside the region.
+    /// this one is already its own).
     public func serveWrite(_ page: UInt64, uffd: Userfaultfd) {
         let dst = UnsafeMutableRawPointer(bitPattern: UInt(page))!
         do { try uffd.writeProtect(dst, length: pageSize, protect: false) } catch { try? uffd.wake(dst, length: pageSize) }

@@ -119,19 +119,16 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
 
     /// Where this CPU side hears the kernel's invalidations: its own tracker,
     /// or the one holding the region's registration for another mirror of it
-    /// (the kernel's notifiers reach every mirror alike).
-    var eventSource: FaultTracker? { tracker ?? devicePages?.tracker ?? sharedTracker }
+    /// (the kernel's notifiers reach every mirror alike; it also serves the
+    /// region's device pages).
+    var eventSource: FaultTracker? { tracker ?? sharedTracker }
 
     public var eventSequence: Int { eventSource?.invalidationSequence ?? 0 }
 
     public func settleEvents() {
+        // The tracker whose handler frees device pages at an unmap, too.
         eventSource?.settle()
-        // A mirror sharing another's registration waits for its handler too:
-        // an unmap's event frees device pages there.
-        if let d = devicePages {
-            if d.tracker !== tracker { d.tracker.settle() }
-            if let uffd = d.tracker.userfaultfd { d.pool.mapReturned(uffd: uffd) }
-        }
+        if let d = devicePages, let uffd = d.tracker.userfaultfd { d.pool.mapReturned(uffd: uffd) }
     }
 
     public func events(since: Int) -> (events: [Invalidation], overflowed: Bool) {

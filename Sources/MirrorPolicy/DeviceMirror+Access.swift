@@ -123,6 +123,12 @@ extension DeviceMirror {
         else { try cpu.deviceRead(lo, into: buf, count: Int(hi - lo)) }
     }
 
+    /// What the CPU's page table shows of a page this device's `entry`
+    /// holds in its own memory: device-private, or held exclusively.
+    func heldState(_ entry: DeviceEntry) -> CPUPage.State {
+        entry.atomic ? .deviceExclusive(owner: device) : .devicePrivate(owner: device)
+    }
+
     /// Drops entries in [s, e) that no longer agree with the CPU (rule 3 of
     /// Mirror): the page is gone, maps another PFN, or a writable entry's
     /// page may no longer be written by the CPU. A PFN is the whole identity
@@ -149,8 +155,7 @@ extension DeviceMirror {
                 var ok: Bool
                 if entry.devicePrivate {
                     // Still this device's page (it went home at a CPU touch).
-                    let held: CPUPage.State = entry.atomic ? .deviceExclusive(owner: device) : .devicePrivate(owner: device)
-                    ok = p.state == held && p.pfn == entry.pfn
+                    ok = p.state == heldState(entry) && p.pfn == entry.pfn
                         && (!entry.writable || p.devicePrivateWritable)
                 } else {
                     ok = p.state == .present && p.pfn == entry.pfn(at: vpn - start)

@@ -81,8 +81,7 @@ extension DeviceMirror {
                 // A huge entry reaching outside the range is checked inside it only.
                 let dev = "pfn 0x\(String(want, radix: 16)) \(entry.code)"
                 if entry.devicePrivate {
-                    let held: CPUPage.State = entry.atomic ? .deviceExclusive(owner: device) : .devicePrivate(owner: device)
-                    if p.state != held || p.pfn != want {
+                    if p.state != heldState(entry) || p.pfn != want {
                         note(vpn, "the device maps a private page it does not hold", dev, "\(p.state)")
                     } else if entry.writable && !p.devicePrivateWritable {
                         note(vpn, "the device may write its page read-only", dev, "read-only")

@@ -92,8 +92,7 @@ extension DeviceMirror {
         var vpn = s
         while vpn < e {
             let next = min(e, vpn + 64)
-            let got = try faultInForWriting(vpn, next)
-            let vmas = try synchronize()
+            let (got, vmas) = try faultInForWriting(vpn, next)
             let truth = try readTruth(vpn, next, vmas, detail: .presence)
             let anonymous = (vpn..<got).filter { v in
                 let p = truth[Int(v - vpn)]
@@ -123,8 +122,9 @@ extension DeviceMirror {
     }
 
     /// GUP with FOLL_WRITE over [s, e): faults in, for writing, the pages up
-    /// to the first it cannot get; returns that page (e: all of them).
-    private func faultInForWriting(_ s: UInt64, _ e: UInt64) throws(MirrorError) -> UInt64 {
+    /// to the first it cannot get; returns that page (e: all of them) and the
+    /// VMAs it walked (faulting in changes no VMA).
+    private func faultInForWriting(_ s: UInt64, _ e: UInt64) throws(MirrorError) -> (UInt64, [VMA]) {
         let vmas = try synchronize()
         var got = s
         while got < e, let v = vmas.first(where: { $0.start <= got * pageSize && got * pageSize < $0.end }),
@@ -134,7 +134,7 @@ extension DeviceMirror {
         if got > s, let failed = cpu.populate(s * pageSize, (got - s) * pageSize, write: true) {
             throw MirrorError(.EBUSY, "the pages at 0x\(String(s * pageSize, radix: 16)) cannot be faulted in for writing (\(failed.name))")
         }
-        return got
+        return (got, vmas)
     }
 
     /// HMM_DMIRROR_CHECK_EXCLUSIVE: EPERM while any page of the range still

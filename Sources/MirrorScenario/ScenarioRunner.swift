@@ -219,7 +219,7 @@ public final class ScenarioRunner {
         }
     }
 
-    /// One handler per command.
+    /// One handler per command; the CPU's commands act on a region's twin too (twin regions).
     private func perform(_ command: ScenarioCommand) throws -> [(String, JSON)] {
         switch command {
         case .map(let r): return try map(r)
@@ -236,7 +236,18 @@ public final class ScenarioRunner {
         case .persist(let s): return try onTwins(s.region) { () throws in try persist(s) }
         case .pwrite(let s, let b): return try onTwins(s.region) { () throws in try pwrite(s, b) }
         case .pread(let s): return try onTwins(s.region, compare: true) { () throws in try pread(s) }
-        default: return try performOnce(command)
+        case .devRead(let s): return try devRead(s)
+        case .devWrite(let s, let b): return try devWrite(s, b)
+        case .snapshot(let r, let range): return try snapshot(r, range)
+        case .check(let r, let range, let strict, let k): return try check(r, range, strict: strict, kernel: k)
+        case .stats(let r): return try stats(r)
+        case .require(let what): return try require(what)
+        case .migrate(let s): return try migrate(s)
+        case .migrateBack(let s): return try migrateBack(s)
+        case .release(let d): return try release(d)
+        case .exclusive(let s): return try exclusive(s)
+        case .checkExclusive(let s): return try checkExclusive(s)
+        case .expectFail: return []  // execute() handles it
         }
     }
 
@@ -253,26 +264,6 @@ public final class ScenarioRunner {
             throw KernelDisagrees(what: "the CPU read different bytes in the region and its twin")
         }
         return ours
-    }
-
-    private func performOnce(_ command: ScenarioCommand) throws -> [(String, JSON)] {
-        switch command {
-        case .map, .mirror, .cpuRead, .cpuWrite, .protect, .unmap, .remap, .discard, .forkWrite, .forkRead,
-             .truncate, .persist, .pwrite, .pread:
-            return try perform(command)
-        case .devRead(let s): return try devRead(s)
-        case .devWrite(let s, let b): return try devWrite(s, b)
-        case .snapshot(let r, let range): return try snapshot(r, range)
-        case .check(let r, let range, let strict, let k): return try check(r, range, strict: strict, kernel: k)
-        case .stats(let r): return try stats(r)
-        case .require(let what): return try require(what)
-        case .migrate(let s): return try migrate(s)
-        case .migrateBack(let s): return try migrateBack(s)
-        case .release(let d): return try release(d)
-        case .exclusive(let s): return try exclusive(s)
-        case .checkExclusive(let s): return try checkExclusive(s)
-        case .expectFail: return []  // execute() handles it
-        }
     }
 
     func failure(_ op: String, _ errno: Errno, _ message: String) -> JSON {
