@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CDaxShim
 import DaxCore
+import PageTables
 import Userfaultfd
 
 /// Device-private memory for one anonymous region, in user space: what the
@@ -60,6 +61,25 @@ public final class DevicePrivatePool: @unchecked Sendable {
     static let returning: UInt64 = 0xFFFF
     /// Set when some page is `returning`.
     private let returningPending: UnsafeMutablePointer<UInt64>
+    /// Per page a device holds: SoftDirty.epoch + 1 if its entry carries the
+    /// soft-dirty bit of the PTE it replaced (0: not). A clear of the
+    /// process's soft-dirty bits clears the entries' too (clear_refs walks
+    /// swap entries): a new epoch ends it.
+    private let entrySoftDirty: UnsafeMutablePointer<UInt64>
+    /// Per page: SoftDirty.epoch + 1 when the page came home writable but,
+    /// in the kernel, without a soft-dirty bit (0: not so). The kernel's
+    /// device entry keeps a present PTE's soft-dirty bit; one made from a
+    /// hole or the zero page has none, and the page it comes home to is
+    /// writable yet not soft-dirty. A store then does not fault, so nothing
+    /// sets the bit, and once the process's soft-dirty bits were cleared an
+    /// mprotect giving write permission back leaves such a PTE read-only
+    /// (pte_needs_soft_dirty_wp). UFFDIO_COPY maps a dirty page (soft-dirty
+    /// on x86): `vmaWritable` write-protects these pages with userfaultfd
+    /// to match. A later clear (a new epoch), a write fault or a discard
+    /// ends it.
+    private let homeClean: UnsafeMutablePointer<UInt64>
+    /// Set once some page came home clean (`vmaWritable` then looks).
+    private let someHomeClean: UnsafeMutablePointer<UInt64>
 
     /// Reserves the pool (MAP_NORESERVE: it costs what devices hold).
     public init(base: UInt64, length: Int) throws(SystemCallError) {
@@ -85,6 +105,12 @@ public final class DevicePrivatePool: @unchecked Sendable {
         childDescriptor.initialize(to: 0)
         returningPending = .allocate(capacity: 1)
         returningPending.initialize(to: 0)
+        homeClean = .allocate(capacity: pages)
+        homeClean.initialize(repeating: 0, count: pages)
+        entrySoftDirty = .allocate(capacity: pages)
+        entrySoftDirty.initialize(repeating: 0, count: pages)
+        someHomeClean = .allocate(capacity: 1)
+        someHomeClean.initialize(to: 0)
     }
 
     deinit {
@@ -96,6 +122,9 @@ public final class DevicePrivatePool: @unchecked Sendable {
         onDevice.deallocate()
         childDescriptor.deallocate()
         returningPending.deallocate()
+        homeClean.deallocate()
+        entrySoftDirty.deallocate()
+        someHomeClean.deallocate()
     }
 
     /// Stops serving the last child (its faults then run as unregistered).
@@ -129,15 +158,38 @@ public final class DevicePrivatePool: @unchecked Sendable {
 
     /// An mprotect of `indices`: without write, their device pages become
     /// read-only; with it given back, they stay read-only (the kernel
-    /// upgrades no device-private entry) in a writable VMA.
-    public func vmaWritable(_ indices: Range<Int>, _ writable: Bool) {
+    /// upgrades no device-private entry) in a writable VMA, and pages that
+    /// came home clean (`homeClean`) are write-protected where the kernel's
+    /// stay read-only: in a VMA whose soft-dirty bits were cleared (no
+    /// VM_SOFTDIRTY, smaps "sd").
+    public func vmaWritable(_ indices: Range<Int>, _ writable: Bool, uffd: Userfaultfd?) {
         for i in indices where held(i) {
             if writable { dm_atomic_and_u64(state + i, ~Self.readOnlyVMABit) }
             else {
+                // A writable device-private entry made read-only loses its
+                // soft-dirty bit (change_pte_range); an exclusive one keeps it.
+                let s = dm_atomic_load_u64(state + i)
+                if s & Self.exclusiveBit == 0 && s & Self.writableBit != 0 { dm_atomic_store_u64(entrySoftDirty + i, 0) }
                 dm_atomic_and_u64(state + i, ~Self.writableBit)
                 dm_atomic_or_u64(state + i, Self.readOnlyVMABit)
             }
         }
+        guard writable, let uffd, dm_atomic_load_u64(someHomeClean) != 0 else { return }
+        let clean = indices.filter { !held($0) && isHomeClean($0) }
+        guard !clean.isEmpty, let vmas = try? Smaps.parse(Smaps.read()) else { return }
+        for i in clean {
+            let at = UInt64(UInt(bitPattern: address(i)))
+            guard let v = vmas.first(where: { $0.contains(at) }), !v.vmFlags.contains("sd") else { continue }
+            try? uffd.writeProtect(address(i), length: pageSize, protect: true)
+        }
+    }
+
+    private func isHomeClean(_ index: Int) -> Bool {
+        dm_atomic_load_u64(homeClean + index) == UInt64(SoftDirty.epoch) + 1
+    }
+
+    private func entryIsSoftDirty(_ index: Int) -> Bool {
+        dm_atomic_load_u64(entrySoftDirty + index) == UInt64(SoftDirty.epoch) + 1
     }
 
     /// The slot's bytes (the device page), for the device's own access.
@@ -153,10 +205,15 @@ public final class DevicePrivatePool: @unchecked Sendable {
         public var index: Int
         public var present: Bool
         public var writable: Bool
-        public init(index: Int, present: Bool, writable: Bool) {
+        public var vmaWritable: Bool
+        /// The PTE's soft-dirty bit, as an mprotect would see it.
+        public var softDirty: Bool
+        public init(index: Int, present: Bool, writable: Bool, vmaWritable: Bool = true, softDirty: Bool? = nil) {
             self.index = index
             self.present = present
             self.writable = writable
+            self.vmaWritable = vmaWritable
+            self.softDirty = softDirty ?? present
         }
     }
 
@@ -176,8 +233,11 @@ public final class DevicePrivatePool: @unchecked Sendable {
             } else {
                 madvise(dst, pageSize, MADV_DONTNEED)  // reads as zeros
             }
+            let softDirty = m.present && m.softDirty && !isHomeClean(m.index)
             let word = UInt64(device + 1) | (m.writable ? Self.writableBit : 0) | Self.pendingBit
-                | (exclusive ? Self.exclusiveBit : 0)
+                | (exclusive ? Self.exclusiveBit : 0) | (m.vmaWritable ? 0 : Self.readOnlyVMABit)
+            dm_atomic_store_u64(homeClean + m.index, 0)
+            dm_atomic_store_u64(entrySoftDirty + m.index, softDirty ? UInt64(SoftDirty.epoch) + 1 : 0)
             dm_atomic_store_u64(state + m.index, word)
             moved.append(m)
         }
@@ -206,27 +266,29 @@ public final class DevicePrivatePool: @unchecked Sendable {
         guard held(index) else { return false }
         do { try uffd.copy(to: address(index), from: slot(index), length: pageSize, writeProtect: comesHomeReadOnly(index)) }
         catch where error.errno == .EEXIST {}
-        release(index)
+        release(index, cameHome: true)
         return true
     }
 
     /// Whether the page comes home write-protected (with userfaultfd, which
     /// the handler lifts at the first write: `serveWrite`), as the kernel's
-    /// page would be read-only and stay so through an mprotect:
-    /// - a device-private page the device may not write (a fork, an
-    ///   mprotect, a read-only source made it so): the kernel's migration
-    ///   entry keeps that permission and the new page is not marked
-    ///   exclusively the process's, so nothing but a write upgrades it;
-    /// - a page a fork took from exclusive access (copy-on-write shared);
-    /// - an exclusive page whose entry was made read-only while its VMA is
-    ///   writable again. An exclusive page in a read-only VMA comes home by
-    ///   the VMA's permission: it stays the process's own page, which an
-    ///   mprotect makes writable, as the kernel's restore does.
+    /// page would be read-only and stay so through an mprotect giving write
+    /// permission back. The kernel's page comes home writable if its entry
+    /// was (a writable exclusive entry's restore: if the VMA is). Otherwise it
+    /// is read-only, and an mprotect upgrades it only where
+    /// can_change_pte_writable would: the process's own page
+    /// (PageAnonExclusive: not shared by a fork, which also makes a fork's
+    /// returning page read-only) with a soft-dirty bit (mprotect and fork drop
+    /// a writable device-private entry's), in a VMA that is read-only now —
+    /// such a page comes home as a plain read-only PTE, which an mprotect
+    /// upgrades here too (UFFDIO_COPY's page is soft-dirty and exclusive).
+    /// Every other read-only page is write-protected.
     private func comesHomeReadOnly(_ index: Int) -> Bool {
         let s = dm_atomic_load_u64(state + index)
         if s & Self.ownerMask == Self.returning { return true }
-        if s & Self.exclusiveBit != 0 { return s & (Self.writableBit | Self.readOnlyVMABit) == 0 }
-        return s & Self.writableBit == 0
+        if s & Self.writableBit != 0 { return false }
+        let upgradable = entryIsSoftDirty(index) && s & Self.sharedBit == 0
+        return !(upgradable && s & Self.readOnlyVMABit != 0)
     }
 
     /// On the handler thread: a write-protect fault at `page`. Only a page
@@ -235,6 +297,9 @@ public final class DevicePrivatePool: @unchecked Sendable {
     /// this one is already its own).
     public func serveWrite(_ page: UInt64, uffd: Userfaultfd) {
         let dst = UnsafeMutableRawPointer(bitPattern: UInt(page))!
+        if page >= base, page < base + UInt64(pages * pageSize) {
+            dm_atomic_store_u64(homeClean + Int((page - base) / UInt64(pageSize)), 0)  // a write fault sets soft-dirty
+        }
         do { try uffd.writeProtect(dst, length: pageSize, protect: false) } catch { try? uffd.wake(dst, length: pageSize) }
     }
 
@@ -253,12 +318,12 @@ public final class DevicePrivatePool: @unchecked Sendable {
         do {
             if held(index) {
                 try uffd.copy(to: dst, from: slot(index), length: pageSize, writeProtect: comesHomeReadOnly(index))
-                release(index)
+                release(index, cameHome: true)
             } else {
                 try uffd.zeropage(at: dst, length: pageSize)
             }
         } catch {
-            if error.errno == .EEXIST, held(index) { release(index) }
+            if error.errno == .EEXIST, held(index) { release(index, cameHome: true) }
             try? uffd.wake(dst, length: pageSize)
         }
     }
@@ -271,7 +336,8 @@ public final class DevicePrivatePool: @unchecked Sendable {
         guard lo < hi else { return }
         for i in Int((lo - base) / UInt64(pageSize))..<Int((hi - base + UInt64(pageSize) - 1) / UInt64(pageSize)) {
             let s = dm_atomic_load_u64(state + i)
-            if s & Self.ownerMask != 0 && s & Self.pendingBit == 0 { release(i) }
+            if s & Self.pendingBit == 0 { dm_atomic_store_u64(homeClean + i, 0) }
+            if s & Self.ownerMask != 0 && s & Self.pendingBit == 0 { release(i, cameHome: false) }
         }
     }
 
@@ -332,11 +398,25 @@ public final class DevicePrivatePool: @unchecked Sendable {
         }
     }
 
-    /// The slot goes back to zeros; the page is the CPU's again.
-    private func release(_ index: Int) {
-        guard dm_atomic_exchange_u64(state + index, 0) != 0 else { return }
+    /// The slot goes back to zeros; the page is the CPU's again (`cameHome`:
+    /// mapped from the slot, else freed).
+    private func release(_ index: Int, cameHome: Bool) {
+        let s = dm_atomic_exchange_u64(state + index, 0)
+        guard s != 0 else { return }
+        if cameHome && comesHomeClean(s, index) {
+            dm_atomic_store_u64(homeClean + index, UInt64(SoftDirty.epoch) + 1)
+            dm_atomic_store_u64(someHomeClean, 1)
+        }
         dm_atomic_add_u64(onDevice, UInt64.max)  // -1
         madvise(slot(index), pageSize, MADV_DONTNEED)
+    }
+
+    /// Whether the kernel's page comes home without a soft-dirty bit: its
+    /// entry had none, and no restore marked it dirty (a writable exclusive
+    /// entry's restore does, pte_mkdirty; a fork's return is cleared anyway).
+    private func comesHomeClean(_ s: UInt64, _ index: Int) -> Bool {
+        guard s & Self.ownerMask != Self.returning, !entryIsSoftDirty(index) else { return false }
+        return !(s & Self.exclusiveBit != 0 && s & Self.writableBit != 0)
     }
 
     private func forEachRun(_ indices: [Int], _ body: (Int, Int) -> Void) {

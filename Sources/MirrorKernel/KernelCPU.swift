@@ -188,7 +188,8 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
             throw MirrorError(.EOPNOTSUPP, devicePrivateRefusal ?? "no device-private memory here")
         }
         let first = region.base / pageSize
-        let indexed = moves.map { DevicePrivatePool.Move(index: Int($0.vpn - first), present: $0.present, writable: $0.writable) }
+        let indexed = moves.map { DevicePrivatePool.Move(index: Int($0.vpn - first), present: $0.present, writable: $0.writable,
+                                                          vmaWritable: $0.vmaWritable, softDirty: $0.softDirty) }
         do { return try d.pool.migrate(indexed, device: owner, exclusive: exclusive, uffd: uffd, settle: { d.tracker.settle() }) }
         catch { throw MirrorError(error.errno, "moving pages to the device: \(error)") }
     }
@@ -208,9 +209,11 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
     }
 
     public func deviceVMAWritable(_ startVPN: UInt64, _ endVPN: UInt64, _ writable: Bool) {
-        guard let pool = devicePages?.pool else { return }
+        guard let d = devicePages else { return }
         let first = region.base / pageSize
-        pool.vmaWritable(Int(max(startVPN, first) - first)..<Int(min(endVPN, first + UInt64(pool.pages)) - first), writable)
+        let lo = max(startVPN, first), hi = min(endVPN, first + UInt64(d.pool.pages))
+        guard lo < hi else { return }
+        d.pool.vmaWritable(Int(lo - first)..<Int(hi - first), writable, uffd: d.tracker.userfaultfd)
     }
 
     public func devicePageRead(_ vpn: UInt64, offset: Int, into buffer: UnsafeMutableRawPointer, count: Int) {

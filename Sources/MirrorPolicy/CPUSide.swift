@@ -72,7 +72,10 @@ public protocol CPUSide: AnyObject {
     /// An mprotect took write permission from [startVPN, endVPN)
     /// (`writable` false: the device pages there become read-only) or gave
     /// it back (true: they stay read-only, as the kernel upgrades no
-    /// device-private entry, but come home into a writable VMA).
+    /// device-private entry, but come home into a writable VMA; and pages
+    /// that came home from a device without a soft-dirty bit stay read-only
+    /// too, as the kernel's do after a soft-dirty clear). Called for every
+    /// write restore, device pages or not.
     func deviceVMAWritable(_ startVPN: UInt64, _ endVPN: UInt64, _ writable: Bool)
     /// Brings page `vpn` home from the device holding it (the kernel's
     /// migrate_to_ram); false if no device held it.
@@ -92,10 +95,17 @@ public struct DeviceMove: Sendable, Equatable {
     public var present: Bool
     /// The device may write it.
     public var writable: Bool
-    public init(vpn: UInt64, present: Bool, writable: Bool) {
+    /// Its VMA is writable, and its PTE carries a soft-dirty bit an
+    /// mprotect may upgrade by (a write-protected page's does not count):
+    /// how the page may come home (see DevicePrivatePool).
+    public var vmaWritable: Bool
+    public var softDirty: Bool
+    public init(vpn: UInt64, present: Bool, writable: Bool, vmaWritable: Bool = true, softDirty: Bool? = nil) {
         self.vpn = vpn
         self.present = present
         self.writable = writable
+        self.vmaWritable = vmaWritable
+        self.softDirty = softDirty ?? present
     }
 }
 

@@ -62,10 +62,11 @@ extension DeviceMirror {
     }
 
     /// Write permission taken from [s, e) or given back: as change_pte_range,
-    /// device pages there become read-only (giving it back upgrades none).
+    /// device pages there become read-only (giving it back upgrades none,
+    /// nor a page that came home from one without a soft-dirty bit).
     func devicePagesVMAWritable(_ s: UInt64, _ e: UInt64, _ writable: Bool) {
         let lo = max(s, region.base), hi = min(e, region.end)
-        guard lo < hi, cpu.devicePrivateCount > 0 else { return }
+        guard lo < hi, cpu.devicePrivateCount > 0 || writable else { return }
         cpu.deviceVMAWritable(lo / pageSize, (hi + pageSize - 1) / pageSize, writable)
     }
 

@@ -35,11 +35,12 @@ extension DeviceMirror {
                 let p = truth[Int(vpn - ws)]
                 switch p.state {
                 case .notPresent where anonymousVMA:
-                    moves.append(DeviceMove(vpn: vpn, present: false, writable: vma.writable))
+                    moves.append(DeviceMove(vpn: vpn, present: false, writable: vma.writable, vmaWritable: vma.writable))
                 case .present where !vma.shared && p.zero:
-                    if anonymousVMA { moves.append(DeviceMove(vpn: vpn, present: false, writable: vma.writable)) }
+                    if anonymousVMA { moves.append(DeviceMove(vpn: vpn, present: false, writable: vma.writable, vmaWritable: vma.writable)) }
                 case .present where !vma.shared && !p.fileOrShared:
-                    moves.append(DeviceMove(vpn: vpn, present: true, writable: cpuWritable(p, deviceWritable: false)))
+                    moves.append(DeviceMove(vpn: vpn, present: true, writable: cpuWritable(p, deviceWritable: false),
+                                            vmaWritable: vma.writable, softDirty: p.softDirty && !p.uffdWriteProtected))
                 default:
                     break
                 }
@@ -64,17 +65,23 @@ extension DeviceMirror {
     /// dmirror_do_read of [s, e) from this device's table as it is: a page
     /// without an entry is ENOENT.
     private func readBack(_ s: UInt64, _ e: UInt64) throws(MirrorError) -> Migrated {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int((e - s) * pageSize), alignment: 16)
-        defer { buffer.deallocate() }
         var cpages = 0
-        for vpn in s..<e {
-            guard let (entry, _) = table.lookup(vpn) else {
-                throw MirrorError(.ENOENT, "page 0x\(String(vpn * pageSize, radix: 16)) is neither on the device nor mirrored by it (\(cpages) pages read back before it)")
+        var failure: MirrorError?
+        // Read straight into the answer's storage (64 MiB read back is 64 MiB copied once).
+        let bytes = [UInt8](unsafeUninitializedCapacity: Int((e - s) * pageSize)) { buffer, count in
+            for vpn in s..<e {
+                guard let (entry, _) = table.lookup(vpn) else {
+                    failure = MirrorError(.ENOENT, "page 0x\(String(vpn * pageSize, radix: 16)) is neither on the device nor mirrored by it (\(cpages) pages read back before it)")
+                    break
+                }
+                do throws(MirrorError) { try readEntry(entry, vpn, into: buffer.baseAddress! + cpages * Int(pageSize)) }
+                catch { failure = error; break }
+                cpages += 1
             }
-            try readEntry(entry, vpn, into: buffer.baseAddress! + cpages * Int(pageSize))
-            cpages += 1
+            count = cpages * Int(pageSize)
         }
-        return Migrated(cpages: cpages, bytes: [UInt8](buffer))
+        if let failure { throw failure }
+        return Migrated(cpages: cpages, bytes: bytes)
     }
 
     /// HMM_DMIRROR_EXCLUSIVE (make_device_exclusive_range) of [address,
