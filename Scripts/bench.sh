@@ -13,7 +13,7 @@
 # VMAs <= 1.2x of that), against the copy it makes alone in C; heap
 # allocations per hit (valgrind's count; goal 0); a bulk device read of
 # 1 GiB in PMD entries against memcpy (goal >= 0.5x); the soft-dirty write
-# bit's cost. With --kernel, the TEST_HMM guest runs the kernel's own
+# bit's cost; device-private migration and the CPU's touch back. With --kernel, the TEST_HMM guest runs the kernel's own
 # dmirror against daxmirror on the same page (goal <= 1.5x), with 0 and 8,000
 # VMAs (the guest kernel must be built: Scripts/test.sh builds and caches it).
 #   Scripts/bench.sh [--runs 9] [--kernel]
@@ -65,6 +65,14 @@ echo "PAGEMAP_SCAN + re-arm of 1 GiB, 10% written (26214 pages): C ${c} us, Swif
 # kernel's work (populate, pagemap) is over 99% of either side's time.
 read -r c s ratio rest < <(per=time paired rangefault 256)
 echo "range fault (MADV_POPULATE_WRITE + pagemap) of 256 MiB anonymous, per page: C ${c} ns, Swift DeviceMirror.faultIn ${s} ns (with the table filled), ratio (C/Swift time) $ratio $rest"
+
+# Device-private memory (issue 23): 64 MiB of anonymous memory migrated to a
+# device and read back by the CPU, against a C loop of the same system calls
+# (per 64-page window: pagemap, copy into the pool, UFFDIO_REGISTER,
+# MADV_DONTNEED, pagemap, read-back; per page: a MISSING fault served by
+# UFFDIO_COPY). Goal >= 0.9. With --kernel, the kernel's MIGRATE_TO_DEV below.
+read -r c s ratio rest < <(per=time paired devmem 64)
+echo "device-private: 64 MiB migrated to the device and read back by the CPU (16,384 pages): C ${c} ms, Swift ${s} ms, ratio (C/Swift time) $ratio $rest (goal >= 0.9)"
 
 read -r bpp bpe entries pages < <("$sbench" table 256)
 echo "device table, 256 MiB of 4 KiB pages: ${bpp} B per mirrored page (${entries} entries for ${pages} pages; goal <= 16)"
@@ -148,6 +156,7 @@ if ((kernel)); then
         case $name in
             hit-*) echo "against the kernel (TEST_HMM guest, $(echo "$out" | sed -n 's/.*guest.sh: kernel \([^,]*\),.*/\1/p' | head -n1)), ${name#hit-} other VMAs: HMM_DMIRROR_READ of one mirrored page ${a} ns, daxmirror ${b} ns, ratio $(echo "scale=2; $b / $a" | bc) (goal <= 1.5)" ;;
             bulk-dax) echo "bulk device read of 512 MiB of an ext4-DAX file in $c entries (guest): daxmirror ${b} MB/s, memcpy from the CPU's mapping ${a} MB/s, ratio $(echo "scale=2; $b / $a" | bc) (goal >= 0.5)" ;;
+            devmem) echo "device-private, 64 MiB migrated and read back (guest): the kernel's MIGRATE_TO_DEV + faults ${a} ms (migrate ${c}, touch ${d}), daxmirror ${b} ms (migrate ${e}, touch ${f}), ratio $(echo "scale=2; $b / $a" | bc) (goal <= 1.5)" ;;
             observer) echo "write bit soft-dirty vs pagemap (guest): a 64 KiB MAP_FIXED in a fully mirrored 64 MiB region invalidates $a pages ($b device fault) vs $d ($e); the CPU then rewrites 256 MiB of other memory in $c ms vs $f ms (every page write-faults after a clear)" ;;
         esac
     done < <(echo "$out" | grep '^kernel-row:')

@@ -13,6 +13,9 @@
 //                                         then pagemap: pages invalidated, device faults, ms of
 //                                         the CPU's rewrite
 //   daxmirror-bench bulk-file PATH MIB    the same on a file (a DAX mount: MAP_SYNC, PMD faults)
+//   daxmirror-bench devmem MIB            device-private memory: MIB of anonymous memory migrated
+//                                         to the device (DeviceMirror.migrateToDevice), then every
+//                                         page read back by the CPU. Prints ms: total, migrate, touch
 //   daxmirror-bench bulk MIB              MB/s of a device read of MIB mirrored in PMD entries (THP),
 //                                         median of 5; entries
 #if canImport(Glibc)
@@ -231,6 +234,24 @@ func benchObserver(mib: Int, other: Int, writeBit: DeviceMirror.WriteBitSource) 
     return "\(invalidated) \(faults) \(format1(ms))"
 }
 
+func benchDeviceMemory(mib: Int) throws {
+    let length = mib << 20
+    let p = anonymous(length)
+    memset(p, 0x44, length)
+    let mirror = try DeviceMirror(region: Region(base: p, length: length, backing: .anonymous))
+    let t0 = now()
+    let migrated = try mirror.migrateToDevice(UInt64(UInt(bitPattern: p)), UInt64(length))
+    let t1 = now()
+    var sum = 0
+    let volatile = UnsafeMutablePointer<UInt8>(OpaquePointer(p))
+    for i in stride(from: 0, to: length, by: page) { sum += Int(volatile.advanced(by: i).pointee) }
+    let t2 = now()
+    guard migrated.cpages == length / page, sum == 0x44 * (length / page), migrated.bytes.last == 0x44 else {
+        print("daxmirror-bench: \(migrated.cpages) of \(length / page) pages migrated, or wrong bytes"); exit(1)
+    }
+    print("\(format1((t2 - t0) * 1e3)) \(format1((t1 - t0) * 1e3)) \(format1((t2 - t1) * 1e3))")
+}
+
 func format1(_ v: Double) -> String { String(Double(Int(v * 10)) / 10) }
 
 do {
@@ -246,7 +267,8 @@ do {
     }
     else if args.count >= 4 && args[1] == "bulk-file" { try benchBulkFile(path: args[2], mib: Int(args[3])!) }
     else if args.count >= 3 && args[1] == "bulk" { try benchBulk(mib: Int(args[2])!) }
-    else { print("usage: daxmirror-bench missing PAGES | scan MIB PCT [ROUNDS] | rangefault MIB | table MIB [huge] | hit anon|shmem VMAS N | bulk MIB | observer MIB OTHER"); exit(2) }
+    else if args.count >= 3 && args[1] == "devmem" { try benchDeviceMemory(mib: Int(args[2])!) }
+    else { print("usage: daxmirror-bench missing PAGES | scan MIB PCT [ROUNDS] | rangefault MIB | table MIB [huge] | hit anon|shmem VMAS N | bulk MIB | observer MIB OTHER | devmem MIB"); exit(2) }
 } catch {
     print("daxmirror-bench: \(error)")
     exit(1)

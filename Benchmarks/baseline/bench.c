@@ -18,6 +18,16 @@
 //                         existing file: map it shared, populate its data
 //                         extents (SEEK_DATA/SEEK_HOLE) and count their present
 //                         pages in pagemap; seconds
+//   bench devmem MIB      device-private memory by daxmirror's copy path, the same
+//                         system calls in a C loop: per 64-page window a pagemap
+//                         pread, each page copied into its pool slot, UFFDIO_REGISTER
+//                         (MISSING|WP) and MADV_DONTNEED of the window (its REMOVE
+//                         event read by the handler), a pagemap pread again and the
+//                         read-back copy; then the CPU reads every page back: a
+//                         MISSING fault served with UFFDIO_COPY from the slot, the
+//                         slot discarded. Prints ms: total, migrate, touch back
+//   bench kdevmem MIB     the same work by the kernel's device (/dev/hmm_dmirror0):
+//                         HMM_DMIRROR_MIGRATE_TO_DEV of MIB, then the same reads
 //   bench dmirror VMAS N  the kernel's own device (/dev/hmm_dmirror0, the HMM
 //                         guest): HMM_DMIRROR_READ of one mirrored 4 KiB page of
 //                         anonymous memory, with VMAS other VMAs; median ns
@@ -25,6 +35,7 @@
 #include "../../Sources/CDaxShim/include/daxshim.h"
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -280,6 +291,100 @@ static int bench_dmirror(long vmas, long n) {
     return 0;
 }
 
+static char *dev_base, *dev_pool;
+static volatile long dev_removes;
+
+static void *devmem_handler(void *arg) {
+    (void)arg;
+    struct uffd_msg msgs[64];
+    struct pollfd p = {.fd = uffd, .events = POLLIN};
+    while (!stop_flag) {
+        if (poll(&p, 1, 100) <= 0) continue;
+        ssize_t n = read(uffd, msgs, sizeof msgs);
+        for (ssize_t i = 0; i < n / (ssize_t)sizeof(struct uffd_msg); i++) {
+            if (msgs[i].event == UFFD_EVENT_REMOVE) { __atomic_add_fetch(&dev_removes, 1, __ATOMIC_RELEASE); continue; }
+            if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
+            unsigned long at = msgs[i].arg.pagefault.address & ~(page - 1);
+            char *slot = dev_pool + (at - (unsigned long)dev_base);
+            struct uffdio_copy c = {.dst = at, .src = (unsigned long)slot, .len = page};
+            if (ioctl(uffd, UFFDIO_COPY, &c) && errno != EEXIST) perror("UFFDIO_COPY");
+            madvise(slot, page, MADV_DONTNEED);
+        }
+    }
+    return NULL;
+}
+
+/// Reads every page of [p, p+len) once; returns the sum of their first bytes.
+static long touch_pages(char *p, size_t len) {
+    long sum = 0;
+    volatile char *v = p;
+    for (size_t i = 0; i < len; i += page) sum += v[i];
+    return sum;
+}
+
+static int bench_devmem(long mib) {
+    size_t len = (size_t)mib << 20, window = 64 * page;
+    dev_base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    dev_pool = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    char *readback = malloc(len);
+    int pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    uint64_t entries[64];
+    if (dev_base == MAP_FAILED || dev_pool == MAP_FAILED || !readback || pm < 0) { perror("devmem"); return 1; }
+    memset(dev_base, 0x44, len);
+    uffd = dm_userfaultfd(O_CLOEXEC | O_NONBLOCK);
+    struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP |
+                                                            UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP |
+                                                            UFFD_FEATURE_THREAD_ID};
+    if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api)) { perror("uffd"); return 1; }
+    struct uffdio_register whole = {.range = {.start = (unsigned long)dev_base, .len = len}, .mode = UFFDIO_REGISTER_MODE_WP};
+    if (ioctl(uffd, UFFDIO_REGISTER, &whole)) { perror("register"); return 1; }
+    pthread_t t;
+    pthread_create(&t, NULL, devmem_handler, NULL);
+    double t0 = now();
+    long windows = 0;
+    for (size_t w = 0; w < len; w += window, windows++) {
+        off_t at = (off_t)((uintptr_t)(dev_base + w) / page * 8);
+        if (pread(pm, entries, sizeof entries, at) != sizeof entries) { perror("pagemap"); return 1; }
+        for (size_t i = 0; i < window; i += page) memcpy(dev_pool + w + i, dev_base + w + i, page);
+        struct uffdio_register reg = {.range = {.start = (unsigned long)(dev_base + w), .len = window},
+                                      .mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP};
+        if (ioctl(uffd, UFFDIO_REGISTER, &reg) || madvise(dev_base + w, window, MADV_DONTNEED)) { perror("migrate"); return 1; }
+        while (__atomic_load_n(&dev_removes, __ATOMIC_ACQUIRE) <= windows) sched_yield();
+        if (pread(pm, entries, sizeof entries, at) != sizeof entries) { perror("pagemap"); return 1; }
+        memcpy(readback + w, dev_pool + w, window);
+    }
+    double t1 = now();
+    long sum = touch_pages(dev_base, len);
+    double t2 = now();
+    stop_flag = 1;
+    pthread_join(t, NULL);
+    if (sum != 0x44L * (long)(len / page) || readback[len - 1] != 0x44) { fprintf(stderr, "devmem: wrong bytes\n"); return 1; }
+    printf("%.1f %.1f %.1f\n", (t2 - t0) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3);
+    return 0;
+}
+
+static int bench_kdevmem(long mib) {
+    int fd = open("/dev/hmm_dmirror0", O_RDWR | O_CLOEXEC);
+    if (fd < 0) { perror("/dev/hmm_dmirror0"); return 1; }
+    size_t len = (size_t)mib << 20;
+    char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    char *readback = malloc(len);
+    if (p == MAP_FAILED || !readback) { perror("kdevmem"); return 1; }
+    memset(p, 0x44, len);
+    struct dm_hmm_dmirror_cmd cmd = {.addr = (uint64_t)(uintptr_t)p, .ptr = (uint64_t)(uintptr_t)readback, .npages = len / page};
+    double t0 = now();
+    if (dm_hmm_command(fd, DM_HMM_MIGRATE_TO_DEV, &cmd)) { perror("HMM_DMIRROR_MIGRATE_TO_DEV"); return 1; }
+    double t1 = now();
+    long sum = touch_pages(p, len);
+    double t2 = now();
+    if (cmd.cpages != len / page || sum != 0x44L * (long)(len / page) || readback[len - 1] != 0x44) {
+        fprintf(stderr, "kdevmem: %llu of %zu pages, wrong bytes?\n", (unsigned long long)cmd.cpages, len / page);
+        return 1;
+    }
+    printf("%.1f %.1f %.1f\n", (t2 - t0) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3);
+    return 0;
+}
+
 static int bench_census(const char *path) {
     double t0 = now();
     int fd = open(path, O_RDWR | O_CLOEXEC);
@@ -317,6 +422,8 @@ int main(int argc, char **argv) {
     if (argc >= 4 && !strcmp(argv[1], "memcpy-file")) return bench_memcpy_file(argv[2], atol(argv[3]));
     if (argc >= 4 && !strcmp(argv[1], "dmirror")) return bench_dmirror(atol(argv[2]), atol(argv[3]));
     if (argc >= 3 && !strcmp(argv[1], "census")) return bench_census(argv[2]);
-    fprintf(stderr, "usage: bench missing PAGES | bench scan MIB PCT [ROUNDS] | bench rangefault MIB | bench vmas COUNT | bench copy anon|shmem VMAS N | bench memcpy MIB | bench dmirror VMAS N | bench census PATH\n");
+    if (argc >= 3 && !strcmp(argv[1], "devmem")) return bench_devmem(atol(argv[2]));
+    if (argc >= 3 && !strcmp(argv[1], "kdevmem")) return bench_kdevmem(atol(argv[2]));
+    fprintf(stderr, "usage: bench missing PAGES | bench scan MIB PCT [ROUNDS] | bench rangefault MIB | bench vmas COUNT | bench copy anon|shmem VMAS N | bench memcpy MIB | bench dmirror VMAS N | bench census PATH | bench devmem MIB | bench kdevmem MIB\n");
     return 2;
 }

@@ -12,6 +12,14 @@ for vmas in 0 8000; do
     s=$(for _ in $(seq "$runs"); do "$sbench" hit anon $vmas 2000; done | median)
     echo "kernel-row: hit-$vmas $c $s"
 done
+# Device-private memory: 64 MiB migrated to the device and read back by the
+# CPU, the kernel's device (MIGRATE_TO_DEV, migrate_to_ram at each fault)
+# against daxmirror's. Medians of the totals; each side's split from its median run.
+split() { sort -n | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
+k=$(for _ in $(seq "$runs"); do "$cbench" kdevmem 64; done | split)
+d=$(for _ in $(seq "$runs"); do "$sbench" devmem 64; done | split)
+set -- $k $d
+echo "kernel-row: devmem $1 $4 $2 $3 $5 $6"
 # Bulk: 512 MiB of a file on the DAX mount, mirrored in PMD entries, against
 # memcpy of the same bytes out of the CPU's mapping.
 dir=${DAXMIRROR_DAX_DIR:-/mnt}
