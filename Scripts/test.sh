@@ -24,13 +24,13 @@
 #      errno, faults), the whole range's snapshot every 10 operations; and
 #      device-private memory (migrate, migrate-back, release, exclusive, CPU
 #      touches, fork, mprotect, unmap) on twin regions: the hmm-tests
-#      transcriptions and Scenarios/differential/devmem as conformance rows.
-#      (The random device-private differential is not in it yet: it still
-#      disagrees about once in 10,000 operations; README says where.)
+#      transcriptions and Scenarios/differential/devmem as conformance rows,
+#      and DAXMIRROR_DEVMEM_OPS (10,000) random device-private operations on
+#      twin regions, compared the same way (ext4 boot).
 # It ends with every step's time, the total, and the summary line.
 # Environment: DAXMIRROR_KERNELS="stable backports newest" narrows the kernels;
 # DAXMIRROR_POWERCUTS (default 6; 20 for the long run), DAXMIRROR_DIFF_OPS
-# (default 10,000) size the repetition; DAXMIRROR_HOST_ONLY=1 skips the guest
+# and DAXMIRROR_DEVMEM_OPS (default 10,000 each) size the repetition; DAXMIRROR_HOST_ONLY=1 skips the guest
 # (the DAX tests then report themselves skipped).
 #
 #   Scripts/test.sh --host DIR   on a machine whose own kernel has DAX (memmap=
@@ -118,7 +118,7 @@ if [[ -n $host_dir ]]; then
     # the bundle already built is used, and said to be.
     if [[ -w . ]]; then step "build" swift build --build-tests
     else echo "test.sh: $PWD is read-only: using the test bundle built there"; fi
-    step "test suite on the DAX mount of $host_dir" env DAXMIRROR_DAX_DIR="$host_dir" Scripts/guest-tests.sh
+    step "test suite on the DAX mount of $host_dir" env DAXMIRROR_DAX_DIR="$host_dir" DAXMIRROR_CLI_EDGES="${DAXMIRROR_CLI_EDGES:-1}" Scripts/guest-tests.sh
 else
     Scripts/setup.sh --guest || exit 1
     # The seam is a module boundary: the mirror's policy imports no way to
@@ -142,7 +142,7 @@ if [[ -z $host_dir && ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
     for k in $kernels; do
         for fs in ext4 xfs; do
             specs=("/proc/mounts shows /dev/pmem0 mounted $fs with dax=>. $PWD/Scripts/lib.sh && is_dax_mount /mnt && grep -qE '^/dev/pmem0 /mnt $fs ' /proc/mounts || { cat /proc/mounts; false; }"
-                   "test suite on $fs-DAX=>$PWD/Scripts/guest-tests.sh")
+                   "test suite on $fs-DAX=>DAXMIRROR_CLI_EDGES=$([[ $k == stable && $fs == ext4 ]] && echo 1 || echo 0) $PWD/Scripts/guest-tests.sh")
             # One boot also has a real Prometheus scrape `daxmirror metrics --listen`.
             [[ $k == backports && $fs == ext4 ]] && specs+=("a real Prometheus scrapes daxmirror metrics; PromQL agrees with ndctl and pagemap=>$PWD/Scripts/guest/prometheus-scrape.sh"
                 "the exporter as nobody with the unit's capabilities reads another user's DAX mapping; without them counts it=>$PWD/Scripts/guest/exporter-privileges.sh")
@@ -164,7 +164,7 @@ if [[ -z $host_dir && ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
     for fs in ext4 xfs; do
         specs=("daxmirror names the e820 region and says memmap= RAM is lost at power-off=>$PWD/Scripts/guest/check-memmap.sh"
                "Scripts/demo.sh --host /mnt (no QEMU)=>$PWD/Scripts/demo.sh --host /mnt")
-        [[ $fs == ext4 ]] && specs+=("Scripts/test.sh --host /mnt: the suite on memmap= $fs-DAX=>$PWD/Scripts/test.sh --host /mnt")
+        [[ $fs == ext4 ]] && specs+=("Scripts/test.sh --host /mnt: the suite on memmap= $fs-DAX=>DAXMIRROR_CLI_EDGES=0 $PWD/Scripts/test.sh --host /mnt")
         guest_steps "guest newest/memmap $fs" --pmem memmap --kernel newest --fs "$fs" --timeout 1500 -- "${specs[@]}"
     done
     step "power cut on memmap= pmem: said beforehand, gone after" python3 Scripts/powercut-test.py --pmem memmap --kernel newest
@@ -172,15 +172,17 @@ if [[ -z $host_dir && ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
     # The kernel's own dmirror as the oracle.
     step "hmm: the guest kernel with the HMM test driver (built once, then cached)" Scripts/guest/build-hmm-kernel.sh
     if hmm=$(Scripts/guest/build-hmm-kernel.sh 2>/dev/null); then
-        ops=${DAXMIRROR_DIFF_OPS:-10000}
+        ops=${DAXMIRROR_DIFF_OPS:-10000} devops=${DAXMIRROR_DEVMEM_OPS:-10000}
         # The guest sees the work tree, not every host path (its /tmp is its own).
         cp "$hmm/hmm-tests" .cache/hmm-tests
         for fs in ext4 xfs; do
             kinds=file; [[ $fs == ext4 ]] && kinds=anon,shmem,file
-            DAXMIRROR_GUEST_ENV="DAXMIRROR_STEP_TIMEOUT=3000" guest_steps "hmm/$fs" --kernel hmm --fs $fs --timeout 4500 -- \
-                "the kernel's own hmm-tests on $fs-DAX (the baseline)=>$PWD/Scripts/hmm-tests-baseline.sh $PWD/.cache/hmm-tests" \
-                "conformance table, daxmirror against the kernel's dmirror ($kinds)=>$PWD/Scripts/differential.sh --kinds $kinds" \
-                "$ops random operations per memory type through both ($kinds)=>DAXMIRROR_STRESS_KINDS=$kinds DAXMIRROR_DIFF_OPS=$ops DAXMIRROR_SUITE_TIMEOUT=2880 $PWD/Scripts/guest-tests.sh --filter 'randomOperationsAgreeWithTheKernel|seedsThatOnceDisagreedAgree'"
+            specs=("the kernel's own hmm-tests on $fs-DAX (the baseline)=>$PWD/Scripts/hmm-tests-baseline.sh $PWD/.cache/hmm-tests"
+                   "conformance table, daxmirror against the kernel's dmirror ($kinds)=>$PWD/Scripts/differential.sh --kinds $kinds"
+                   "$ops random operations per memory type through both ($kinds)=>DAXMIRROR_STRESS_KINDS=$kinds DAXMIRROR_DIFF_OPS=$ops DAXMIRROR_SUITE_TIMEOUT=2880 $PWD/Scripts/guest-tests.sh --filter 'randomOperationsAgreeWithTheKernel|seedsThatOnceDisagreedAgree'")
+            # Device-private memory moves anonymous pages only: one boot.
+            [[ $fs == ext4 ]] && specs+=("$devops random device-private operations against the kernel's devices (twin regions, anon)=>DAXMIRROR_STRESS_KINDS=anon DAXMIRROR_DEVMEM_OPS=$devops DAXMIRROR_SUITE_TIMEOUT=1500 $PWD/Scripts/guest-tests.sh --filter randomDeviceMemoryOperationsAgreeWithTheKernel")
+            DAXMIRROR_GUEST_ENV="DAXMIRROR_STEP_TIMEOUT=3000" guest_steps "hmm/$fs" --kernel hmm --fs $fs --timeout 4500 -- "${specs[@]}"
         done
         echo
         echo "conformance: daxmirror against the kernel's dmirror (kernel $(cat "$hmm/release"), $(date -u +%F))"
