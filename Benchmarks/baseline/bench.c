@@ -67,14 +67,21 @@ static void *handler(void *arg) {
     return NULL;
 }
 
+/// Opens `uffd` with the invalidation events daxmirror's tracker asks for,
+/// plus `extra` features. -1 (after perror) if the kernel refuses.
+static int open_uffd(__u64 extra) {
+    uffd = dm_userfaultfd(O_CLOEXEC | O_NONBLOCK);
+    struct uffdio_api api = {.api = UFFD_API, .features = extra | UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP |
+                                                            UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP |
+                                                            UFFD_FEATURE_THREAD_ID};
+    if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api)) { perror("uffd"); return -1; }
+    return 0;
+}
+
 static int bench_missing(long pages) {
     size_t len = pages * page;
     char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    uffd = dm_userfaultfd(O_CLOEXEC | O_NONBLOCK);
-    struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP |
-                                                            UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP |
-                                                            UFFD_FEATURE_THREAD_ID};
-    if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api)) { perror("uffd"); return 1; }
+    if (open_uffd(0)) return 1;
     struct uffdio_register reg = {.range = {.start = (unsigned long)m, .len = len}, .mode = UFFDIO_REGISTER_MODE_MISSING};
     if (ioctl(uffd, UFFDIO_REGISTER, &reg)) { perror("register"); return 1; }
     pthread_t t;
@@ -94,11 +101,7 @@ static int bench_scan(long mib, long pct, int rounds) {
     long pages = len / page;
     char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     madvise(m, len, MADV_POPULATE_WRITE);
-    uffd = dm_userfaultfd(O_CLOEXEC | O_NONBLOCK);
-    struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_EVENT_FORK |
-                                                            UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE |
-                                                            UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_THREAD_ID};
-    if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api)) { perror("uffd"); return 1; }
+    if (open_uffd(UFFD_FEATURE_WP_ASYNC)) return 1;
     struct uffdio_register reg = {.range = {.start = (unsigned long)m, .len = len}, .mode = UFFDIO_REGISTER_MODE_WP};
     if (ioctl(uffd, UFFDIO_REGISTER, &reg)) { perror("register"); return 1; }
     struct uffdio_writeprotect wp = {.range = {.start = (unsigned long)m, .len = len}, .mode = UFFDIO_WRITEPROTECT_MODE_WP};
@@ -331,11 +334,7 @@ static int bench_devmem(long mib) {
     uint64_t entries[64];
     if (dev_base == MAP_FAILED || dev_pool == MAP_FAILED || !readback || pm < 0) { perror("devmem"); return 1; }
     memset(dev_base, 0x44, len);
-    uffd = dm_userfaultfd(O_CLOEXEC | O_NONBLOCK);
-    struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP |
-                                                            UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP |
-                                                            UFFD_FEATURE_THREAD_ID};
-    if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api)) { perror("uffd"); return 1; }
+    if (open_uffd(0)) return 1;
     struct uffdio_register whole = {.range = {.start = (unsigned long)dev_base, .len = len}, .mode = UFFDIO_REGISTER_MODE_WP};
     if (ioctl(uffd, UFFDIO_REGISTER, &whole)) { perror("register"); return 1; }
     pthread_t t;
