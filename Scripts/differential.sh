@@ -73,7 +73,7 @@ done
 # that has anonymous memory), then Scenarios/differential/devmem on each type.
 if [[ ",$kinds," == *",anon,"* ]]; then
     for case_name in migrate migrate_fault migrate_release migrate_shared migrate_mixed migrate_multiple snapshot \
-                     double_map exclusive exclusive_mprotect exclusive_cow hmm_cow_in_device; do
+                     double_map exclusive exclusive_mprotect exclusive_cow hmm_cow_in_device hmm_gup_test; do
         label=anon; [[ $case_name == migrate_shared ]] && label=shmem
         out=$("$bin" run --against-kernel --twin-regions --dir "$dir" "$here/Scenarios/$case_name.scn" 2>&1) && rc=0 || rc=$?
         python3 -c "$summarize" "$case_name" "$label (twin)" "$rc" <<<"$out" || disagree=1

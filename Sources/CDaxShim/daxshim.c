@@ -3,6 +3,7 @@
 #include "daxshim.h"
 
 #include <pthread.h>
+#include <sys/uio.h>
 #include <sys/pidfd.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -145,6 +146,12 @@ int dm_fork_fill(void *addr, size_t len, int byte) {
     int status = 0;
     while (waitpid(pid, &status, 0) < 0) { if (errno != EINTR) return -1; }
     return status;
+}
+
+ssize_t dm_gup_read(void *dst, const void *src, size_t len) {
+    struct iovec local = {.iov_base = dst, .iov_len = len};
+    struct iovec remote = {.iov_base = (void *)src, .iov_len = len};
+    return process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
 }
 
 int dm_fork_read(const void *addr, size_t len, uint64_t *hash, int *uniform_byte) {

@@ -95,22 +95,14 @@ public final class DevicePrivatePool: @unchecked Sendable {
         }
         pool = p
         childPool = c
-        state = .allocate(capacity: pages)
-        state.initialize(repeating: 0, count: pages)
-        childState = .allocate(capacity: pages)
-        childState.initialize(repeating: 0, count: pages)
-        onDevice = .allocate(capacity: 1)
-        onDevice.initialize(to: 0)
-        childDescriptor = .allocate(capacity: 1)
-        childDescriptor.initialize(to: 0)
-        returningPending = .allocate(capacity: 1)
-        returningPending.initialize(to: 0)
-        homeClean = .allocate(capacity: pages)
-        homeClean.initialize(repeating: 0, count: pages)
-        entrySoftDirty = .allocate(capacity: pages)
-        entrySoftDirty.initialize(repeating: 0, count: pages)
-        someHomeClean = .allocate(capacity: 1)
-        someHomeClean.initialize(to: 0)
+        state = zeroedWords(pages)
+        childState = zeroedWords(pages)
+        onDevice = zeroedWords(1)
+        childDescriptor = zeroedWords(1)
+        returningPending = zeroedWords(1)
+        homeClean = zeroedWords(pages)
+        entrySoftDirty = zeroedWords(pages)
+        someHomeClean = zeroedWords(1)
     }
 
     deinit {
@@ -152,7 +144,9 @@ public final class DevicePrivatePool: @unchecked Sendable {
         // Every device access settles through here: a load when nothing returns.
         guard dm_atomic_load_u64(returningPending) != 0, dm_atomic_exchange_u64(returningPending, 0) != 0 else { return }
         for i in 0..<pages where dm_atomic_load_u64(state + i) & Self.ownerMask == Self.returning {
-            _ = try? bringHome(i, uffd: uffd)
+            // A copy refused (EAGAIN while the address space changes) is tried
+            // again at the next access, not forgotten.
+            if (try? bringHome(i, uffd: uffd)) == nil { dm_atomic_store_u64(returningPending, 1) }
         }
     }
 
@@ -428,4 +422,11 @@ public final class DevicePrivatePool: @unchecked Sendable {
             i = j
         }
     }
+}
+
+/// `count` words, zeroed: state read and written with the shim's atomics.
+private func zeroedWords(_ count: Int) -> UnsafeMutablePointer<UInt64> {
+    let p = UnsafeMutablePointer<UInt64>.allocate(capacity: count)
+    p.initialize(repeating: 0, count: count)
+    return p
 }

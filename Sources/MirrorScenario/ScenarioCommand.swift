@@ -37,6 +37,7 @@ public indirect enum ScenarioCommand: Equatable {
     case exclusive(Span)
     case checkExclusive(Span)
     case forkRead(Span)
+    case gup(Span)
 
     public struct MapRequest: Equatable {
         public var region: String
@@ -108,6 +109,7 @@ public indirect enum ScenarioCommand: Equatable {
         case .exclusive: "exclusive"
         case .checkExclusive: "check-exclusive"
         case .forkRead: "fork-read"
+        case .gup: "gup"
         }
     }
 }
@@ -349,6 +351,9 @@ extension ScenarioCommand {
         .init(name: "check-exclusive", usage: "D OFF LEN",
               summary: "fails with EPERM while D still holds a page of the range exclusively (HMM_DMIRROR_CHECK_EXCLUSIVE)") { w throws(ScenarioError) in
             .checkExclusive(try w.span())
+        },
+        .init(name: "gup", usage: "R OFF LEN", summary: "the kernel reads the range on the process's behalf (get_user_pages, by process_vm_readv): checksum and uniform byte; a page it cannot get is EFAULT") { w throws(ScenarioError) in
+            .gup(try w.span())
         },
         .init(name: "fork-read", usage: "R OFF LEN", summary: "fork; the child reads (checksum, uniform byte) and exits; the parent waits") { w throws(ScenarioError) in
             .forkRead(try w.span())

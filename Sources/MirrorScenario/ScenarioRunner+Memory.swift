@@ -175,6 +175,24 @@ extension ScenarioRunner {
                 ("uniform", uniform < 0 ? .null : .string("0x" + (hex.count == 1 ? "0" + hex : hex)))]
     }
 
+    /// The kernel reads the range for the process (GUP), a MiB at a time:
+    /// no access of the process's own, so no SIGSEGV or SIGBUS, only EFAULT.
+    func gup(_ s: ScenarioCommand.Span) throws -> [(String, JSON)] {
+        let m = try resolve(s)
+        var digest = ByteDigest()
+        var scratch = [UInt8](repeating: 0, count: min(Int(s.length), 1 << 20))
+        var done = 0
+        while done < Int(s.length) {
+            let want = min(scratch.count, Int(s.length) - done)
+            let n = scratch.withUnsafeMutableBytes { dm_gup_read($0.baseAddress, m.base + Int(s.offset) + done, want) }
+            guard n >= 0 else { throw MirrorError(Errno.current, "process_vm_readv of \(s.region)") }
+            guard n == want else { throw MirrorError(.EFAULT, "the kernel could get only \(done + n) bytes of \(s.region) at offset \(s.offset)") }
+            scratch.withUnsafeBytes { digest.add(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
+            done += n
+        }
+        return digest.fields
+    }
+
     func pwrite(_ s: ScenarioCommand.Span, _ byte: UInt8) throws -> [(String, JSON)] {
         let m = try resolve(s)
         guard let fd = m.fileDescriptor else { throw ScenarioError(.EINVAL, "\(s.region) has no file") }

@@ -232,6 +232,7 @@ public final class ScenarioRunner {
         case .discard(let s): return try onTwins(s.region) { () throws in try discard(s) }
         case .forkWrite(let s, let b): return try onTwins(s.region) { () throws in try forkWrite(s, b) }
         case .forkRead(let s): return try onTwins(s.region, compare: true) { () throws in try forkRead(s) }
+        case .gup(let s): return try onTwins(s.region, compare: true) { () throws in try gup(s) }
         case .truncate(let r, let size): return try onTwins(r) { () throws in try truncate(r, size) }
         case .persist(let s): return try onTwins(s.region) { () throws in try persist(s) }
         case .pwrite(let s, let b): return try onTwins(s.region) { () throws in try pwrite(s, b) }

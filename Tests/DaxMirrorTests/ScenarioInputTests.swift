@@ -112,7 +112,7 @@ struct ScenarioLanguageTests {
 
     @Test func theHelpListsEveryCommandFromTheTable() throws {
         let help = try CLI.daxmirror(["run", "--help"]).stdout
-        #expect(ScenarioCommand.specs.count == 26)
+        #expect(ScenarioCommand.specs.count == 27)
         for spec in ScenarioCommand.specs {
             #expect(help.contains("\(spec.name) \(spec.usage)"), "\(spec.name) missing from run --help")
         }

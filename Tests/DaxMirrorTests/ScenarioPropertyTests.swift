@@ -63,7 +63,7 @@ struct ScenarioLineGenerator {
     static let commands = ["map", "mirror", "cpu-read", "cpu-write", "dev-read", "dev-write", "snapshot", "protect",
                            "unmap", "remap", "discard", "truncate", "persist", "fork-write", "pwrite", "pread",
                            "check", "stats", "expect-fail", "migrate", "migrate-back", "release",
-                           "exclusive", "check-exclusive", "fork-read"]
+                           "exclusive", "check-exclusive", "fork-read", "gup"]
     static let keywords = ["huge", "ro", "none", "private", "as", "untracked", "write-bit", "soft-dirty", "pagemap",
                            "strict", "kernel", "anon", "shmem", "file", "devdax", "read", "rw", "x=1", "faults=0"]
     static let extremes = ["0", "1", "4095", "4097", "-1", "-4096", "0x", "0xzz", "1.5M", "0b101", "1P", "16383P", "4E",
@@ -112,7 +112,7 @@ struct ScenarioLineGenerator {
             if coin(0.3) { w += ["write-bit", pick(["soft-dirty", "pagemap", junk()])] }
             return w
         case "cpu-read", "dev-read", "unmap", "remap", "discard", "persist", "pread", "migrate", "migrate-back",
-             "exclusive", "check-exclusive", "fork-read":
+             "exclusive", "check-exclusive", "fork-read", "gup":
             return [region(), number(), number()]
         case "cpu-write", "dev-write", "fork-write", "pwrite":
             return [region(), number(), number(), byte]

@@ -25,7 +25,7 @@ struct ScenarioTests {
                      "mixedmap", "snapshot", "compound", "compound_dax", "double_map", "open_close",
                      "dax_hole_zero", "dax_write_pmd", "dax_truncate", "migrate", "migrate_fault", "migrate_release",
                      "migrate_shared", "migrate_mixed", "migrate_multiple", "exclusive", "exclusive_mprotect",
-                     "exclusive_cow", "hmm_cow_in_device"] {
+                     "exclusive_cow", "hmm_cow_in_device", "hmm_gup_test"] {
             #expect(Self.names.contains(name + ".scn"), "Scenarios/\(name).scn is missing")
         }
     }

@@ -314,6 +314,12 @@ int dm_fork_fill(void *addr, size_t len, int byte);
 // device-private pages, which the parent's handler serves to it.
 int dm_fork_read(const void *addr, size_t len, uint64_t *hash, int *uniform_byte);
 
+// process_vm_readv(2) of this process's own [src, src+len) into dst: the
+// kernel reads the pages on the process's behalf through get_user_pages, as
+// a driver's GUP does (the pages a device holds come home first). Returns
+// the bytes read, or -1 with errno (EFAULT: a page it could not get).
+ssize_t dm_gup_read(void *dst, const void *src, size_t len);
+
 // ---------------------------------------------------------------------------
 // XFS/ext4 extent-size hint (FS_IOC_FSGETXATTR / FS_IOC_FSSETXATTR,
 // include/uapi/linux/fs.h): on xfs a 2 MiB hint makes allocations 2 MiB
