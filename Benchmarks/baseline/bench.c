@@ -50,6 +50,10 @@ static int uffd;
 static volatile int stop_flag;
 static long page;
 
+/// The handler thread: reads `uffd`'s messages (poll, then up to 64 at a
+/// time) and gives each to `on_message` until `stop_flag`.
+static void (*on_message)(const struct uffd_msg *);
+
 static void *handler(void *arg) {
     (void)arg;
     struct uffd_msg msgs[64];
@@ -57,14 +61,16 @@ static void *handler(void *arg) {
     while (!stop_flag) {
         if (poll(&p, 1, 100) <= 0) continue;
         ssize_t n = read(uffd, msgs, sizeof msgs);
-        for (ssize_t i = 0; i < n / (ssize_t)sizeof(struct uffd_msg); i++) {
-            if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
-            struct uffdio_zeropage z = {
-                .range = {.start = msgs[i].arg.pagefault.address & ~(page - 1), .len = page}};
-            if (ioctl(uffd, UFFDIO_ZEROPAGE, &z) && errno != EEXIST) perror("ZEROPAGE");
-        }
+        for (ssize_t i = 0; i < n / (ssize_t)sizeof(struct uffd_msg); i++) on_message(&msgs[i]);
     }
     return NULL;
+}
+
+/// MISSING faults resolved with zeros.
+static void zero_fill(const struct uffd_msg *m) {
+    if (m->event != UFFD_EVENT_PAGEFAULT) return;
+    struct uffdio_zeropage z = {.range = {.start = m->arg.pagefault.address & ~(page - 1), .len = page}};
+    if (ioctl(uffd, UFFDIO_ZEROPAGE, &z) && errno != EEXIST) perror("ZEROPAGE");
 }
 
 /// Opens `uffd` with the invalidation events daxmirror's tracker asks for,
@@ -85,6 +91,7 @@ static int bench_missing(long pages) {
     struct uffdio_register reg = {.range = {.start = (unsigned long)m, .len = len}, .mode = UFFDIO_REGISTER_MODE_MISSING};
     if (ioctl(uffd, UFFDIO_REGISTER, &reg)) { perror("register"); return 1; }
     pthread_t t;
+    on_message = zero_fill;
     pthread_create(&t, NULL, handler, NULL);
     double t0 = now();
     volatile char *v = m;
@@ -297,24 +304,16 @@ static int bench_dmirror(long vmas, long n) {
 static char *dev_base, *dev_pool;
 static volatile long dev_removes;
 
-static void *devmem_handler(void *arg) {
-    (void)arg;
-    struct uffd_msg msgs[64];
-    struct pollfd p = {.fd = uffd, .events = POLLIN};
-    while (!stop_flag) {
-        if (poll(&p, 1, 100) <= 0) continue;
-        ssize_t n = read(uffd, msgs, sizeof msgs);
-        for (ssize_t i = 0; i < n / (ssize_t)sizeof(struct uffd_msg); i++) {
-            if (msgs[i].event == UFFD_EVENT_REMOVE) { __atomic_add_fetch(&dev_removes, 1, __ATOMIC_RELEASE); continue; }
-            if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
-            unsigned long at = msgs[i].arg.pagefault.address & ~(page - 1);
-            char *slot = dev_pool + (at - (unsigned long)dev_base);
-            struct uffdio_copy c = {.dst = at, .src = (unsigned long)slot, .len = page};
-            if (ioctl(uffd, UFFDIO_COPY, &c) && errno != EEXIST) perror("UFFDIO_COPY");
-            madvise(slot, page, MADV_DONTNEED);
-        }
-    }
-    return NULL;
+/// Device-private pages: a REMOVE event counted (the migration waits for
+/// it), a MISSING fault served from the page's slot, the slot discarded.
+static void serve_devmem(const struct uffd_msg *m) {
+    if (m->event == UFFD_EVENT_REMOVE) { __atomic_add_fetch(&dev_removes, 1, __ATOMIC_RELEASE); return; }
+    if (m->event != UFFD_EVENT_PAGEFAULT) return;
+    unsigned long at = m->arg.pagefault.address & ~(page - 1);
+    char *slot = dev_pool + (at - (unsigned long)dev_base);
+    struct uffdio_copy c = {.dst = at, .src = (unsigned long)slot, .len = page};
+    if (ioctl(uffd, UFFDIO_COPY, &c) && errno != EEXIST) perror("UFFDIO_COPY");
+    madvise(slot, page, MADV_DONTNEED);
 }
 
 /// Reads every page of [p, p+len) once; returns the sum of their first bytes.
@@ -338,7 +337,8 @@ static int bench_devmem(long mib) {
     struct uffdio_register whole = {.range = {.start = (unsigned long)dev_base, .len = len}, .mode = UFFDIO_REGISTER_MODE_WP};
     if (ioctl(uffd, UFFDIO_REGISTER, &whole)) { perror("register"); return 1; }
     pthread_t t;
-    pthread_create(&t, NULL, devmem_handler, NULL);
+    on_message = serve_devmem;
+    pthread_create(&t, NULL, handler, NULL);
     double t0 = now();
     long windows = 0;
     for (size_t w = 0; w < len; w += window, windows++) {
