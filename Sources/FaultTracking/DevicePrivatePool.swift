@@ -157,15 +157,18 @@ public final class DevicePrivatePool: @unchecked Sendable {
     /// stay read-only: in a VMA whose soft-dirty bits were cleared (no
     /// VM_SOFTDIRTY, smaps "sd").
     public func vmaWritable(_ indices: Range<Int>, _ writable: Bool, uffd: Userfaultfd?) {
-        for i in indices where held(i) {
-            if writable { dm_atomic_and_u64(state + i, ~Self.readOnlyVMABit) }
-            else {
-                // A writable device-private entry made read-only loses its
-                // soft-dirty bit (change_pte_range); an exclusive one keeps it.
-                let s = dm_atomic_load_u64(state + i)
-                if s & Self.exclusiveBit == 0 && s & Self.writableBit != 0 { dm_atomic_store_u64(entrySoftDirty + i, 0) }
-                dm_atomic_and_u64(state + i, ~Self.writableBit)
-                dm_atomic_or_u64(state + i, Self.readOnlyVMABit)
+        if count > 0 {
+            // (a load when no device holds a page: every write restore calls this)
+            for i in indices where held(i) {
+                if writable { dm_atomic_and_u64(state + i, ~Self.readOnlyVMABit) }
+                else {
+                    // A writable device-private entry made read-only loses its
+                    // soft-dirty bit (change_pte_range); an exclusive one keeps it.
+                    let s = dm_atomic_load_u64(state + i)
+                    if s & Self.exclusiveBit == 0 && s & Self.writableBit != 0 { dm_atomic_store_u64(entrySoftDirty + i, 0) }
+                    dm_atomic_and_u64(state + i, ~Self.writableBit)
+                    dm_atomic_or_u64(state + i, Self.readOnlyVMABit)
+                }
             }
         }
         guard writable, let uffd, dm_atomic_load_u64(someHomeClean) != 0 else { return }
@@ -178,12 +181,16 @@ public final class DevicePrivatePool: @unchecked Sendable {
         }
     }
 
-    private func isHomeClean(_ index: Int) -> Bool {
-        dm_atomic_load_u64(homeClean + index) == UInt64(SoftDirty.epoch) + 1
-    }
+    /// What `homeClean` and `entrySoftDirty` hold for "so, since the last clear".
+    private var epochStamp: UInt64 { UInt64(SoftDirty.epoch) + 1 }
 
-    private func entryIsSoftDirty(_ index: Int) -> Bool {
-        dm_atomic_load_u64(entrySoftDirty + index) == UInt64(SoftDirty.epoch) + 1
+    private func isHomeClean(_ index: Int) -> Bool { dm_atomic_load_u64(homeClean + index) == epochStamp }
+
+    private func entryIsSoftDirty(_ index: Int) -> Bool { dm_atomic_load_u64(entrySoftDirty + index) == epochStamp }
+
+    /// Region page `page` (a page address) is in, if it is in the region.
+    private func index(of page: UInt64) -> Int? {
+        page >= base && page < base + UInt64(pages * pageSize) ? Int((page - base) / UInt64(pageSize)) : nil
     }
 
     /// The slot's bytes (the device page), for the device's own access.
@@ -231,7 +238,7 @@ public final class DevicePrivatePool: @unchecked Sendable {
             let word = UInt64(device + 1) | (m.writable ? Self.writableBit : 0) | Self.pendingBit
                 | (exclusive ? Self.exclusiveBit : 0) | (m.vmaWritable ? 0 : Self.readOnlyVMABit)
             dm_atomic_store_u64(homeClean + m.index, 0)
-            dm_atomic_store_u64(entrySoftDirty + m.index, softDirty ? UInt64(SoftDirty.epoch) + 1 : 0)
+            dm_atomic_store_u64(entrySoftDirty + m.index, softDirty ? epochStamp : 0)
             dm_atomic_store_u64(state + m.index, word)
             moved.append(m)
         }
@@ -291,9 +298,7 @@ public final class DevicePrivatePool: @unchecked Sendable {
     /// this one is already its own).
     public func serveWrite(_ page: UInt64, uffd: Userfaultfd) {
         let dst = UnsafeMutableRawPointer(bitPattern: UInt(page))!
-        if page >= base, page < base + UInt64(pages * pageSize) {
-            dm_atomic_store_u64(homeClean + Int((page - base) / UInt64(pageSize)), 0)  // a write fault sets soft-dirty
-        }
+        if let i = index(of: page) { dm_atomic_store_u64(homeClean + i, 0) }  // a write fault sets soft-dirty
         do { try uffd.writeProtect(dst, length: pageSize, protect: false) } catch { try? uffd.wake(dst, length: pageSize) }
     }
 
@@ -304,11 +309,10 @@ public final class DevicePrivatePool: @unchecked Sendable {
     /// registered run mremap moved away. Never leaves the faulter asleep.
     public func serveFault(_ page: UInt64, uffd: Userfaultfd) {
         let dst = UnsafeMutableRawPointer(bitPattern: UInt(page))!
-        guard page >= base, page < base + UInt64(pages * pageSize) else {
+        guard let index = index(of: page) else {
             do { try uffd.zeropage(at: dst, length: pageSize) } catch { try? uffd.wake(dst, length: pageSize) }
             return
         }
-        let index = Int((page - base) / UInt64(pageSize))
         do {
             if held(index) {
                 try uffd.copy(to: dst, from: slot(index), length: pageSize, writeProtect: comesHomeReadOnly(index))
@@ -330,8 +334,9 @@ public final class DevicePrivatePool: @unchecked Sendable {
         guard lo < hi else { return }
         for i in Int((lo - base) / UInt64(pageSize))..<Int((hi - base + UInt64(pageSize) - 1) / UInt64(pageSize)) {
             let s = dm_atomic_load_u64(state + i)
-            if s & Self.pendingBit == 0 { dm_atomic_store_u64(homeClean + i, 0) }
-            if s & Self.ownerMask != 0 && s & Self.pendingBit == 0 { release(i, cameHome: false) }
+            guard s & Self.pendingBit == 0 else { continue }  // the migration's own discard
+            dm_atomic_store_u64(homeClean + i, 0)
+            if s & Self.ownerMask != 0 { release(i, cameHome: false) }
         }
     }
 
@@ -367,11 +372,10 @@ public final class DevicePrivatePool: @unchecked Sendable {
         switch event {
         case .pageFault(let address, _, _):
             let page = address & ~UInt64(pageSize - 1)
-            guard page >= base, page < base + UInt64(pages * pageSize) else {
+            guard let i = index(of: page) else {
                 Userfaultfd.wake(fd: descriptor, at: page, length: pageSize)
                 return
             }
-            let i = Int((page - base) / UInt64(pageSize))
             do {
                 if dm_atomic_exchange_u64(childState + i, 0) != 0 {
                     try Userfaultfd.copy(fd: descriptor, to: page, from: childPool + i * pageSize, length: pageSize)
@@ -398,7 +402,7 @@ public final class DevicePrivatePool: @unchecked Sendable {
         let s = dm_atomic_exchange_u64(state + index, 0)
         guard s != 0 else { return }
         if cameHome && comesHomeClean(s, index) {
-            dm_atomic_store_u64(homeClean + index, UInt64(SoftDirty.epoch) + 1)
+            dm_atomic_store_u64(homeClean + index, epochStamp)
             dm_atomic_store_u64(someHomeClean, 1)
         }
         dm_atomic_add_u64(onDevice, UInt64.max)  // -1

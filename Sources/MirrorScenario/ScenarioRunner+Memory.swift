@@ -41,13 +41,21 @@ extension ScenarioRunner {
     func cpuRead(_ s: ScenarioCommand.Span) throws -> [(String, JSON)] {
         let m = try resolve(s)
         try cpuAccessible(m, s.offset, s.length, write: false)
+        return try digestInPieces(m, s) { into, from, n in
+            guard dm_copy_guarded(into, from, n) == 0 else { throw sigbus(m, "load") }
+        }
+    }
+
+    /// Reads [offset, offset+length) of `m` a MiB at a time through `read`
+    /// (destination, source, count) and digests it (checksum, uniform byte).
+    private func digestInPieces(_ m: MappedMemory, _ s: ScenarioCommand.Span,
+                                _ read: (UnsafeMutableRawPointer, UnsafeRawPointer, Int) throws -> Void) throws -> [(String, JSON)] {
         var digest = ByteDigest()
         var scratch = [UInt8](repeating: 0, count: min(Int(s.length), 1 << 20))
         var done = 0
         while done < Int(s.length) {
             let n = min(scratch.count, Int(s.length) - done)
-            let ok = scratch.withUnsafeMutableBytes { dm_copy_guarded($0.baseAddress, m.base + Int(s.offset) + done, n) == 0 }
-            guard ok else { throw sigbus(m, "load") }
+            try scratch.withUnsafeMutableBytes { try read($0.baseAddress!, m.base + Int(s.offset) + done, n) }
             scratch.withUnsafeBytes { digest.add(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
             done += n
         }
@@ -179,18 +187,13 @@ extension ScenarioRunner {
     /// no access of the process's own, so no SIGSEGV or SIGBUS, only EFAULT.
     func gup(_ s: ScenarioCommand.Span) throws -> [(String, JSON)] {
         let m = try resolve(s)
-        var digest = ByteDigest()
-        var scratch = [UInt8](repeating: 0, count: min(Int(s.length), 1 << 20))
         var done = 0
-        while done < Int(s.length) {
-            let want = min(scratch.count, Int(s.length) - done)
-            let n = scratch.withUnsafeMutableBytes { dm_gup_read($0.baseAddress, m.base + Int(s.offset) + done, want) }
+        return try digestInPieces(m, s) { into, from, want in
+            let n = dm_gup_read(into, from, want)
             guard n >= 0 else { throw MirrorError(Errno.current, "process_vm_readv of \(s.region)") }
             guard n == want else { throw MirrorError(.EFAULT, "the kernel could get only \(done + n) bytes of \(s.region) at offset \(s.offset)") }
-            scratch.withUnsafeBytes { digest.add(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
             done += n
         }
-        return digest.fields
     }
 
     func pwrite(_ s: ScenarioCommand.Span, _ byte: UInt8) throws -> [(String, JSON)] {
