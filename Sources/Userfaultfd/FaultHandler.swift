@@ -49,7 +49,14 @@ public final class FaultHandler: @unchecked Sendable {
         busy.initialize(to: 0)
         let (ufd, wfd) = (uffd.fd.rawValue, wakeup.fd.rawValue)
         nonisolated(unsafe) let busy = busy
+        let jitter = Self.jitterMicroseconds
         thread = try JoinableThread { [onEvent, onError] in
+            var rng: UInt64 = 0x9E37_79B9_7F4A_7C15 ^ UInt64(UInt(bitPattern: Int(ufd)))
+            func delay() {
+                guard jitter > 0 else { return }
+                rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17
+                usleep(UInt32(rng % UInt64(jitter)))
+            }
             let buffer = Userfaultfd.eventBuffer()
             defer { buffer.deallocate() }
             var fds = [pollfd(fd: ufd, events: Int16(POLLIN), revents: 0),
@@ -71,16 +78,28 @@ public final class FaultHandler: @unchecked Sendable {
                 defer { dm_atomic_store_u64(busy, 0) }
                 if let secondary, child >= 0, fds[2].revents & Int16(POLLIN) != 0 {
                     // A child's faults; an error here is the child's, never the loop's end.
-                    _ = try? Userfaultfd.forEachEvent(fd: child, in: buffer) { secondary.onEvent($0, child) }
+                    _ = try? Userfaultfd.forEachEvent(fd: child, in: buffer) { delay(); secondary.onEvent($0, child) }
                 }
                 do throws(SystemCallError) {
-                    try uffd.forEachEvent(in: buffer) { onEvent($0, uffd) }
+                    try uffd.forEachEvent(in: buffer) { delay(); onEvent($0, uffd) }
                 } catch {
                     onError(error)
                     return
                 }
             }
         }
+    }
+
+    /// Debug builds only: DAXMIRROR_HANDLER_JITTER_US=N delays the serving of
+    /// each event read by up to N µs, to widen any race between the handler
+    /// and the threads whose munmap, madvise or fork returned once the event
+    /// was read (`settle` must cover it).
+    static var jitterMicroseconds: UInt32 {
+        #if DEBUG
+        getenv("DAXMIRROR_HANDLER_JITTER_US").flatMap { UInt32(String(cString: $0)) } ?? 0
+        #else
+        0
+        #endif
     }
 
     /// Waits (at most `timeout` seconds) until every event already read from
