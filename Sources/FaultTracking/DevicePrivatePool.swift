@@ -356,6 +356,13 @@ public final class DevicePrivatePool: @unchecked Sendable {
                 // Restored before the copy, then copy-on-write: home read-only.
                 dm_atomic_store_u64(state + i, Self.returning | (s & Self.readOnlyVMABit))
                 dm_atomic_store_u64(returningPending, 1)
+                // The child's copy is present from the fork on, as the
+                // kernel's is: mapped now, so it never needs this process
+                // (which may exit first) to serve it.
+                if (try? Userfaultfd.copy(fd: descriptor, to: UInt64(UInt(bitPattern: address(i))), from: childPool + i * pageSize,
+                                          length: pageSize)) != nil {
+                    dm_atomic_store_u64(childState + i, 0)
+                }
             } else {
                 dm_atomic_store_u64(state + i, (s & ~Self.writableBit) | Self.sharedBit)
             }
