@@ -16,6 +16,7 @@ import PackageDescription
 //                   CPU side through a protocol and cannot call the kernel (no Glibc, shim or libpmem)
 //   MirrorKernel    the CPU side as the kernel tells it (KernelCPU, CPUTruth, the Aperture)
 //   KernelDmirror   the kernel's own HMM test driver (/dev/hmm_dmirror0), the mirror's twin
+//   CHMMPreload, HMMEmulation  `daxmirror emulate`: the HMM test driver's UAPI served inside a program
 //   MirrorScenario  the scenario language and its runner (`daxmirror run`)
 //   ProcessInspection  any process's mappings against its page table (`inspect`, `watch`)
 //   Capabilities    what this kernel and machine offer (`daxmirror caps`)
@@ -26,6 +27,8 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "daxmirror", targets: ["daxmirror"]),
+        // Preloaded into a program by `daxmirror emulate`: the HMM test driver in user space.
+        .library(name: "daxmirror-hmm", type: .dynamic, targets: ["HMMEmulation"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -56,6 +59,13 @@ let package = Package(
         .target(name: "MirrorKernel",
                 dependencies: ["DaxCore", "PageTables", "FaultTracking", "MirrorPolicy", "CDaxShim", "CPmem"]),
         .target(name: "KernelDmirror", dependencies: ["DaxCore", "PageTables", "MirrorPolicy", "CDaxShim"]),
+        // `daxmirror emulate`: the C door preloaded into a program (open, ioctl, close, dup, mmap of
+        // /dev/hmm_dmirrorN) and the driver behind it. Linked only into the daxmirror-hmm library:
+        // the door defines libc's names, which no other binary may carry.
+        .target(name: "CHMMPreload", linkerSettings: [.linkedLibrary("dl")]),
+        .target(name: "HMMEmulation",
+                dependencies: ["CHMMPreload", "DaxCore", "DaxDetection", "PageTables", "FaultTracking", "MirrorPolicy",
+                               "MirrorKernel", "CDaxShim"]),
         .target(name: "MirrorScenario",
                 dependencies: ["DaxCore", "PageTables", "FaultTracking", "MirrorPolicy", "MirrorKernel", "KernelDmirror",
                                "CDaxShim", "CPmem"]),
@@ -88,6 +98,8 @@ let package = Package(
             dependencies: ["DaxCore", "DaxDetection", "PageTables", "Userfaultfd", "FaultTracking",
                            "PersistentMemory", "NVDIMMInventory", "Capabilities", "CDaxShim", "MirrorPolicy", "MirrorKernel",
                            "KernelDmirror", "MirrorScenario",
-                           "daxmirror"]),
+                           "daxmirror"],
+            // C programs the tests compile and run (under `daxmirror emulate`).
+            exclude: ["Fixtures"]),
     ]
 )

@@ -154,6 +154,12 @@ ssize_t dm_gup_read(void *dst, const void *src, size_t len) {
     return process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
 }
 
+ssize_t dm_gup_write(void *dst, const void *src, size_t len) {
+    struct iovec local = {.iov_base = (void *)src, .iov_len = len};
+    struct iovec remote = {.iov_base = dst, .iov_len = len};
+    return process_vm_writev(getpid(), &local, 1, &remote, 1, 0);
+}
+
 int dm_fork_read(const void *addr, size_t len, uint64_t *hash, int *uniform_byte) {
     uint64_t *shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (shared == MAP_FAILED) return -1;
@@ -318,7 +324,16 @@ int dm_fill_guarded(void *dst, int byte, size_t n) {
     return 0;
 }
 
+// What the process started with, for dm_process_restore_for_exec.
+static struct sigaction start_pipe, start_xfsz, start_quit;
+static sigset_t start_mask;
+static int start_closed;
+
 int dm_process_start(void) {
+    sigprocmask(SIG_SETMASK, NULL, &start_mask);
+    sigaction(SIGPIPE, NULL, &start_pipe);
+    sigaction(SIGXFSZ, NULL, &start_xfsz);
+    sigaction(SIGQUIT, NULL, &start_quit);
     int closed = 0;
     for (int fd = 0; fd <= 2; fd++) {
         if (fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
@@ -334,5 +349,16 @@ int dm_process_start(void) {
     signal(SIGPIPE, SIG_IGN);
     signal(SIGXFSZ, SIG_IGN);
     signal(SIGQUIT, SIG_DFL);
+    start_closed = closed;
     return closed;
+}
+
+void dm_process_restore_for_exec(void) {
+    sigaction(SIGPIPE, &start_pipe, NULL);
+    sigaction(SIGXFSZ, &start_xfsz, NULL);
+    sigaction(SIGQUIT, &start_quit, NULL);
+    for (int fd = 0; fd <= 2; fd++) {
+        if (start_closed & (1 << fd)) close(fd);
+    }
+    sigprocmask(SIG_SETMASK, &start_mask, NULL);
 }

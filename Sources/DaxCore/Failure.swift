@@ -16,6 +16,7 @@ public enum ExitCause: Int32, Sendable, CaseIterable {
     case processGone = 12     // the inspected process exited
     case systemError = 13     // any other failed system call
     case busy = 15            // another process holds the file (a concurrent --overwrite) or the port
+    case cannotEmulate = 16   // `emulate`: a program a preloaded library cannot reach (static, another architecture)
     case usage = 64           // bad command line (swift-argument-parser's code)
 }
 

@@ -153,14 +153,40 @@ final class Aperture: @unchecked Sendable {
     /// shmem and tmpfs files have nothing to sync.
     private lazy var onTmpfs: Bool = fd.map { dm_fs_magic($0) == DM_TMPFS_MAGIC } ?? false
 
+    /// The device reaches this process's own memory through the kernel
+    /// (process_vm_readv/writev: no signal can arise, so no handler is
+    /// installed) instead of a guarded memcpy. Set once, before any mirror,
+    /// where the process is not ours: `daxmirror emulate`'s program, whose
+    /// SIGSEGV and SIGBUS dispositions are its own.
+    nonisolated(unsafe) public static var ownMemoryThroughKernel = false
+
     /// The device reads this process's memory at `address`.
     static func readOwn(address: UInt64, into dst: UnsafeMutableRawPointer, count: Int) throws(MirrorError) {
+        if ownMemoryThroughKernel {
+            return try throughKernel("read", address, count) { dm_gup_read(dst + $0, UnsafeRawPointer(bitPattern: UInt(address))! + $0, count - $0) }
+        }
         let src = UnsafeRawPointer(bitPattern: UInt(address))
         guard dm_copy_guarded(dst, src, count) == 0 else { throw ownFailure("read", address) }
     }
 
+    /// A process_vm transfer to its end; a page it cannot get is EFAULT there.
+    private static func throughKernel(_ what: String, _ address: UInt64, _ count: Int,
+                                      _ step: (Int) -> Int) throws(MirrorError) {
+        var done = 0
+        while done < count {
+            let n = step(done)
+            if n > 0 { done += n; continue }
+            if n < 0 && Errno.current == .EINTR { continue }
+            let at = (address + UInt64(done)) & ~(Syscall.pageBytes - 1)
+            throw MirrorError(n < 0 ? Errno.current : .EFAULT, "device \(what) of 0x\(String(at, radix: 16)): the kernel could not get the page")
+        }
+    }
+
     /// The device writes this process's memory at `address`.
     static func writeOwn(address: UInt64, from src: UnsafeRawPointer, count: Int) throws(MirrorError) {
+        if ownMemoryThroughKernel {
+            return try throughKernel("write", address, count) { dm_gup_write(UnsafeMutableRawPointer(bitPattern: UInt(address))! + $0, src + $0, count - $0) }
+        }
         let dst = UnsafeMutableRawPointer(bitPattern: UInt(address))
         guard dm_copy_guarded(dst, src, count) == 0 else { throw ownFailure("write", address) }
     }

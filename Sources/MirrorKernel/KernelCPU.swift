@@ -81,6 +81,14 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
 
     deinit { stop() }
 
+    /// The device reaches anonymous memory through process_vm_readv/writev,
+    /// never a guarded memcpy and its signal handlers: for a process that is
+    /// not daxmirror's (`daxmirror emulate`). Set before the first mirror.
+    public static var ownMemoryThroughKernel: Bool {
+        get { Aperture.ownMemoryThroughKernel }
+        set { Aperture.ownMemoryThroughKernel = newValue }
+    }
+
     public func stop() {
         // As closing the kernel's mirror evicts its device's pages: nothing
         // stays on a device once the tracker that brings pages home stops.
@@ -141,15 +149,19 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
     }
 
     public func deviceRead(_ address: UInt64, into buffer: UnsafeMutableRawPointer, count: Int) throws(MirrorError) {
-        if region.backing.sharedFD != nil {
+        if reachesThroughFile {
             try aperture.read(fileOffset: region.fileOffset + (address - region.base), into: buffer, count: count)
         } else {
             try Aperture.readOwn(address: address, into: buffer, count: count)
         }
     }
 
+    /// The device opens its own mapping of the backing (shared memory with a
+    /// descriptor); otherwise it reaches the pages through this process's.
+    private var reachesThroughFile: Bool { (region.backing.sharedFD ?? -1) >= 0 }
+
     public func deviceWrite(_ address: UInt64, from buffer: UnsafeMutableRawPointer, count: Int) throws(MirrorError) {
-        if region.backing.sharedFD != nil {
+        if reachesThroughFile {
             try aperture.write(fileOffset: region.fileOffset + (address - region.base), from: buffer, count: count)
         } else {
             try Aperture.writeOwn(address: address, from: buffer, count: count)

@@ -24,7 +24,9 @@ extension DeviceMirror {
     /// device, stay. Other devices lose the moved pages; this device maps
     /// them. Then the read-back: a page this device has no entry for is
     /// ENOENT (`cpages` counts the pages before it).
-    public func migrateToDevice(_ address: UInt64, _ count: UInt64) throws(MirrorError) -> Migrated {
+    /// `readingBack` false leaves the read-back to the caller (`readBack`),
+    /// for a command that spans several mirrors and reads back once all moved.
+    public func migrateToDevice(_ address: UInt64, _ count: UInt64, readingBack: Bool = true) throws(MirrorError) -> Migrated {
         let (s, e) = try migrationPages(address, count)
         try forEachWindow(s, e) { (ws, we, vma, vmas) throws(MirrorError) in
             cpu.migrationWalks.note(ws, we, owner: device)
@@ -59,12 +61,17 @@ extension DeviceMirror {
                 table.insert(DeviceEntry(pfn: p.pfn, writable: p.devicePrivateWritable, devicePrivate: true), at: m.vpn)
             }
         }
-        return try readBack(s, e)
+        return readingBack ? try readBack(pages: s, e) : Migrated(cpages: 0, bytes: [])
     }
 
-    /// dmirror_do_read of [s, e) from this device's table as it is: a page
-    /// without an entry is ENOENT.
-    private func readBack(_ s: UInt64, _ e: UInt64) throws(MirrorError) -> Migrated {
+    /// dmirror_do_read of [address, address+count) from this device's table
+    /// as it is: a page without an entry is ENOENT.
+    public func readBack(_ address: UInt64, _ count: UInt64) throws(MirrorError) -> Migrated {
+        let (s, e) = try migrationPages(address, count)
+        return try readBack(pages: s, e)
+    }
+
+    private func readBack(pages s: UInt64, _ e: UInt64) throws(MirrorError) -> Migrated {
         var cpages = 0
         var failure: MirrorError?
         // Read straight into the answer's storage (64 MiB read back is 64 MiB copied once).
@@ -94,7 +101,7 @@ extension DeviceMirror {
     /// of it anonymous, gives this device ATOMIC entries; otherwise EBUSY,
     /// with the pages GUP got still held (as the kernel leaves them). Then
     /// the read-back.
-    public func makeExclusive(_ address: UInt64, _ count: UInt64) throws(MirrorError) -> Migrated {
+    public func makeExclusive(_ address: UInt64, _ count: UInt64, readingBack: Bool = true) throws(MirrorError) -> Migrated {
         let (s, e) = try migrationPages(address, count)
         var vpn = s
         while vpn < e {
@@ -125,7 +132,7 @@ extension DeviceMirror {
             }
             vpn = next
         }
-        return try readBack(s, e)
+        return readingBack ? try readBack(pages: s, e) : Migrated(cpages: 0, bytes: [])
     }
 
     /// GUP with FOLL_WRITE over [s, e): faults in, for writing, the pages up

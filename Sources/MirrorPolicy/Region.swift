@@ -6,6 +6,9 @@ public enum RegionBacking: Sendable, Equatable {
     /// MAP_PRIVATE|MAP_ANONYMOUS.
     case anonymous
     /// A memfd / tmpfs file mapped MAP_SHARED; `fd` stays open while mirrored.
+    /// With `fd` -1 (here and in `file`) there is no descriptor: the device
+    /// reaches the pages through the process's own mapping (`daxmirror
+    /// emulate`, which mirrors memory the program mapped).
     case shmem(fd: Int32)
     /// A regular file (DAX or not). `shared` = MAP_SHARED; a MAP_PRIVATE file
     /// mapping is reached like anonymous memory (its written pages are anonymous).

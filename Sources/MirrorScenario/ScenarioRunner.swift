@@ -213,6 +213,7 @@ public final class ScenarioRunner {
         case .noSpace: return .ENOSPC
         case .invalidArgument, .usage: return .EINVAL
         case .notDAX, .unsupported: return .EOPNOTSUPP
+        case .cannotEmulate: return Errno(ENOEXEC)
         case .processGone: return .ESRCH
         case .busy: return .EBUSY
         case .success, .failure, .systemError: return .EIO

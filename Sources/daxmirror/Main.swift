@@ -21,11 +21,12 @@ struct DaxMirror: ParsableCommand {
             Exit codes: 0 ok, 1 an operation failed, 3 not found, 4 not a regular file, \
             5 permission denied, 6 already exists, 7 symlink refused, 8 no space, \
             9 invalid argument, 10 not DAX, 11 kernel lacks a feature, 12 process gone, \
-            13 other system error, 15 busy (a file being overwritten, a port in use), 64 usage error.
+            13 other system error, 15 busy (a file being overwritten, a port in use), 16 a program \
+            `emulate` cannot reach (statically linked, another architecture), 64 usage error.
             """,
         version: Version.text,
         subcommands: [CapsCommand.self, DevicesCommand.self, MapCommand.self, RunCommand.self, InspectCommand.self, WatchCommand.self,
-                      MetricsCommand.self, PersistWriterCommand.self, PersistVerifyCommand.self, ProbeDaxWPCommand.self])
+                      MetricsCommand.self, EmulateCommand.self, PersistWriterCommand.self, PersistVerifyCommand.self, ProbeDaxWPCommand.self])
 
     static func main() {
         // Before anything opens a file: see dm_process_start (closed standard

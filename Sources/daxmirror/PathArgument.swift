@@ -60,6 +60,11 @@ struct PathArgument: ExpressibleByArgument, Sendable, CustomStringConvertible {
 
 /// The process's arguments as bytes (argv), and the values of `--opt=VALUE`.
 enum RawArguments {
+    /// argv after the program name, as bytes.
+    static let all: [[UInt8]] = (1..<Int(CommandLine.argc)).compactMap { i in
+        CommandLine.unsafeArgv[i].map { Array(UnsafeBufferPointer(start: UnsafeRawPointer($0).assumingMemoryBound(to: UInt8.self), count: strlen($0))) }
+    }
+
     static let candidates: [[UInt8]] = {
         var out: [[UInt8]] = []
         for i in 1..<Int(CommandLine.argc) {

@@ -275,6 +275,10 @@ struct ExitCodeTableTests {
         try Data(repeating: 0x33, count: 4096).write(to: URL(fileURLWithPath: held))
         let locker = try Spawned("/usr/bin/python3", ["-c", "import fcntl, sys; f = open(sys.argv[1], 'r+'); fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()", held], inputPipe: true)
         try #require(locker.waitForOutput(containing: "locked", timeout: 30), "\(locker.errorOutput)")
+        // An ELF header of another class (32-bit): no library of daxmirror's loads into it.
+        let elf32 = dir.file("elf32")
+        _ = FileManager.default.createFile(atPath: elf32, contents: Data([0x7F, 0x45, 0x4C, 0x46, 1] + [UInt8](repeating: 0, count: 59)),
+                                           attributes: [.posixPermissions: 0o755])
         let me = CLI.binary
         var triggers: [Int32: (String, [String], String?)] = [  // code: (program, args, stdin)
             0: (me, ["caps"], nil),
@@ -289,6 +293,7 @@ struct ExitCodeTableTests {
             12: (me, ["inspect", String(zombie.pid)], nil),
             13: ("/bin/sh", ["-c", "printf 'map A anon 64K\\n' | '\(me)' run - >&-"], nil),
             15: (me, ["map", held, "--create", "--overwrite", "--size", "8192"], nil),
+            16: (me, ["emulate", "--", elf32], nil),
             64: (me, ["map", "--no-such-option"], nil),
         ]
         var notWalked: [Int32: String] = [:]

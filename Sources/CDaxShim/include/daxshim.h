@@ -319,6 +319,11 @@ int dm_fork_read(const void *addr, size_t len, uint64_t *hash, int *uniform_byte
 // a driver's GUP does (the pages a device holds come home first). Returns
 // the bytes read, or -1 with errno (EFAULT: a page it could not get).
 ssize_t dm_gup_read(void *dst, const void *src, size_t len);
+/// The kernel writes `len` bytes of `src` into this process's memory at
+/// `dst` on its behalf (process_vm_writev of itself: get_user_pages for
+/// write, which breaks copy-on-write and calls page_mkwrite as a store
+/// would, and refuses a page the VMA does not let it write).
+ssize_t dm_gup_write(void *dst, const void *src, size_t len);
 
 // ---------------------------------------------------------------------------
 // XFS/ext4 extent-size hint (FS_IOC_FSGETXATTR / FS_IOC_FSSETXATTR,
@@ -428,5 +433,9 @@ void *dm_guard_fault_address(void);
 /// (the Swift runtime's backtracer would print a crash report and carry on).
 /// Returns a bit mask of the streams that were closed (bit N: fd N).
 int dm_process_start(void);
+/// Puts back what dm_process_start changed (SIGPIPE, SIGXFSZ and SIGQUIT
+/// dispositions, the signal mask, standard streams that were closed), right
+/// before an exec: the program run then starts as daxmirror was started.
+void dm_process_restore_for_exec(void);
 
 #endif // DAXSHIM_H

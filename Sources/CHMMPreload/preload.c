@@ -1,0 +1,404 @@
+// See include/hmm_preload.h. Every function here that libc also defines
+// forwards to libc's (found with dlsym RTLD_NEXT) unless the call names an
+// emulated device or descriptor; errno is libc's own on that path.
+#undef _FORTIFY_SOURCE
+#define _GNU_SOURCE
+#include "hmm_preload.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+// The kernel's HMM_DMIRROR_* requests: _IOWR('H', 0..7, struct hmm_dmirror_cmd).
+#define DM_EMULATED_IOCTL_BASE _IOWR('H', 0x00, struct dm_emulated_cmd)
+#define DM_EMULATED_IOCTL_LAST _IOWR('H', 0x07, struct dm_emulated_cmd)
+
+// ---------------------------------------------------------------------------
+// libc's own definitions. dlsym may run before main (a constructor that
+// opens a file) and from several threads: a racing second lookup stores the
+// same pointer.
+// ---------------------------------------------------------------------------
+#define REAL(name) \
+    static __typeof__(&name) real_##name; \
+    if (!real_##name) real_##name = (__typeof__(&name))dlsym(RTLD_NEXT, #name); \
+    if (!real_##name) { errno = ENOSYS; return -1; }
+
+// ---------------------------------------------------------------------------
+// Which mirror each descriptor refers to (0: none), indexed by descriptor,
+// sized by the hard RLIMIT_NOFILE at load (a descriptor above it cannot
+// exist). Entries are read and written atomically: a close on one thread
+// and an ioctl on another see one or the other.
+// ---------------------------------------------------------------------------
+static int32_t *mirror_of;
+static long table_size;
+
+__attribute__((constructor)) static void table_init(void) {
+    struct rlimit r;
+    long n = 1 << 16;
+    if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_max != RLIM_INFINITY) n = (long)r.rlim_max;
+    if (n > (1L << 22)) n = 1L << 22;  // 16 MiB of table at most (address space, not memory)
+    // syscall(2) takes its arguments as longs: each is cast, or a register keeps stale upper bits.
+    void *t = (void *)syscall(SYS_mmap, 0L, (long)((size_t)n * sizeof(int32_t)), (long)(PROT_READ | PROT_WRITE),
+                              (long)(MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE), -1L, 0L);
+    if (t == MAP_FAILED) return;  // then nothing is emulated: every open of a device says ENOMEM
+    mirror_of = t;
+    table_size = n;
+}
+
+static int32_t mirror_at(int fd) {
+    if (fd < 0 || fd >= table_size || !mirror_of) return 0;
+    return __atomic_load_n(&mirror_of[fd], __ATOMIC_ACQUIRE);
+}
+
+/// Sets fd's mirror; returns the one it had.
+static int32_t set_mirror(int fd, int32_t id) {
+    if (fd < 0 || fd >= table_size || !mirror_of) return 0;
+    return __atomic_exchange_n(&mirror_of[fd], id, __ATOMIC_ACQ_REL);
+}
+
+static void forget(int fd) {
+    int32_t old = set_mirror(fd, 0);
+    if (old > 0 && dm_hmm_release) dm_hmm_release(old);
+}
+
+// ---------------------------------------------------------------------------
+// Names. /dev/hmm_dmirrorN however it is spelled: an absolute path, one
+// relative to the working directory or to a directory descriptor, with
+// "//", "/./" and "/../" in it. Lexical, as the file need not exist.
+// ---------------------------------------------------------------------------
+int dm_hmm_device_of_path(const char *path) {
+    static const char prefix[] = "/dev/hmm_dmirror";
+    if (!path || strncmp(path, prefix, sizeof prefix - 1) != 0) return -1;
+    const char *d = path + sizeof prefix - 1;
+    if (*d < '0' || *d > '9') return -1;
+    long n = 0;
+    int digits = 0;
+    for (; *d >= '0' && *d <= '9'; d++) {
+        if (++digits > 9) return -1;
+        n = n * 10 + (*d - '0');
+    }
+    return *d == '\0' ? (int)n : -1;
+}
+
+/// Collapses "//", "/./" and "/x/../" in the absolute path `p` (in place).
+static void normalize(char *p) {
+    char *out = p;
+    const char *in = p;
+    while (*in) {
+        while (*in == '/') in++;
+        const char *seg = in;
+        while (*in && *in != '/') in++;
+        size_t len = (size_t)(in - seg);
+        if (len == 0 || (len == 1 && seg[0] == '.')) continue;
+        if (len == 2 && seg[0] == '.' && seg[1] == '.') {
+            while (out > p && *--out != '/') {}
+            continue;
+        }
+        *out++ = '/';
+        memmove(out, seg, len);
+        out += len;
+    }
+    if (out == p) *out++ = '/';
+    *out = '\0';
+}
+
+/// The device `path` (relative to `dirfd`) names, or -1.
+static int device_named(int dirfd, const char *path) {
+    if (!path || !strstr(path, "hmm_dmirror")) return -1;  // the common case: one scan
+    char full[PATH_MAX];
+    if (path[0] == '/') {
+        if (strlen(path) >= sizeof full) return -1;
+        strcpy(full, path);
+    } else {
+        char dir[PATH_MAX];
+        if (dirfd == AT_FDCWD) {
+            if (!getcwd(dir, sizeof dir)) return -1;
+        } else {
+            char link[64];
+            snprintf(link, sizeof link, "/proc/self/fd/%d", dirfd);
+            ssize_t n = readlink(link, dir, sizeof dir - 1);
+            if (n <= 0) return -1;
+            dir[n] = '\0';
+        }
+        if (snprintf(full, sizeof full, "%s/%s", dir, path) >= (int)sizeof full) return -1;
+    }
+    normalize(full);
+    return dm_hmm_device_of_path(full);
+}
+
+/// An open of device `device`: a placeholder descriptor bound to a new mirror.
+static int open_emulated(int device, int flags) {
+    if (!dm_hmm_open) { errno = ENOSYS; return -1; }
+    if (!mirror_of) { errno = ENOMEM; return -1; }
+    REAL(open)
+    int fd = real_open("/dev/null", O_RDWR | (flags & O_CLOEXEC));
+    if (fd < 0) return -1;
+    if (fd >= table_size) {
+        close(fd);
+        errno = EMFILE;
+        return -1;
+    }
+    int32_t id = dm_hmm_open(device);
+    if (id <= 0) {
+        close(fd);
+        errno = id < 0 ? -id : EIO;
+        return -1;
+    }
+    set_mirror(fd, id);
+    return fd;
+}
+
+static mode_t mode_argument(int flags, va_list ap) {
+    return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE ? (mode_t)va_arg(ap, int) : 0;
+}
+
+int open(const char *path, int flags, ...) {
+    int device = device_named(AT_FDCWD, path);
+    if (device >= 0) return open_emulated(device, flags);
+    va_list ap;
+    va_start(ap, flags);
+    mode_t mode = mode_argument(flags, ap);
+    va_end(ap);
+    REAL(open)
+    return real_open(path, flags, mode);
+}
+
+int open64(const char *path, int flags, ...) {
+    int device = device_named(AT_FDCWD, path);
+    if (device >= 0) return open_emulated(device, flags);
+    va_list ap;
+    va_start(ap, flags);
+    mode_t mode = mode_argument(flags, ap);
+    va_end(ap);
+    REAL(open64)
+    return real_open64(path, flags, mode);
+}
+
+int openat(int dirfd, const char *path, int flags, ...) {
+    int device = device_named(dirfd, path);
+    if (device >= 0) return open_emulated(device, flags);
+    va_list ap;
+    va_start(ap, flags);
+    mode_t mode = mode_argument(flags, ap);
+    va_end(ap);
+    REAL(openat)
+    return real_openat(dirfd, path, flags, mode);
+}
+
+int openat64(int dirfd, const char *path, int flags, ...) {
+    int device = device_named(dirfd, path);
+    if (device >= 0) return open_emulated(device, flags);
+    va_list ap;
+    va_start(ap, flags);
+    mode_t mode = mode_argument(flags, ap);
+    va_end(ap);
+    REAL(openat64)
+    return real_openat64(dirfd, path, flags, mode);
+}
+
+// _FORTIFY_SOURCE's spellings (a program built with it calls these).
+int __open_2(const char *path, int flags);
+int __open64_2(const char *path, int flags);
+int __openat_2(int dirfd, const char *path, int flags);
+int __openat64_2(int dirfd, const char *path, int flags);
+
+int __open_2(const char *path, int flags) {
+    int device = device_named(AT_FDCWD, path);
+    if (device >= 0) return open_emulated(device, flags);
+    REAL(__open_2)
+    return real___open_2(path, flags);
+}
+
+int __open64_2(const char *path, int flags) {
+    int device = device_named(AT_FDCWD, path);
+    if (device >= 0) return open_emulated(device, flags);
+    REAL(__open64_2)
+    return real___open64_2(path, flags);
+}
+
+int __openat_2(int dirfd, const char *path, int flags) {
+    int device = device_named(dirfd, path);
+    if (device >= 0) return open_emulated(device, flags);
+    REAL(__openat_2)
+    return real___openat_2(dirfd, path, flags);
+}
+
+int __openat64_2(int dirfd, const char *path, int flags) {
+    int device = device_named(dirfd, path);
+    if (device >= 0) return open_emulated(device, flags);
+    REAL(__openat64_2)
+    return real___openat64_2(dirfd, path, flags);
+}
+
+// ---------------------------------------------------------------------------
+// ioctl. The VFS answers FIOCLEX, FIONCLEX, FIONBIO and FIOASYNC for every
+// file before the driver sees a request: the placeholder answers those.
+// The driver copies its struct in first (EFAULT), then decides (EINVAL for
+// a request it does not know), and copies it back only on success.
+// ---------------------------------------------------------------------------
+static int emulated_ioctl(int32_t id, unsigned long request, void *arg) {
+    struct dm_emulated_cmd cmd;
+    struct iovec local = { &cmd, sizeof cmd }, remote = { arg, sizeof cmd };
+    if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != (ssize_t)sizeof cmd) {
+        errno = EFAULT;
+        return -1;
+    }
+    if (!dm_hmm_ioctl) { errno = ENOSYS; return -1; }
+    int32_t r = dm_hmm_ioctl(id, request, &cmd);
+    if (r < 0) {
+        errno = -r;
+        return -1;
+    }
+    if (process_vm_writev(getpid(), &local, 1, &remote, 1, 0) != (ssize_t)sizeof cmd) {
+        errno = EFAULT;
+        return -1;
+    }
+    return 0;
+}
+
+int ioctl(int fd, unsigned long request, ...) {
+    va_list ap;
+    va_start(ap, request);
+    void *arg = va_arg(ap, void *);
+    va_end(ap);
+    int32_t id = mirror_at(fd);
+    if (id > 0 && request != FIOCLEX && request != FIONCLEX && request != FIONBIO && request != FIOASYNC)
+        return emulated_ioctl(id, request, arg);
+    REAL(ioctl)
+    return real_ioctl(fd, request, arg);
+}
+
+// ---------------------------------------------------------------------------
+// Descriptors: close ends a reference, the dup family adds one.
+// ---------------------------------------------------------------------------
+int close(int fd) {
+    REAL(close)
+    int had = mirror_at(fd) > 0;
+    int r = real_close(fd);
+    // Linux frees the descriptor even when close fails (EINTR, EIO).
+    if (had) forget(fd);  // (EBADF too: the table was stale)
+    return r;
+}
+
+int close_range(unsigned int first, unsigned int last, int flags) {
+    REAL(close_range)
+    int r = real_close_range(first, last, flags);
+    if (r == 0 && !(flags & CLOSE_RANGE_CLOEXEC)) {
+        long hi = last < (unsigned long)table_size ? (long)last : table_size - 1;
+        for (long fd = first; fd <= hi; fd++) {
+            if (mirror_at((int)fd) > 0) forget((int)fd);
+        }
+    }
+    return r;
+}
+
+/// `to` now refers to what `from` does (after a successful dup into `to`).
+static void duplicated(int from, int to) {
+    if (to == from) return;
+    int32_t id = mirror_at(from);
+    if (id > 0 && dm_hmm_retain) dm_hmm_retain(id);
+    int32_t old = set_mirror(to, id);
+    if (old > 0 && dm_hmm_release) dm_hmm_release(old);  // dup2 over an emulated descriptor closed it
+}
+
+int dup(int fd) {
+    REAL(dup)
+    int r = real_dup(fd);
+    if (r >= 0) duplicated(fd, r);
+    return r;
+}
+
+int dup2(int fd, int to) {
+    REAL(dup2)
+    int r = real_dup2(fd, to);
+    if (r >= 0) duplicated(fd, r);
+    return r;
+}
+
+int dup3(int fd, int to, int flags) {
+    REAL(dup3)
+    int r = real_dup3(fd, to, flags);
+    if (r >= 0) duplicated(fd, r);
+    return r;
+}
+
+static int fcntl_dup(int fd, int cmd, int r) {
+    if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)) duplicated(fd, r);
+    return r;
+}
+
+// fcntl's third argument is an int or a pointer: passed on as a word.
+int fcntl(int fd, int cmd, ...) {
+    va_list ap;
+    va_start(ap, cmd);
+    unsigned long arg = va_arg(ap, unsigned long);
+    va_end(ap);
+    REAL(fcntl)
+    return fcntl_dup(fd, cmd, real_fcntl(fd, cmd, arg));
+}
+
+int fcntl64(int fd, int cmd, ...);
+int fcntl64(int fd, int cmd, ...) {
+    va_list ap;
+    va_start(ap, cmd);
+    unsigned long arg = va_arg(ap, unsigned long);
+    va_end(ap);
+    REAL(fcntl64)
+    return fcntl_dup(fd, cmd, real_fcntl64(fd, cmd, arg));
+}
+
+// ---------------------------------------------------------------------------
+// mmap of the device: the driver gives each page of the new mapping a fresh
+// zeroed page of its own (vm_insert_page), present from the start and,
+// in a private mapping, read-only until written. Here: pages of a new
+// memfd, faulted in for reading.
+// ---------------------------------------------------------------------------
+static void *mmap_emulated(void *addr, size_t length, int prot, int flags) {
+    int memfd = (int)syscall(SYS_memfd_create, "hmm_dmirror", 1L /* MFD_CLOEXEC */);
+    if (memfd < 0) return MAP_FAILED;
+    if (ftruncate(memfd, (off_t)length) != 0) {
+        int e = errno;
+        close(memfd);
+        errno = e;
+        return MAP_FAILED;
+    }
+    void *p = (void *)syscall(SYS_mmap, (long)addr, (long)length, (long)prot, (long)flags, (long)memfd, 0L);
+    int e = errno;
+    close(memfd);
+    if (p == MAP_FAILED) {
+        errno = e;
+        return MAP_FAILED;
+    }
+    if (prot & PROT_READ) syscall(SYS_madvise, (long)p, (long)length, (long)MADV_POPULATE_READ);
+    return p;
+}
+
+void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset) {
+    if (!(flags & MAP_ANONYMOUS) && mirror_at(fd) > 0) return mmap_emulated(addr, length, prot, flags);
+    static __typeof__(&mmap) real_mmap;
+    if (!real_mmap) real_mmap = (__typeof__(&mmap))dlsym(RTLD_NEXT, "mmap");
+    if (!real_mmap) return (void *)syscall(SYS_mmap, (long)addr, (long)length, (long)prot, (long)flags, (long)fd, (long)offset);
+    return real_mmap(addr, length, prot, flags, fd, offset);
+}
+
+void *mmap64(void *addr, size_t length, int prot, int flags, int fd, off64_t offset) {
+    return mmap(addr, length, prot, flags, fd, (off_t)offset);
+}

@@ -1,0 +1,226 @@
+import DaxCore
+import DaxDetection
+import FaultTracking
+import MirrorKernel
+import MirrorPolicy
+import PageTables
+
+/// The program's memory as the emulated driver mirrors it. The kernel's
+/// mirrors watch all of memory through one notifier each; here memory is
+/// mirrored by `Area`s made as the program's commands name ranges: one per
+/// run of mappings a command touched, holding one `DeviceMirror` per open of
+/// the device. In anonymous memory an area also holds the userfaultfd
+/// registration that catches the CPU's touches of device-private pages
+/// (`anchor`), which every open's mirror of the area shares, as every
+/// mirror of the kernel's sees one page table. Used under the one lock
+/// (DriverEntryPoints).
+final class AddressSpace: @unchecked Sendable {
+    static let shared = AddressSpace()
+
+    final class Area {
+        let region: Region
+        let identity: Identity
+        /// The mapped intervals of `region` when the area was made.
+        let coverage: [Range<UInt64>]
+        /// A mapping of a file on a DAX filesystem: mirrored, never migrated.
+        let dax: Bool
+        /// Holds the registration and the device-private pool (anonymous memory).
+        let anchor: DeviceMirror?
+        var byOpen: [Int32: DeviceMirror] = [:]
+        /// The anchor's invalidations read so far.
+        var eventsRead: Int
+
+        init(region: Region, identity: Identity, coverage: [Range<UInt64>], dax: Bool, anchor: DeviceMirror?) {
+            self.region = region
+            self.dax = dax
+            self.identity = identity
+            self.coverage = coverage
+            self.anchor = anchor
+            eventsRead = anchor?.tracker?.invalidationSequence ?? 0
+        }
+    }
+
+    /// What the memory at an area's start is: its kind and file.
+    struct Identity: Equatable {
+        var kind: String
+        var device: UInt64
+        var inode: UInt64
+    }
+
+    private var areas: [Area] = []
+    /// Areas a fork's child inherited: their registrations and handler
+    /// threads are the parent's, so the child never touches or frees them.
+    private var inherited: [Area] = []
+    private let layout: VMAQuery?
+    private let truth: CPUTruth?
+    private let kernel = KernelFeatures.probe()
+    /// At most this many areas (least recently used out, its device pages home).
+    static let kept = 32
+
+    private init() {
+        layout = try? VMAQuery()
+        truth = try? CPUTruth(scanAvailable: PagemapScanSupport.available)
+    }
+
+    /// A piece of a command's range and the mirror that serves it.
+    struct Segment {
+        let mirror: DeviceMirror
+        let start: UInt64
+        let end: UInt64
+    }
+
+    /// The mirrors open `open` (of device `device`) uses for [start, end),
+    /// in order: those of the areas already over it whose memory is as it
+    /// was (the others end first), and of new areas over the rest, each
+    /// over whole mappings of one kind (or one hole) between its neighbours.
+    func segments(open: Int32, device: Int, _ start: UInt64, _ end: UInt64) throws(MirrorError) -> [Segment] {
+        guard let layout else { throw MirrorError(.EIO, "/proc/self/maps cannot be read") }
+        areas.removeAll { $0.region.base < end && start < $0.region.end && !intact($0) }
+        var out: [Segment] = []
+        var pos = start
+        while pos < end {
+            let area: Area
+            if let i = areas.firstIndex(where: { $0.region.base <= pos && pos < $0.region.end }) {
+                area = areas.remove(at: i)
+            } else {
+                area = try newArea(at: pos, layout)
+            }
+            areas.append(area)
+            let next = min(end, area.region.end)
+            out.append(Segment(mirror: try mirror(of: area, open: open, device: device), start: pos, end: next))
+            pos = next
+        }
+        if areas.count > Self.kept { areas.removeFirst(areas.count - Self.kept) }
+        return out
+    }
+
+    /// A new area at `pos`, where no area is: over the mappings of one kind
+    /// around it (or the hole it is in), up to the areas beside it.
+    private func newArea(at pos: UInt64, _ layout: VMAQuery) throws(MirrorError) -> Area {
+        let floor = areas.map(\.region.end).filter { $0 <= pos }.max() ?? 0
+        let ceiling = areas.map(\.region.base).filter { $0 > pos }.min() ?? Self.userSpaceEnd
+        let vmas: [VMA]
+        do { vmas = try layout.vmas(overlapping: floor, ceiling) } catch { throw MirrorError(error.errno, "reading this process's mappings") }
+        var lo: UInt64, hi: UInt64
+        let backing: RegionBacking
+        let identity: Identity
+        var dax = false
+        if let i = vmas.firstIndex(where: { $0.start <= pos && pos < $0.end }) {
+            let v = vmas[i]
+            backing = Self.backing(of: v)
+            identity = Identity(kind: backing.name, device: v.device, inode: v.inode)
+            let same = { (w: VMA) in Self.backing(of: w).name == backing.name && w.device == v.device && w.inode == v.inode }
+            var j = i, k = i
+            while j > 0, vmas[j - 1].end == vmas[j].start, same(vmas[j - 1]) { j -= 1 }
+            while k + 1 < vmas.count, vmas[k + 1].start == vmas[k].end, same(vmas[k + 1]) { k += 1 }
+            lo = max(floor, vmas[j].start)
+            hi = min(ceiling, vmas[k].end)
+            dax = isDAX(v)
+        } else {
+            // A hole: its commands fail as the kernel's walk does there.
+            backing = .anonymous
+            identity = Identity(kind: "hole", device: 0, inode: 0)
+            lo = max(floor, vmas.last(where: { $0.end <= pos })?.end ?? floor)
+            hi = min(ceiling, vmas.first(where: { $0.start > pos })?.start ?? ceiling)
+        }
+        lo = max(lo, Syscall.pageBytes)  // address 0 has no pointer
+        guard lo <= pos, pos < hi, let base = UnsafeMutableRawPointer(bitPattern: UInt(lo)) else {
+            throw MirrorError(.EFAULT, "0x\(String(pos, radix: 16)) is not a user address")
+        }
+        let region = Region(base: base, length: Int(hi - lo), backing: backing)
+        var anchor: DeviceMirror?
+        if identity.kind == "anon", kernel.userfaultfd != nil {
+            anchor = try? DeviceMirror(region: region, tracking: true, dax: false, truth: truth, kernel: kernel, writeBit: .pagemap)
+        }
+        return Area(region: region, identity: identity, coverage: Self.coverage(vmas, lo, hi), dax: dax, anchor: anchor)
+    }
+
+    /// The top of x86-64's user address space (4-level page tables; 5-level
+    /// ones allow more, which no mapping here reaches unless asked for).
+    static let userSpaceEnd: UInt64 = 0x7FFF_FFFF_F000
+
+    private func mirror(of area: Area, open: Int32, device: Int) throws(MirrorError) -> DeviceMirror {
+        if let m = area.byOpen[open] { return m }
+        let m: DeviceMirror
+        do {
+            m = try DeviceMirror(region: area.region, tracking: false, dax: area.dax,
+                                 truth: truth, kernel: kernel, writeBit: .pagemap, device: device, sharing: area.anchor)
+        } catch {
+            throw MirrorError(.ENOMEM, "mirroring 0x\(String(area.region.base, radix: 16)): \(error)")
+        }
+        area.byOpen[open] = m
+        return m
+    }
+
+    /// Every mirror of device `device` open `open` can reach: one per area
+    /// (made where missing), for RELEASE, which empties the whole device.
+    func everyMirror(open: Int32, device: Int) throws(MirrorError) -> [DeviceMirror] {
+        var out: [DeviceMirror] = []
+        for area in areas where area.anchor != nil { out.append(try mirror(of: area, open: open, device: device)) }
+        return out
+    }
+
+    /// An open closed: its mirrors go (the pages its device holds stay in
+    /// the areas' pools, as the kernel's stay with the device).
+    func closed(open: Int32) {
+        for area in areas { area.byOpen[open] = nil }
+    }
+
+    /// In a fork's child: nothing inherited is used or freed (the handler
+    /// threads are not here; the registrations belong to the parent's uffd).
+    func forkedChild() {
+        inherited += areas
+        areas.removeAll()
+    }
+
+    /// The area's memory is still the mappings it was made over: none of it
+    /// unmapped, moved or mapped anew (the registration holds), and nothing
+    /// mapped into a hole it had.
+    private func intact(_ area: Area) -> Bool {
+        if let tracker = area.anchor?.tracker {
+            let (events, overflowed) = tracker.invalidations(since: area.eventsRead)
+            if overflowed { return false }
+            for e in events {
+                switch e {
+                case .unmap(let s, let t) where s < area.region.end && area.region.base < t: return false
+                case .remap(let from, let to, let len)
+                    where (from < area.region.end && area.region.base < from + len) || (to < area.region.end && area.region.base < to + len):
+                    return false
+                default: continue
+                }
+            }
+        }
+        guard let layout, let now = try? layout.vmas(overlapping: area.region.base, area.region.end) else { return false }
+        guard Self.coverage(now, area.region.base, area.region.end) == area.coverage else { return false }
+        return now.allSatisfy { Self.backing(of: $0).name == area.identity.kind && $0.device == area.identity.device && $0.inode == area.identity.inode }
+    }
+
+    /// The mapped intervals of [lo, hi), adjacent mappings joined.
+    static func coverage(_ vmas: [VMA], _ lo: UInt64, _ hi: UInt64) -> [Range<UInt64>] {
+        var out: [Range<UInt64>] = []
+        for v in vmas {
+            let s = max(v.start, lo), e = min(v.end, hi)
+            guard s < e else { continue }
+            if let last = out.last, last.upperBound == s { out[out.count - 1] = last.lowerBound..<e } else { out.append(s..<e) }
+        }
+        return out
+    }
+
+    /// What a mapping is, in the mirror's terms. No descriptor: the device
+    /// reaches the pages through the program's own mapping.
+    static func backing(of vma: VMA) -> RegionBacking {
+        if vma.inode == 0 { return vma.shared ? .shmem(fd: -1) : .anonymous }
+        // Device major 0: an in-memory filesystem (tmpfs, memfd, shared
+        // anonymous memory, hugetlbfs): shared pages with no page_mkwrite.
+        let inMemory = vma.device >> 32 == 0
+        if vma.shared { return inMemory ? .shmem(fd: -1) : .file(path: "", fd: -1, shared: true) }
+        return .file(path: "", fd: -1, shared: false)
+    }
+
+    /// The mapping's filesystem is mounted for DAX (dax, dax=always).
+    private func isDAX(_ vma: VMA) -> Bool {
+        guard vma.inode != 0, vma.device >> 32 != 0, let mounts = try? MountTable.current() else { return false }
+        let major = UInt32(vma.device >> 32), minor = UInt32(truncatingIfNeeded: vma.device)
+        return mounts.entries.contains { $0.major == major && $0.minor == minor && $0.daxMode.isDAX }
+    }
+}
