@@ -81,20 +81,21 @@ public final class DevicePrivatePool: @unchecked Sendable {
     /// Set once some page came home clean (`vmaWritable` then looks).
     private let someHomeClean: UnsafeMutablePointer<UInt64>
 
+    private var ownRange: Range<UInt64> {
+        let b = UInt64(UInt(bitPattern: pool))
+        return b..<(b + UInt64(2 * pages * pageSize))
+    }
+
     /// Reserves the pool (MAP_NORESERVE: it costs what devices hold).
     public init(base: UInt64, length: Int) throws(SystemCallError) {
         self.base = base
         pageSize = Syscall.pageSize
         pages = (length + pageSize - 1) / pageSize
-        let p = mmap(nil, pages * pageSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        // One mapping: the device's pages, then the last child's copy of them.
+        let p = mmap(nil, 2 * pages * pageSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
         guard let p, p != MAP_FAILED else { throw SystemCallError("mmap", "the device-private pool", errno: Errno.current) }
-        let c = mmap(nil, pages * pageSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-        guard let c, c != MAP_FAILED else {
-            munmap(p, pages * pageSize)
-            throw SystemCallError("mmap", "the device-private pool", errno: Errno.current)
-        }
         pool = p
-        childPool = c
+        childPool = p + pages * pageSize
         state = zeroedWords(pages)
         childState = zeroedWords(pages)
         onDevice = zeroedWords(1)
@@ -103,12 +104,13 @@ public final class DevicePrivatePool: @unchecked Sendable {
         homeClean = zeroedWords(pages)
         entrySoftDirty = zeroedWords(pages)
         someHomeClean = zeroedWords(1)
+        OwnMappings.add(ownRange)
     }
 
     deinit {
         closeChild()
-        munmap(pool, pages * pageSize)
-        munmap(childPool, pages * pageSize)
+        munmap(pool, 2 * pages * pageSize)
+        OwnMappings.remove(ownRange)
         state.deallocate()
         childState.deallocate()
         onDevice.deallocate()

@@ -62,29 +62,46 @@ final class AddressSpace: @unchecked Sendable {
         truth = try? CPUTruth(scanAvailable: PagemapScanSupport.available)
     }
 
-    /// A piece of a command's range and the mirror that serves it.
+    /// A piece of a command's range and the mirror that serves it; none
+    /// where nothing was mapped when the command began (a hole: the
+    /// kernel's walk finds no VMA there).
     struct Segment {
-        let mirror: DeviceMirror
+        let mirror: DeviceMirror?
         let start: UInt64
         let end: UInt64
     }
 
-    /// The mirrors open `open` (of device `device`) uses for [start, end),
-    /// in order: those of the areas already over it whose memory is as it
-    /// was (the others end first), and of new areas over the rest, each
-    /// over whole mappings of one kind (or one hole) between its neighbours.
+    /// The pieces of [start, end) for open `open` (of device `device`), in
+    /// order, planned from ONE reading of the mappings taken before anything
+    /// here maps memory: the emulation's own mappings (a new area's device
+    /// pool) can land in a hole the program just made, and must never be
+    /// taken for the program's memory. A piece is an area already over it
+    /// whose memory is as it was (the others end first), a new area over the
+    /// mappings of one kind around it, or a hole.
     func segments(open: Int32, device: Int, _ start: UInt64, _ end: UInt64) throws(MirrorError) -> [Segment] {
         guard let layout else { throw MirrorError(.EIO, "/proc/self/maps cannot be read") }
+        let vmas = try programMappings(layout, start, end)
         areas.removeAll { $0.region.base < end && start < $0.region.end && !intact($0) }
         var out: [Segment] = []
         var pos = start
         while pos < end {
-            let area: Area
             if let i = areas.firstIndex(where: { $0.region.base <= pos && pos < $0.region.end }) {
-                area = areas.remove(at: i)
-            } else {
-                area = try newArea(at: pos, layout)
+                let area = areas.remove(at: i)
+                areas.append(area)
+                let next = min(end, area.region.end)
+                out.append(Segment(mirror: try mirror(of: area, open: open, device: device), start: pos, end: next))
+                pos = next
+                continue
             }
+            let ceiling = areas.map(\.region.base).filter { $0 > pos }.min() ?? Self.userSpaceEnd
+            guard let i = vmas.firstIndex(where: { $0.start <= pos && pos < $0.end }) else {
+                let next = min(end, ceiling, vmas.first(where: { $0.start > pos })?.start ?? end)
+                out.append(Segment(mirror: nil, start: pos, end: next))
+                pos = next
+                continue
+            }
+            let floor = areas.map(\.region.end).filter { $0 <= pos }.max() ?? 0
+            let area = try newArea(vmas, at: i, floor: floor, ceiling: ceiling)
             areas.append(area)
             let next = min(end, area.region.end)
             out.append(Segment(mirror: try mirror(of: area, open: open, device: device), start: pos, end: next))
@@ -94,45 +111,42 @@ final class AddressSpace: @unchecked Sendable {
         return out
     }
 
-    /// A new area at `pos`, where no area is: over the mappings of one kind
-    /// around it (or the hole it is in), up to the areas beside it.
-    private func newArea(at pos: UInt64, _ layout: VMAQuery) throws(MirrorError) -> Area {
-        let floor = areas.map(\.region.end).filter { $0 <= pos }.max() ?? 0
-        let ceiling = areas.map(\.region.base).filter { $0 > pos }.min() ?? Self.userSpaceEnd
+    /// The program's mappings over [start, end): every VMA there, less what
+    /// daxmirror mapped for itself (`OwnMappings`).
+    private func programMappings(_ layout: VMAQuery, _ start: UInt64, _ end: UInt64) throws(MirrorError) -> [VMA] {
         let vmas: [VMA]
-        do { vmas = try layout.vmas(overlapping: floor, ceiling) } catch { throw MirrorError(error.errno, "reading this process's mappings") }
-        var lo: UInt64, hi: UInt64
-        let backing: RegionBacking
-        let identity: Identity
-        var dax = false
-        if let i = vmas.firstIndex(where: { $0.start <= pos && pos < $0.end }) {
-            let v = vmas[i]
-            backing = Self.backing(of: v)
-            identity = Identity(kind: backing.name, device: v.device, inode: v.inode)
-            let same = { (w: VMA) in Self.backing(of: w).name == backing.name && w.device == v.device && w.inode == v.inode }
-            var j = i, k = i
-            while j > 0, vmas[j - 1].end == vmas[j].start, same(vmas[j - 1]) { j -= 1 }
-            while k + 1 < vmas.count, vmas[k + 1].start == vmas[k].end, same(vmas[k + 1]) { k += 1 }
-            lo = max(floor, vmas[j].start)
-            hi = min(ceiling, vmas[k].end)
-            dax = isDAX(v)
-        } else {
-            // A hole: its commands fail as the kernel's walk does there.
-            backing = .anonymous
-            identity = Identity(kind: "hole", device: 0, inode: 0)
-            lo = max(floor, vmas.last(where: { $0.end <= pos })?.end ?? floor)
-            hi = min(ceiling, vmas.first(where: { $0.start > pos })?.start ?? ceiling)
+        do { vmas = try layout.vmas(overlapping: start, end) } catch { throw MirrorError(error.errno, "reading this process's mappings") }
+        return vmas.flatMap { v in
+            OwnMappings.subtracted(from: v.start, v.end).map { r in
+                var piece = v
+                piece.offset += r.lowerBound - v.start
+                piece.start = r.lowerBound
+                piece.end = r.upperBound
+                return piece
+            }
         }
-        lo = max(lo, Syscall.pageBytes)  // address 0 has no pointer
-        guard lo <= pos, pos < hi, let base = UnsafeMutableRawPointer(bitPattern: UInt(lo)) else {
-            throw MirrorError(.EFAULT, "0x\(String(pos, radix: 16)) is not a user address")
+    }
+
+    /// A new area over `vmas[i]` and the mappings of its kind joined to it,
+    /// between the areas beside it.
+    private func newArea(_ vmas: [VMA], at i: Int, floor: UInt64, ceiling: UInt64) throws(MirrorError) -> Area {
+        let v = vmas[i]
+        let backing = Self.backing(of: v)
+        let identity = Identity(kind: backing.name, device: v.device, inode: v.inode)
+        let same = { (w: VMA) in Self.backing(of: w).name == backing.name && w.device == v.device && w.inode == v.inode }
+        var j = i, k = i
+        while j > 0, vmas[j - 1].end == vmas[j].start, same(vmas[j - 1]) { j -= 1 }
+        while k + 1 < vmas.count, vmas[k + 1].start == vmas[k].end, same(vmas[k + 1]) { k += 1 }
+        let lo = max(floor, vmas[j].start, Syscall.pageBytes), hi = min(ceiling, vmas[k].end)
+        guard lo < hi, let base = UnsafeMutableRawPointer(bitPattern: UInt(lo)) else {
+            throw MirrorError(.EFAULT, "0x\(String(v.start, radix: 16)) is not a user address")
         }
         let region = Region(base: base, length: Int(hi - lo), backing: backing)
         var anchor: DeviceMirror?
-        if identity.kind == "anon", kernel.userfaultfd != nil {
+        if case .anonymous = backing, kernel.userfaultfd != nil {
             anchor = try? DeviceMirror(region: region, tracking: true, dax: false, truth: truth, kernel: kernel, writeBit: .pagemap)
         }
-        return Area(region: region, identity: identity, coverage: Self.coverage(vmas, lo, hi), dax: dax, anchor: anchor)
+        return Area(region: region, identity: identity, coverage: Self.coverage(Array(vmas[j...k]), lo, hi), dax: isDAX(v), anchor: anchor)
     }
 
     /// The top of x86-64's user address space (4-level page tables; 5-level
@@ -190,7 +204,7 @@ final class AddressSpace: @unchecked Sendable {
                 }
             }
         }
-        guard let layout, let now = try? layout.vmas(overlapping: area.region.base, area.region.end) else { return false }
+        guard let layout, let now = try? programMappings(layout, area.region.base, area.region.end) else { return false }
         guard Self.coverage(now, area.region.base, area.region.end) == area.coverage else { return false }
         return now.allSatisfy { Self.backing(of: $0).name == area.identity.kind && $0.device == area.identity.device && $0.inode == area.identity.inode }
     }

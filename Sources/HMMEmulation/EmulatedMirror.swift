@@ -55,11 +55,11 @@ final class EmulatedMirror: @unchecked Sendable {  // used under the one lock, o
         switch request & 0x7 {
         case 0: try read(&cmd, size, segments)
         case 1: try write(&cmd, size, segments)
-        case 2: try readBack(&cmd, size, segments) { (m, a, n) throws(MirrorError) in _ = try m.migrateToDevice(a, n, readingBack: false) }
-        case 3: for s in segments { cmd.cpages += UInt64(try s.mirror.migrateToSystem(s.start, s.end - s.start)) }
+        case 2: try readBack(&cmd, size, segments, hole: .EINVAL) { (m, a, n) throws(MirrorError) in _ = try m.migrateToDevice(a, n, readingBack: false) }
+        case 3: for s in segments { cmd.cpages += UInt64(try Self.mapped(s, or: .EINVAL).migrateToSystem(s.start, s.end - s.start)) }
         case 4: try snapshot(&cmd, segments)
-        case 5: try readBack(&cmd, size, segments) { (m, a, n) throws(MirrorError) in _ = try m.makeExclusive(a, n, readingBack: false) }
-        case 6: for s in segments { try s.mirror.checkExclusive(s.start, s.end - s.start) }
+        case 5: try readBack(&cmd, size, segments, hole: .EBUSY) { (m, a, n) throws(MirrorError) in _ = try m.makeExclusive(a, n, readingBack: false) }
+        case 6: for s in segments { try s.mirror?.checkExclusive(s.start, s.end - s.start) }  // a hole holds no entry
         default:
             // dmirror_device_remove_chunks: every page the device holds comes home.
             for m in try space.everyMirror(open: id, device: device) { _ = try m.releaseDevicePages() }
@@ -76,7 +76,7 @@ final class EmulatedMirror: @unchecked Sendable {  // used under the one lock, o
         var faults = 0
         for s in segments {
             let piece = UnsafeMutableRawBufferPointer(rebasing: bounce[Int(s.start - cmd.addr)..<Int(s.end - cmd.addr)])
-            faults = max(faults, try s.mirror.read(s.start, into: piece))
+            faults = max(faults, try Self.mapped(s, or: .EFAULT).read(s.start, into: piece))
         }
         try Self.copyOut(bounce.baseAddress!, to: cmd.ptr, count: Int(size))
         cmd.cpages = cmd.npages
@@ -92,7 +92,7 @@ final class EmulatedMirror: @unchecked Sendable {  // used under the one lock, o
         var faults = 0
         for s in segments {
             let piece = UnsafeRawBufferPointer(rebasing: bounce[Int(s.start - cmd.addr)..<Int(s.end - cmd.addr)])
-            faults = max(faults, try s.mirror.write(s.start, from: piece))
+            faults = max(faults, try Self.mapped(s, or: .EFAULT).write(s.start, from: piece))
         }
         cmd.cpages = cmd.npages
         cmd.faults = UInt64(faults)
@@ -101,14 +101,14 @@ final class EmulatedMirror: @unchecked Sendable {  // used under the one lock, o
     /// MIGRATE_TO_DEV and EXCLUSIVE: the command over every piece, then the
     /// device reads the whole range back into `ptr` (the caller checks the
     /// data moved intact); a page it has no entry for is ENOENT.
-    private func readBack(_ cmd: inout DriverCommand, _ size: UInt64, _ segments: [AddressSpace.Segment],
+    private func readBack(_ cmd: inout DriverCommand, _ size: UInt64, _ segments: [AddressSpace.Segment], hole: Errno,
                           _ body: (DeviceMirror, UInt64, UInt64) throws(MirrorError) -> Void) throws(MirrorError) {
         let bounce = try Self.bounce(size)
         defer { bounce.deallocate() }
-        for s in segments { try body(s.mirror, s.start, s.end - s.start) }
+        for s in segments { try body(try Self.mapped(s, or: hole), s.start, s.end - s.start) }
         var cpages = 0
         for s in segments {
-            let r = try s.mirror.readBack(s.start, s.end - s.start)
+            let r = try Self.mapped(s, or: hole).readBack(s.start, s.end - s.start)
             r.bytes.withUnsafeBytes { (bounce.baseAddress! + Int(s.start - cmd.addr)).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
             cpages += r.cpages
         }
@@ -124,7 +124,9 @@ final class EmulatedMirror: @unchecked Sendable {  // used under the one lock, o
             var at = s.start
             while at < s.end {
                 let n = min(64 * Syscall.pageBytes, s.end - at)
-                let codes = try s.mirror.snapshot(at, n).map(\.rawValue)
+                // A hole is HMM_PFN_ERROR to the snapshot's walk.
+                let codes = try s.mirror?.snapshot(at, n).map(\.rawValue)
+                    ?? [UInt8](repeating: SnapshotCode.error.rawValue, count: Int(n / Syscall.pageBytes))
                 let copied = codes.withUnsafeBytes { b in Result { () throws(MirrorError) in try Self.copyOut(b.baseAddress!, to: out, count: b.count) } }
                 try copied.get()
                 cmd.cpages += UInt64(codes.count)
@@ -132,6 +134,12 @@ final class EmulatedMirror: @unchecked Sendable {  // used under the one lock, o
                 at += n
             }
         }
+    }
+
+    /// The segment's mirror; a hole fails as the kernel's walk does there.
+    private static func mapped(_ s: AddressSpace.Segment, or errno: Errno) throws(MirrorError) -> DeviceMirror {
+        guard let m = s.mirror else { throw MirrorError(errno, "nothing is mapped at 0x\(String(s.start, radix: 16))") }
+        return m
     }
 
     /// The driver's bounce buffer (vmalloc: ENOMEM where it cannot be had).

@@ -108,6 +108,20 @@ int main(int argc, char **argv) {
     r = command(fd, SNAP, s, buf, 2, &c);
     check(r == 0 && c.cpages == 2 && buf[0] == 0x02 && buf[1] == 0x00, "snapshot", "codes WRITE, NONE");
 
+    // A hole: ERROR to a snapshot, EFAULT to a read, EINVAL to a migration,
+    // also after the first device access there made the emulation's own memory.
+    unsigned char *h = mmap(NULL, 3 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    h[0] = 1; h[2 * page] = 2;
+    command(fd, TO_DEV, h + 2 * page, buf, 1, &c);
+    munmap(h + page, page);
+    r = command(fd, SNAP, h, buf, 3, &c);
+    check(r == 0 && buf[0] == 0x02 && buf[1] == 0xFF, "hole-snapshot", "codes WRITE, ERROR");
+    errno = 0;
+    check(command(fd, READ_, h, buf, 3, &c) == -1 && errno == EFAULT, "hole-read-efault", "READ over a hole");
+    errno = 0;
+    check(command(fd, TO_DEV, h, buf, 3, &c) == -1 && errno == EINVAL, "hole-migrate-einval", "MIGRATE_TO_DEV over a hole");
+    check(h[2 * page] == 2, "hole-neighbour-intact", "the page past the hole");
+
     // MIGRATE_TO_DEV: the data read back, the codes, the CPU's touch brings it home.
     unsigned char *m = mmap(NULL, 4 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     for (long i = 0; i < 4 * page; i++) m[i] = (unsigned char)(i % 251);
