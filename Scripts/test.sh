@@ -15,8 +15,11 @@
 #      at power-off, `demo.sh --host` runs inside it (and `test.sh --host` on ext4);
 #      a power cut there, with the data gone afterwards as daxmirror said;
 #   6. the kernel's own HMM test driver as the oracle: a 6.12 guest kernel built
-#      here with TEST_HMM (cached), and per filesystem one boot with the
-#      kernel's hmm-tests on DAX, the conformance table (every
+#      here with TEST_HMM (cached; built before the guests of 3., whose 6.1 and
+#      newest ext4 boots, and the host, run its hmm-tests under `daxmirror
+#      emulate`, no module there), and per filesystem one boot with the
+#      kernel's hmm-tests on DAX, the same hmm-tests case by case under the
+#      module and under `daxmirror emulate` (the outcome table), the conformance table (every
 #      Scenarios/differential case on anonymous, shmem, ext4-DAX and xfs-DAX
 #      memory, daxmirror against the kernel's dmirror), and the random
 #      differential: DAXMIRROR_DIFF_OPS (10,000) random operations per memory
@@ -136,6 +139,17 @@ fi
 
 if [[ -z $host_dir && ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
     kernels=${DAXMIRROR_KERNELS:-stable backports newest}
+    # The kernel with the HMM test driver first: its hmm-tests (linked
+    # dynamically) also runs under `daxmirror emulate` on the host and in
+    # the 6.1 and newest guests, where no kernel has the module.
+    step "hmm: the guest kernel with the HMM test driver (built once, then cached)" Scripts/guest/build-hmm-kernel.sh
+    hmm=$(Scripts/guest/build-hmm-kernel.sh 2>/dev/null) || hmm=""
+    if [[ -n $hmm ]]; then
+        # The guest sees the work tree, not every host path (its /tmp is its own).
+        cp "$hmm/hmm-tests" .cache/hmm-tests
+        cp "$hmm/hmm-tests-dynamic" .cache/hmm-tests-dynamic
+        step "hmm-tests under daxmirror emulate on the host (kernel $(uname -r), no module)" Scripts/hmm-tests-emulated.sh "$PWD/.cache/hmm-tests-dynamic"
+    fi
     # Exit 0 is what every other guest step shows; these two can only be seen alone.
     step "guest: '-- false' exits non-zero (1)" expect_exit 1 Scripts/guest.sh -- false
     step "guest: a hung guest is killed at --timeout (124)" expect_exit 124 Scripts/guest.sh --timeout 20 -- sleep 600
@@ -146,6 +160,7 @@ if [[ -z $host_dir && ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
             # One boot also has a real Prometheus scrape `daxmirror metrics --listen`.
             [[ $k == backports && $fs == ext4 ]] && specs+=("a real Prometheus scrapes daxmirror metrics; PromQL agrees with ndctl and pagemap=>$PWD/Scripts/guest/prometheus-scrape.sh"
                 "the exporter as nobody with the unit's capabilities reads another user's DAX mapping; without them counts it=>$PWD/Scripts/guest/exporter-privileges.sh")
+            [[ -n $hmm && $fs == ext4 && ($k == stable || $k == newest) ]] && specs+=("hmm-tests under daxmirror emulate on $k ext4-DAX (no module)=>$PWD/Scripts/hmm-tests-emulated.sh $PWD/.cache/hmm-tests-dynamic --dir /mnt")
             specs+=("DAX write-protect bug, as measured (last: it can wedge the kernel)=>DAXMIRROR_WP_PROBE=1 $PWD/Scripts/guest-tests.sh --filter writeProtectOnDaxStillMisbehaves")
             guest_steps "guest $k/$fs" --kernel "$k" --fs "$fs" --timeout 1500 -- "${specs[@]}"
         done
@@ -170,14 +185,12 @@ if [[ -z $host_dir && ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
     step "power cut on memmap= pmem: said beforehand, gone after" python3 Scripts/powercut-test.py --pmem memmap --kernel newest
 
     # The kernel's own dmirror as the oracle.
-    step "hmm: the guest kernel with the HMM test driver (built once, then cached)" Scripts/guest/build-hmm-kernel.sh
-    if hmm=$(Scripts/guest/build-hmm-kernel.sh 2>/dev/null); then
+    if [[ -n $hmm ]]; then
         ops=${DAXMIRROR_DIFF_OPS:-10000} devops=${DAXMIRROR_DEVMEM_OPS:-0}
-        # The guest sees the work tree, not every host path (its /tmp is its own).
-        cp "$hmm/hmm-tests" .cache/hmm-tests
         for fs in ext4 xfs; do
             kinds=file; [[ $fs == ext4 ]] && kinds=anon,shmem,file
             specs=("the kernel's own hmm-tests on $fs-DAX (the baseline)=>$PWD/Scripts/hmm-tests-baseline.sh $PWD/.cache/hmm-tests"
+                   "hmm-tests under the module and under daxmirror emulate, case by case, on $fs-DAX=>$PWD/Scripts/hmm-tests-emulated.sh $PWD/.cache/hmm-tests-dynamic --dir /mnt"
                    "conformance table, daxmirror against the kernel's dmirror ($kinds)=>$PWD/Scripts/differential.sh --kinds $kinds"
                    "$ops random operations per memory type through both ($kinds)=>DAXMIRROR_STRESS_KINDS=$kinds DAXMIRROR_DIFF_OPS=$ops DAXMIRROR_SUITE_TIMEOUT=2880 $PWD/Scripts/guest-tests.sh --filter 'randomOperationsAgreeWithTheKernel|seedsThatOnceDisagreedAgree'")
             # Device-private memory moves anonymous pages only: one boot. Off

@@ -67,8 +67,23 @@ key=$(printf '%s\n' "${enable[@]}" -- "${disable[@]}" "recipe $recipe" | sha256s
 # shellcheck source=debian-apt.sh
 source "$here/Scripts/guest/debian-apt.sh"
 private_apt bookworm-backports "$cache/apt-backports"
+# hmm-tests linked dynamically, from the same tree: the program `daxmirror
+# emulate` runs (a preloaded library reaches only a dynamic program). Built
+# beside the kernel, and added to a kernel built before it existed.
+dynamic_tests() {  # dynamic_tests SOURCE OUT
+    (cd "$1/tools/testing/selftests/mm" &&
+        gcc -O2 -I ../../../.. -I ../../../../tools/include/uapi -I ../ -o "$2/hmm-tests-dynamic.tmp" hmm-tests.c -lrt -lpthread -lm) >&2 &&
+        mv "$2/hmm-tests-dynamic.tmp" "$2/hmm-tests-dynamic"
+}
 existing=$(ls -d "$cache"/kernels/hmm-*-"$key" 2>/dev/null | head -n 1 || true)
 if [[ -n $existing && -f $existing/ready && "${1:-}" != --rebuild ]]; then
+    if [[ ! -x $existing/hmm-tests-dynamic ]]; then
+        version=${existing#"$cache"/kernels/hmm-}
+        version=${version%-"$key"}
+        [[ -f $cache/hmm-build/linux-source-$version/Makefile ]] || { log "the source of $existing is gone: run with --rebuild"; exit 1; }
+        log "building hmm-tests (dynamic) for the cached kernel"
+        dynamic_tests "$cache/hmm-build/linux-source-$version" "$existing"
+    fi
     echo "$existing"
     exit 0
 fi
@@ -128,6 +143,7 @@ rm -rf "$out.tmp"
 mkdir -p "$out.tmp/root/lib/modules/$release"
 cp arch/x86/boot/bzImage "$out.tmp/vmlinuz"
 cp tools/testing/selftests/mm/hmm-tests "$out.tmp/hmm-tests"
+dynamic_tests "$src" "$out.tmp"
 cp .config "$out.tmp/config"
 echo "$release" > "$out.tmp/release"
 # No modules: an empty modules.dep, and the kernel's own list of what is built in.
