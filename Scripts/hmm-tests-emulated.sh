@@ -32,6 +32,7 @@ reference=$here/docs/hmm-tests-module.txt
 # Differences with a cause (README "The HMM test driver without a kernel").
 declare -A named=(
     [migrate_file_private]="a MAP_PRIVATE file mapping accepts no userfaultfd MISSING registration: its copy-on-write pages cannot be caught on their way back, so MIGRATE_TO_DEV there is EOPNOTSUPP (on DAX the module refuses too: EINVAL)"
+    [hmm_gup_test]="where gup_test exists (the TEST_HMM guest), its basic GUP and its long-term pin fault the device page without FAULT_FLAG_ALLOW_RETRY, and userfaultfd refuses such a fault (handle_userfault: SIGBUS to GUP): the page stays on the device; GUP from a system call (process_vm_readv, read(2), O_DIRECT) brings it home. Elsewhere both skip"
     [snapshot]="hmm-tests overruns its own heap here (MIGRATE_TO_DEV reads 4 KiB back into a 7-byte malloc, hmm-tests.c:1535): under the module the overrun lands on free heap, under emulation on the worker thread's TLS vector"
 )
 
