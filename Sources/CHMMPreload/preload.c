@@ -170,83 +170,56 @@ static mode_t mode_argument(int flags, va_list ap) {
     return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE ? (mode_t)va_arg(ap, int) : 0;
 }
 
-int open(const char *path, int flags, ...) {
-    int device = device_named(AT_FDCWD, path);
-    if (device >= 0) return open_emulated(device, flags);
-    va_list ap;
-    va_start(ap, flags);
-    mode_t mode = mode_argument(flags, ap);
-    va_end(ap);
-    REAL(open)
-    return real_open(path, flags, mode);
-}
+// Each spelling of open: the device answered here, anything else passed on
+// with its mode (read only when O_CREAT or O_TMPFILE say there is one).
+#define OPEN_AT_CWD(name)                                                       \
+    int name(const char *path, int flags, ...) {                                \
+        int device = device_named(AT_FDCWD, path);                              \
+        if (device >= 0) return open_emulated(device, flags);                   \
+        va_list ap;                                                             \
+        va_start(ap, flags);                                                    \
+        mode_t mode = mode_argument(flags, ap);                                 \
+        va_end(ap);                                                             \
+        REAL(name)                                                              \
+        return real_##name(path, flags, mode);                                  \
+    }
+#define OPEN_AT_DIR(name)                                                       \
+    int name(int dirfd, const char *path, int flags, ...) {                     \
+        int device = device_named(dirfd, path);                                 \
+        if (device >= 0) return open_emulated(device, flags);                   \
+        va_list ap;                                                             \
+        va_start(ap, flags);                                                    \
+        mode_t mode = mode_argument(flags, ap);                                 \
+        va_end(ap);                                                             \
+        REAL(name)                                                              \
+        return real_##name(dirfd, path, flags, mode);                           \
+    }
+OPEN_AT_CWD(open)
+OPEN_AT_CWD(open64)
+OPEN_AT_DIR(openat)
+OPEN_AT_DIR(openat64)
 
-int open64(const char *path, int flags, ...) {
-    int device = device_named(AT_FDCWD, path);
-    if (device >= 0) return open_emulated(device, flags);
-    va_list ap;
-    va_start(ap, flags);
-    mode_t mode = mode_argument(flags, ap);
-    va_end(ap);
-    REAL(open64)
-    return real_open64(path, flags, mode);
-}
-
-int openat(int dirfd, const char *path, int flags, ...) {
-    int device = device_named(dirfd, path);
-    if (device >= 0) return open_emulated(device, flags);
-    va_list ap;
-    va_start(ap, flags);
-    mode_t mode = mode_argument(flags, ap);
-    va_end(ap);
-    REAL(openat)
-    return real_openat(dirfd, path, flags, mode);
-}
-
-int openat64(int dirfd, const char *path, int flags, ...) {
-    int device = device_named(dirfd, path);
-    if (device >= 0) return open_emulated(device, flags);
-    va_list ap;
-    va_start(ap, flags);
-    mode_t mode = mode_argument(flags, ap);
-    va_end(ap);
-    REAL(openat64)
-    return real_openat64(dirfd, path, flags, mode);
-}
-
-// _FORTIFY_SOURCE's spellings (a program built with it calls these).
-int __open_2(const char *path, int flags);
-int __open64_2(const char *path, int flags);
-int __openat_2(int dirfd, const char *path, int flags);
-int __openat64_2(int dirfd, const char *path, int flags);
-
-int __open_2(const char *path, int flags) {
-    int device = device_named(AT_FDCWD, path);
-    if (device >= 0) return open_emulated(device, flags);
-    REAL(__open_2)
-    return real___open_2(path, flags);
-}
-
-int __open64_2(const char *path, int flags) {
-    int device = device_named(AT_FDCWD, path);
-    if (device >= 0) return open_emulated(device, flags);
-    REAL(__open64_2)
-    return real___open64_2(path, flags);
-}
-
-int __openat_2(int dirfd, const char *path, int flags) {
-    int device = device_named(dirfd, path);
-    if (device >= 0) return open_emulated(device, flags);
-    REAL(__openat_2)
-    return real___openat_2(dirfd, path, flags);
-}
-
-int __openat64_2(int dirfd, const char *path, int flags) {
-    int device = device_named(dirfd, path);
-    if (device >= 0) return open_emulated(device, flags);
-    REAL(__openat64_2)
-    return real___openat64_2(dirfd, path, flags);
-}
+// _FORTIFY_SOURCE's spellings (a program built with it calls these): no mode.
+#define FORTIFIED_AT_CWD(name)                                                  \
+    int name(const char *path, int flags);                                      \
+    int name(const char *path, int flags) {                                     \
+        int device = device_named(AT_FDCWD, path);                              \
+        if (device >= 0) return open_emulated(device, flags);                   \
+        REAL(name)                                                              \
+        return real_##name(path, flags);                                        \
+    }
+#define FORTIFIED_AT_DIR(name)                                                  \
+    int name(int dirfd, const char *path, int flags);                           \
+    int name(int dirfd, const char *path, int flags) {                          \
+        int device = device_named(dirfd, path);                                 \
+        if (device >= 0) return open_emulated(device, flags);                   \
+        REAL(name)                                                              \
+        return real_##name(dirfd, path, flags);                                 \
+    }
+FORTIFIED_AT_CWD(__open_2)
+FORTIFIED_AT_CWD(__open64_2)
+FORTIFIED_AT_DIR(__openat_2)
+FORTIFIED_AT_DIR(__openat64_2)
 
 // ---------------------------------------------------------------------------
 // ioctl. The VFS answers FIOCLEX, FIONCLEX, FIONBIO and FIOASYNC for every
