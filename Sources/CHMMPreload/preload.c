@@ -16,6 +16,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -42,41 +43,60 @@
     if (!real_##name) { errno = ENOSYS; return -1; }
 
 // ---------------------------------------------------------------------------
-// Which mirror each descriptor refers to (0: none), indexed by descriptor,
-// sized by the hard RLIMIT_NOFILE at load (a descriptor above it cannot
-// exist). Entries are read and written atomically: a close on one thread
-// and an ioctl on another see one or the other.
+// Which mirror each descriptor refers to, indexed by descriptor, sized by the
+// hard RLIMIT_NOFILE at load (a descriptor above it cannot exist). An entry
+// is the mirror's id (0: none) and the low 32 bits of the placeholder's inode
+// (a memfd of its own per open): a descriptor closed where no symbol of ours
+// sees it (a raw syscall, glibc's own close inside another call) and reused
+// for something else no longer matches, and is forgotten instead of being
+// taken for the device. Entries are read and written atomically.
 // ---------------------------------------------------------------------------
-static int32_t *mirror_of;
+static uint64_t *mirror_of;
 static long table_size;
 
 __attribute__((constructor)) static void table_init(void) {
     struct rlimit r;
     long n = 1 << 16;
     if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_max != RLIM_INFINITY) n = (long)r.rlim_max;
-    if (n > (1L << 22)) n = 1L << 22;  // 16 MiB of table at most (address space, not memory)
+    if (n > (1L << 21)) n = 1L << 21;  // 16 MiB of table at most (address space, not memory)
     // syscall(2) takes its arguments as longs: each is cast, or a register keeps stale upper bits.
-    void *t = (void *)syscall(SYS_mmap, 0L, (long)((size_t)n * sizeof(int32_t)), (long)(PROT_READ | PROT_WRITE),
+    void *t = (void *)syscall(SYS_mmap, 0L, (long)((size_t)n * sizeof(uint64_t)), (long)(PROT_READ | PROT_WRITE),
                               (long)(MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE), -1L, 0L);
     if (t == MAP_FAILED) return;  // then nothing is emulated: every open of a device says ENOMEM
     mirror_of = t;
     table_size = n;
 }
 
-static int32_t mirror_at(int fd) {
-    if (fd < 0 || fd >= table_size || !mirror_of) return 0;
-    return __atomic_load_n(&mirror_of[fd], __ATOMIC_ACQUIRE);
+static uint64_t inode_of(int fd) {
+    struct stat st;
+    return fstat(fd, &st) == 0 ? (uint64_t)st.st_ino & 0xFFFFFFFFu : UINT64_MAX;
 }
 
-/// Sets fd's mirror; returns the one it had.
-static int32_t set_mirror(int fd, int32_t id) {
+/// Sets fd's entry; returns the one it had.
+static uint64_t set_entry(int fd, uint64_t entry) {
     if (fd < 0 || fd >= table_size || !mirror_of) return 0;
-    return __atomic_exchange_n(&mirror_of[fd], id, __ATOMIC_ACQ_REL);
+    return __atomic_exchange_n(&mirror_of[fd], entry, __ATOMIC_ACQ_REL);
 }
+
+static void release_entry(uint64_t entry) {
+    int32_t id = (int32_t)(entry & 0xFFFFFFFFu);
+    if (id > 0 && dm_hmm_release) dm_hmm_release(id);
+}
+
+/// fd's entry if fd is still the placeholder it was made for (else 0, and a
+/// stale entry is dropped).
+static uint64_t entry_at(int fd) {
+    if (fd < 0 || fd >= table_size || !mirror_of) return 0;
+    uint64_t e = __atomic_load_n(&mirror_of[fd], __ATOMIC_ACQUIRE);
+    if (e == 0 || inode_of(fd) == e >> 32) return e;
+    if (__atomic_compare_exchange_n(&mirror_of[fd], &e, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) release_entry(e);
+    return 0;
+}
+
+static int32_t mirror_at(int fd) { return (int32_t)(entry_at(fd) & 0xFFFFFFFFu); }
 
 static void forget(int fd) {
-    int32_t old = set_mirror(fd, 0);
-    if (old > 0 && dm_hmm_release) dm_hmm_release(old);
+    release_entry(set_entry(fd, 0));
 }
 
 // ---------------------------------------------------------------------------
@@ -144,12 +164,14 @@ static int device_named(int dirfd, const char *path) {
     return dm_hmm_device_of_path(full);
 }
 
-/// An open of device `device`: a placeholder descriptor bound to a new mirror.
+/// An open of device `device`: a placeholder descriptor (a memfd named for
+/// the device, /proc/self/fd shows it) bound to a new mirror.
 static int open_emulated(int device, int flags) {
     if (!dm_hmm_open) { errno = ENOSYS; return -1; }
     if (!mirror_of) { errno = ENOMEM; return -1; }
-    REAL(open)
-    int fd = real_open("/dev/null", O_RDWR | (flags & O_CLOEXEC));
+    char name[32];
+    snprintf(name, sizeof name, "hmm_dmirror%d", device);
+    int fd = (int)syscall(SYS_memfd_create, (long)name, (long)((flags & O_CLOEXEC) ? 1 /* MFD_CLOEXEC */ : 0));
     if (fd < 0) return -1;
     if (fd >= table_size) {
         close(fd);
@@ -162,7 +184,7 @@ static int open_emulated(int device, int flags) {
         errno = id < 0 ? -id : EIO;
         return -1;
     }
-    set_mirror(fd, id);
+    release_entry(set_entry(fd, inode_of(fd) << 32 | (uint32_t)id));
     return fd;
 }
 
@@ -221,6 +243,49 @@ FORTIFIED_AT_CWD(__open64_2)
 FORTIFIED_AT_DIR(__openat_2)
 FORTIFIED_AT_DIR(__openat64_2)
 
+// stdio's and creat's spellings: glibc opens inside them without the
+// interposable symbol, so they are answered here too.
+static int flags_of_mode(const char *mode) {
+    int flags = (mode && mode[0] == 'r') ? (strchr(mode, '+') ? O_RDWR : O_RDONLY)
+                                         : (strchr(mode ? mode : "", '+') ? O_RDWR : O_WRONLY);
+    if (mode && strchr(mode, 'e')) flags |= O_CLOEXEC;
+    return flags;
+}
+
+static FILE *fopen_emulated(int device, const char *mode) {
+    int fd = open_emulated(device, flags_of_mode(mode));
+    if (fd < 0) return NULL;
+    FILE *f = fdopen(fd, mode);
+    if (!f) {
+        int e = errno;
+        close(fd);
+        errno = e;
+    }
+    return f;
+}
+
+#define FOPEN(name)                                                             \
+    FILE *name(const char *path, const char *mode) {                            \
+        int device = device_named(AT_FDCWD, path);                              \
+        if (device >= 0) return fopen_emulated(device, mode);                   \
+        static __typeof__(&name) real;                                          \
+        if (!real) real = (__typeof__(&name))dlsym(RTLD_NEXT, #name);            \
+        if (!real) { errno = ENOSYS; return NULL; }                             \
+        return real(path, mode);                                                \
+    }
+FOPEN(fopen)
+FOPEN(fopen64)
+
+#define CREAT(name)                                                             \
+    int name(const char *path, mode_t mode) {                                   \
+        int device = device_named(AT_FDCWD, path);                              \
+        if (device >= 0) return open_emulated(device, O_WRONLY);                \
+        REAL(name)                                                              \
+        return real_##name(path, mode);                                         \
+    }
+CREAT(creat)
+CREAT(creat64)
+
 // ---------------------------------------------------------------------------
 // ioctl. The VFS answers FIOCLEX, FIONCLEX, FIONBIO and FIOASYNC for every
 // file before the driver sees a request: the placeholder answers those.
@@ -271,6 +336,26 @@ int close(int fd) {
     return r;
 }
 
+int fclose(FILE *f) {
+    static __typeof__(&fclose) real_fclose;
+    if (!real_fclose) real_fclose = (__typeof__(&fclose))dlsym(RTLD_NEXT, "fclose");
+    if (!real_fclose) { errno = ENOSYS; return EOF; }
+    int fd = f ? fileno(f) : -1;
+    int had = mirror_at(fd) > 0;
+    int r = real_fclose(f);
+    if (had) forget(fd);
+    return r;
+}
+
+void closefrom(int lowfd) {
+    static __typeof__(&closefrom) real_closefrom;
+    if (!real_closefrom) real_closefrom = (__typeof__(&closefrom))dlsym(RTLD_NEXT, "closefrom");
+    if (real_closefrom) real_closefrom(lowfd);
+    for (long fd = lowfd < 0 ? 0 : lowfd; fd < table_size && mirror_of; fd++) {
+        if (__atomic_load_n(&mirror_of[fd], __ATOMIC_ACQUIRE) != 0) forget((int)fd);
+    }
+}
+
 int close_range(unsigned int first, unsigned int last, int flags) {
     REAL(close_range)
     int r = real_close_range(first, last, flags);
@@ -286,10 +371,10 @@ int close_range(unsigned int first, unsigned int last, int flags) {
 /// `to` now refers to what `from` does (after a successful dup into `to`).
 static void duplicated(int from, int to) {
     if (to == from) return;
-    int32_t id = mirror_at(from);
+    uint64_t e = entry_at(from);
+    int32_t id = (int32_t)(e & 0xFFFFFFFFu);
     if (id > 0 && dm_hmm_retain) dm_hmm_retain(id);
-    int32_t old = set_mirror(to, id);
-    if (old > 0 && dm_hmm_release) dm_hmm_release(old);  // dup2 over an emulated descriptor closed it
+    release_entry(set_entry(to, e));  // dup2 over an emulated descriptor closed it
 }
 
 int dup(int fd) {

@@ -44,7 +44,7 @@ struct EmulateTests {
         #expect(!lines.contains { $0.hasPrefix("FAIL") }, "\(r.stdout)")
         for name in ["read", "read-again-no-fault", "write-through-dup", "dup2", "f-dupfd", "closed-ebadf", "unknown-einval",
                      "bad-cmd-efault", "snapshot", "migrate", "migrate-snapshot", "migrate-cpu-touch", "migrate-home",
-                     "mmap-device", "mmap-snapshot", "coherent-absent", "openat-relative", "open-odd-spelling",
+                     "mmap-device", "mmap-snapshot", "coherent-absent", "openat-relative", "open-odd-spelling", "fopen", "stale-descriptor",
                      "hole-snapshot", "hole-read-efault", "hole-migrate-einval", "hole-neighbour-intact"] {
             #expect(lines.contains { $0 == "ok \(name)" }, "check \(name) did not run: \(r.stdout)")
         }

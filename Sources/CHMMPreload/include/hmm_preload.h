@@ -6,9 +6,9 @@
 // defines open, ioctl, close, dup*, fcntl and mmap so that the calls naming
 // /dev/hmm_dmirrorN, or a descriptor one of them returned, are answered here,
 // and every other call goes to libc unchanged (dlsym RTLD_NEXT), errno
-// included. An emulated descriptor is a real one (a /dev/null placeholder),
-// so the kernel keeps numbering, close-on-exec, dup and fork semantics; this
-// file only remembers which mirror each one refers to.
+// included. An emulated descriptor is a real one (a memfd named for the
+// device), so the kernel keeps numbering, close-on-exec, dup and fork
+// semantics; the door only remembers which mirror each one refers to.
 //
 // The mirror itself lives in Swift (HMMEmulation), which defines the four
 // functions below. They are weak here: without them (the C part alone) every

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 struct cmd { uint64_t addr, ptr, npages, cpages, faults; };
@@ -61,6 +62,9 @@ int main(int argc, char **argv) {
     check(fcntl(fd1, F_GETFD) == FD_CLOEXEC, "o-cloexec-kept", "O_CLOEXEC lost");
     int odd = open("//dev/./hmm_dmirror0", O_RDWR);
     check(odd >= 0, "open-odd-spelling", "open //dev/./hmm_dmirror0");
+    FILE *f = fopen("/dev/hmm_dmirror1", "r+e");
+    check(f != NULL && fcntl(fileno(f), F_GETFD) == FD_CLOEXEC, "fopen", "fopen(/dev/hmm_dmirror1, r+e)");
+    if (f) fclose(f);
     errno = 0;
     check(open("/dev/hmm_dmirror2", O_RDWR) == -1 && errno == ENOENT, "coherent-absent", "hmm_dmirror2 should be ENOENT");
     errno = 0;
@@ -87,6 +91,15 @@ int main(int argc, char **argv) {
     close(d); close(100); close(fdup);
     errno = 0;
     check(command(d, READ_, a, buf, 1, &c) == -1 && errno == EBADF, "closed-ebadf", "closed descriptor");
+
+    // A descriptor closed behind the door's back (a raw syscall) and reused
+    // for another file is that file's, not the device's.
+    int x = open("/dev/hmm_dmirror0", O_RDWR);
+    syscall(SYS_close, x);
+    int y = open("/dev/null", O_RDWR);
+    errno = 0;
+    check(y == x && command(y, READ_, a, buf, 1, &c) == -1 && errno == ENOTTY, "stale-descriptor", "the reused descriptor is /dev/null's");
+    close(y);
 
     // The driver's checks, in its order.
     errno = 0;
