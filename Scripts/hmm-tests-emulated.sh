@@ -36,13 +36,28 @@ declare -A named=(
     [snapshot]="hmm-tests overruns its own heap here (MIGRATE_TO_DEV reads 4 KiB back into a 7-byte malloc, hmm-tests.c:1535): under the module the overrun lands on free heap, under emulation on the worker thread's TLS vector"
 )
 
+module_live=0
+[[ -e /dev/hmm_dmirror0 ]] && module_live=1
+declare -A ref=()
+if ((module_live == 0)) && [[ -f $reference ]]; then
+    while read -r c o _; do [[ $c == \#* || -z $c ]] || ref[$c]=$o; done <"$reference"
+fi
+# shellcheck source=lib.sh
+. "$here/Scripts/lib.sh"
+if [[ -n $dir ]]; then fs="$(dax_label "$dir") ($dir bound over /tmp)"; else fs="$(stat -f -c %T /tmp 2>/dev/null) (not DAX)"; fi
+
+# Everything read from the work tree is read above: the bind hides whatever
+# lived under /tmp (a work tree there too), so the programs go along.
 bin=$tests
 if [[ -n $dir ]]; then
     mkdir -p "$dir/hmm-tmp"
     cp "$tests" "$dir/hmm-tmp/hmm-tests-dynamic"
+    cp "$daxmirror" "$dir/hmm-tmp/daxmirror"
+    cp "$(dirname "$daxmirror")/libdaxmirror-hmm.so" "$dir/hmm-tmp/libdaxmirror-hmm.so"
     mount --bind "$dir/hmm-tmp" /tmp || exit 2
     trap 'umount /tmp 2>/dev/null || true' EXIT
     bin=/tmp/hmm-tests-dynamic
+    daxmirror=/tmp/daxmirror
 fi
 
 # The cases, from hmm-tests' own list (fixture, variant, test columns).
@@ -94,16 +109,6 @@ outcome_of() {
     echo "$o"
 }
 
-module_live=0
-[[ -e /dev/hmm_dmirror0 ]] && module_live=1
-declare -A ref=()
-if ((module_live == 0)) && [[ -f $reference ]]; then
-    while read -r c o _; do [[ $c == \#* || -z $c ]] || ref[$c]=$o; done <"$reference"
-fi
-
-# shellcheck source=lib.sh
-. "$here/Scripts/lib.sh"
-if [[ -n $dir ]]; then fs="$(dax_label "$dir") ($dir bound over /tmp)"; else fs="$(stat -f -c %T /tmp 2>/dev/null) (not DAX)"; fi
 # gup_test (debugfs) lets hmm_gup_test run where the kernel has it, on both sides.
 if [[ -d /sys/kernel/debug && ! -e /sys/kernel/debug/gup_test ]] && ! mountpoint -q /sys/kernel/debug; then
     mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null || true
