@@ -21,19 +21,25 @@ struct EmulateTests {
         return nil
     }
 
-    /// hmm-probe.c built into `dir` (statically with `static`).
-    static func probe(in dir: ScratchDirectory, static linked: Bool = false) throws -> String {
+    /// hmm-probe.c built once per run (dynamically, and statically for the
+    /// refusal), in a directory that lives as long as the run.
+    nonisolated(unsafe) static var built: [Bool: String] = [:]
+    nonisolated(unsafe) static var buildDirectory: ScratchDirectory?
+
+    static func probe(static linked: Bool = false) throws -> String {
+        if let p = built[linked] { return p }
         guard let cc = compiler else { try skip("no C compiler on this machine to build Fixtures/hmm-probe.c") }
-        let out = dir.file(linked ? "hmm-probe-static" : "hmm-probe")
+        if buildDirectory == nil { buildDirectory = try ScratchDirectory() }
+        let out = buildDirectory!.file(linked ? "hmm-probe-static" : "hmm-probe")
         let r = try CLI.run(cc, ["-O1", "-o", out, fixture] + (linked ? ["-static"] : []), timeout: 120)
         if linked && r.status != 0 && r.stderr.contains("cannot find -lc") { try skip("no static libc to link with") }
-        #expect(r.status == 0, "\(cc) hmm-probe.c: \(r.stderr)")
+        try #require(r.status == 0, "\(cc) hmm-probe.c: \(r.stderr)")
+        built[linked] = out
         return out
     }
 
     @Test func aProgramGetsTheDriversAnswersInItsOwnProcess() throws {
-        let dir = try ScratchDirectory()
-        let probe = try Self.probe(in: dir)
+        let probe = try Self.probe()
         if access("/dev/hmm_dmirror0", F_OK) != 0 {
             let bare = try CLI.run(probe, [], timeout: 60)
             #expect(bare.stdout.hasPrefix("FAIL open"), "without emulate there is no device here: \(bare.stdout)")
@@ -51,8 +57,7 @@ struct EmulateTests {
     }
 
     @Test func verboseSaysWhyACommandFailed() throws {
-        let dir = try ScratchDirectory()
-        let probe = try Self.probe(in: dir)
+        let probe = try Self.probe()
         let r = try CLI.daxmirror(["emulate", "--verbose", "--", probe], timeout: 120)
         #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
         #expect(r.stderr.contains("is not page-aligned (EINVAL)"), "\(r.stderr)")
@@ -63,8 +68,8 @@ struct EmulateTests {
 
     @Test func whatEmulationCannotReachIsRefused() throws {
         let dir = try ScratchDirectory()
-        let probe = try Self.probe(in: dir)
-        let staticProbe = try Self.probe(in: dir, static: true)
+        let probe = try Self.probe()
+        let staticProbe = try Self.probe(static: true)
         let s = try CLI.daxmirror(["emulate", "--", staticProbe])
         #expect(s.status == 16 && s.stderr.contains("statically linked"), "\(s.status) \(s.stderr)")
         let missing = try CLI.daxmirror(["emulate", "--", dir.file("no-such-program")])
@@ -86,8 +91,7 @@ struct EmulateTests {
     /// standard streams filled) is put back before the program runs; its
     /// exit status and its death by a signal are emulate's.
     @Test func theProgramKeepsItsEnvironmentAndStatus() throws {
-        let dir = try ScratchDirectory()
-        let probe = try Self.probe(in: dir)
+        let probe = try Self.probe()
         let r = try CLI.run("/bin/sh", ["-c", "exec 2>&-; exec \"$0\" emulate -- \"$1\" env 7", CLI.binary, probe], timeout: 60)
         #expect(r.status == 7, "\(r.status) \(r.stdout)")
         #expect(r.stdout.contains("sigpipe default"), "\(r.stdout)")
