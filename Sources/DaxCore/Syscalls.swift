@@ -135,3 +135,22 @@ extension String {
         return String(s)
     }
 }
+
+/// Writes all of `s`; nil, or the errno that stopped it.
+public func writeAll(_ fd: Int32, _ s: String) -> Errno? {
+    var s = s
+    return s.withUTF8 { writeAll(fd, UnsafeRawBufferPointer($0)) }
+}
+
+/// Writes all of `buf` (retrying short writes and EINTR); nil, or the errno.
+public func writeAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer) -> Errno? {
+    var done = 0
+    while done < buf.count {
+        let n: Int
+        do { n = try Syscall.retrying("write") { Glibc.write(fd, buf.baseAddress! + done, buf.count - done) } }
+        catch { return error.errno }
+        if n == 0 { return .EIO }
+        done += n
+    }
+    return nil
+}

@@ -40,11 +40,17 @@ final class AddressSpace: @unchecked Sendable {
         }
     }
 
-    /// What the memory at an area's start is: its kind and file.
+    /// What an area's memory is: its kind and file.
     struct Identity: Equatable {
         var kind: String
         var device: UInt64
         var inode: UInt64
+
+        init(of vma: VMA) {
+            kind = AddressSpace.backing(of: vma).name
+            device = vma.device
+            inode = vma.inode
+        }
     }
 
     private var areas: [Area] = []
@@ -80,8 +86,17 @@ final class AddressSpace: @unchecked Sendable {
     /// mappings of one kind around it, or a hole.
     func segments(open: Int32, device: Int, _ start: UInt64, _ end: UInt64) throws(MirrorError) -> [Segment] {
         guard let layout else { throw MirrorError(.EIO, "/proc/self/maps cannot be read") }
-        let vmas = try programMappings(layout, start, end)
-        areas.removeAll { $0.region.base < end && start < $0.region.end && !intact($0) }
+        // One reading covers the range and the areas over it, which it also checks.
+        // (No reference to the areas is kept here: one that ends must end now,
+        // its registration gone before a new area over its memory registers.)
+        var lo = start, hi = end
+        for a in areas where a.region.base < end && start < a.region.end {
+            lo = min(lo, a.region.base)
+            hi = max(hi, a.region.end)
+        }
+        let read = try programMappings(layout, lo, hi)
+        let vmas = read.filter { $0.start < end && start < $0.end }
+        areas.removeAll { $0.region.base < end && start < $0.region.end && !intact($0, now: read) }
         var out: [Segment] = []
         var pos = start
         while pos < end {
@@ -132,8 +147,8 @@ final class AddressSpace: @unchecked Sendable {
     private func newArea(_ vmas: [VMA], at i: Int, floor: UInt64, ceiling: UInt64) throws(MirrorError) -> Area {
         let v = vmas[i]
         let backing = Self.backing(of: v)
-        let identity = Identity(kind: backing.name, device: v.device, inode: v.inode)
-        let same = { (w: VMA) in Self.backing(of: w).name == backing.name && w.device == v.device && w.inode == v.inode }
+        let identity = Identity(of: v)
+        let same = { (w: VMA) in Identity(of: w) == identity }
         var j = i, k = i
         while j > 0, vmas[j - 1].end == vmas[j].start, same(vmas[j - 1]) { j -= 1 }
         while k + 1 < vmas.count, vmas[k + 1].start == vmas[k].end, same(vmas[k + 1]) { k += 1 }
@@ -189,24 +204,24 @@ final class AddressSpace: @unchecked Sendable {
 
     /// The area's memory is still the mappings it was made over: none of it
     /// unmapped, moved or mapped anew (the registration holds), and nothing
-    /// mapped into a hole it had.
-    private func intact(_ area: Area) -> Bool {
+    /// mapped into a hole it had. `now`: the program's mappings over it.
+    private func intact(_ area: Area, now: [VMA]) -> Bool {
+        let r = area.region
         if let tracker = area.anchor?.tracker {
             let (events, overflowed) = tracker.invalidations(since: area.eventsRead)
             if overflowed { return false }
             for e in events {
                 switch e {
-                case .unmap(let s, let t) where s < area.region.end && area.region.base < t: return false
+                case .unmap(let s, let t) where s < r.end && r.base < t: return false
                 case .remap(let from, let to, let len)
-                    where (from < area.region.end && area.region.base < from + len) || (to < area.region.end && area.region.base < to + len):
+                    where (from < r.end && r.base < from + len) || (to < r.end && r.base < to + len):
                     return false
                 default: continue
                 }
             }
         }
-        guard let layout, let now = try? programMappings(layout, area.region.base, area.region.end) else { return false }
-        guard Self.coverage(now, area.region.base, area.region.end) == area.coverage else { return false }
-        return now.allSatisfy { Self.backing(of: $0).name == area.identity.kind && $0.device == area.identity.device && $0.inode == area.identity.inode }
+        let inside = now.filter { $0.start < r.end && r.base < $0.end }
+        return Self.coverage(inside, r.base, r.end) == area.coverage && inside.allSatisfy { Identity(of: $0) == area.identity }
     }
 
     /// The mapped intervals of [lo, hi), adjacent mappings joined.

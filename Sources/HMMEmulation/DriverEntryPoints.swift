@@ -18,14 +18,7 @@ private let verbose = getenv("DAXMIRROR_EMULATE_VERBOSE").map { String(cString: 
 
 /// One line to stderr, written whole (the program's stdio buffers untouched).
 private func say(_ line: String) {
-    var bytes = Array((line + "\n").utf8)
-    var done = 0
-    while done < bytes.count {
-        let n = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress! + done, $0.count - done) }
-        if n < 0 && errno == EINTR { continue }
-        guard n > 0 else { return }
-        done += n
-    }
+    _ = writeAll(2, line + "\n")
 }
 
 /// In a fork's child (no lock is taken: a thread of the parent may have

@@ -111,21 +111,3 @@ func emitRaw(_ s: String) {
     DaxMirror.fail(Failure.from(SystemCallError("write", "standard output", errno: e), doing: "write to"))
 }
 
-/// Writes all of `s`; nil, or the errno that stopped it.
-func writeAll(_ fd: Int32, _ s: String) -> Errno? {
-    var s = s
-    return s.withUTF8 { writeAll(fd, UnsafeRawBufferPointer($0)) }
-}
-
-/// Writes all of `buf` (retrying short writes and EINTR); nil, or the errno.
-func writeAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer) -> Errno? {
-    var done = 0
-    while done < buf.count {
-        let n: Int
-        do { n = try Syscall.retrying("write") { Glibc.write(fd, buf.baseAddress! + done, buf.count - done) } }
-        catch { return error.errno }
-        if n == 0 { return .EIO }
-        done += n
-    }
-    return nil
-}
