@@ -158,10 +158,18 @@ struct VMAQueryTests {
         let query = try VMAQuery()
         try #require(query.method == .procmapQuery)
         let page = Syscall.pageSize
-        // 40 pages reserved, then mapped in pieces of different kinds with holes.
-        let base = try mapped(mmap(nil, 40 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
-        try #require(base != MAP_FAILED)
-        defer { munmap(base, 40 * page) }
+        // 42 pages reserved; the first and last are shared anonymous guards (each
+        // its own object, so no neighbour's VMA can merge into the range: other
+        // tests map and unmap beside us while this one compares two readings).
+        // Between them, 40 pages mapped in pieces of different kinds with holes.
+        let reservation = try mapped(mmap(nil, 42 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+        try #require(reservation != MAP_FAILED)
+        defer { munmap(reservation, 42 * page) }
+        for guardPage in [0, 41] {
+            let r = mmap(reservation + guardPage * page, page, PROT_NONE, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+            try #require(r != MAP_FAILED, "guard page \(guardPage)")
+        }
+        let base = reservation + page
         let fd = open("/proc/self/exe", O_RDONLY)
         try #require(fd >= 0)
         defer { close(fd) }
@@ -179,14 +187,17 @@ struct VMAQueryTests {
             try #require(r != MAP_FAILED, "mmap piece at page \(p)")
         }
         let b = UInt64(UInt(bitPattern: base)), pg = UInt64(page)
+        // Every range stays inside the guards, so both readings see only our VMAs.
+        let first = b - pg, last = b + 41 * pg
         var rng = SystemRandomNumberGenerator()
         for i in 0..<300 {
             let s = i == 0 ? b : b + UInt64.random(in: 0..<40, using: &rng) * pg + UInt64.random(in: 0..<pg, using: &rng)
-            let e = i == 0 ? b + 40 * pg : s + UInt64.random(in: 1...(42 * pg), using: &rng)
+            let e = i == 0 ? b + 40 * pg : min(last, s + UInt64.random(in: 1...(42 * pg), using: &rng))
             let fromIoctl = try query.vmas(overlapping: s, e)
             let fromText = try Maps.read(overlapping: s, e).map(\.vma)
             #expect(fromIoctl == fromText, "range 0x\(String(s, radix: 16))-0x\(String(e, radix: 16))")
         }
+        #expect(try query.vmas(overlapping: first, last + pg) == (try Maps.read(overlapping: first, last + pg).map(\.vma)))
         // The whole reservation: every piece, hole and PROT_NONE remainder is there.
         #expect(try query.vmas(overlapping: b, b + 40 * pg).count >= 7)
     }
