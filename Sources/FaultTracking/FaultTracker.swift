@@ -217,7 +217,12 @@ public final class FaultTracker: @unchecked Sendable {
     /// (see FaultHandler.settle): after it, `invalidationSequence` counts
     /// every munmap, mremap, madvise and fork that has returned.
     @discardableResult
-    public func settle() -> Bool { handler?.settle() ?? true }
+    public func settle() -> Bool {
+        guard let handler else { return true }
+        if handler.settle() { return true }
+        PoolTrace.record(.settleTimedOut, -1)
+        return false
+    }
 
     /// Faults the handler resolved (MISSING, MINOR, sync WP); 0 for mechanisms
     /// where the kernel resolves faults itself.

@@ -133,6 +133,7 @@ public final class ScenarioRunner {
             var bytes = raw[...]
             if bytes.last == 0x0D { bytes = bytes.dropLast() }
             let r: JSON?
+            PoolTrace.line(n + 1)
             if let bad = bytes.first(where: { $0 < 0x20 && $0 != 0x09 || $0 == 0x7F }) {
                 let name = bad == 0 ? "a NUL byte" : (bad == 0x0D ? "a carriage return" : "control character 0x\(String(bad, radix: 16))")
                 r = failure("(line)", .EINVAL, "the line holds \(name)")
