@@ -24,8 +24,9 @@
 //                         (MISSING|WP) and MADV_DONTNEED of the window (its REMOVE
 //                         event read by the handler), a pagemap pread again and the
 //                         read-back copy; then the CPU reads every page back: a
-//                         MISSING fault served with UFFDIO_COPY from the slot, the
-//                         slot discarded. Prints ms: total, migrate, touch back
+//                         MISSING fault served with UFFDIO_COPY (DONTWAKE) from the
+//                         slot, the slot discarded, UFFDIO_WAKE. Prints ms: total,
+//                         migrate, touch back
 //   bench kdevmem MIB     the same work by the kernel's device (/dev/hmm_dmirror0):
 //                         HMM_DMIRROR_MIGRATE_TO_DEV of MIB, then the same reads
 //   bench dmirror VMAS N  the kernel's own device (/dev/hmm_dmirror0, the HMM
@@ -305,15 +306,19 @@ static char *dev_base, *dev_pool;
 static volatile long dev_removes;
 
 /// Device-private pages: a REMOVE event counted (the migration waits for
-/// it), a MISSING fault served from the page's slot, the slot discarded.
+/// it), a MISSING fault served from the page's slot without waking the
+/// faulter, the slot discarded, then the faulter woken (daxmirror's order:
+/// the page is the CPU's in its books before the faulter runs on).
 static void serve_devmem(const struct uffd_msg *m) {
     if (m->event == UFFD_EVENT_REMOVE) { __atomic_add_fetch(&dev_removes, 1, __ATOMIC_RELEASE); return; }
     if (m->event != UFFD_EVENT_PAGEFAULT) return;
     unsigned long at = m->arg.pagefault.address & ~(page - 1);
     char *slot = dev_pool + (at - (unsigned long)dev_base);
-    struct uffdio_copy c = {.dst = at, .src = (unsigned long)slot, .len = page};
+    struct uffdio_copy c = {.dst = at, .src = (unsigned long)slot, .len = page, .mode = UFFDIO_COPY_MODE_DONTWAKE};
     if (ioctl(uffd, UFFDIO_COPY, &c) && errno != EEXIST) perror("UFFDIO_COPY");
     madvise(slot, page, MADV_DONTNEED);
+    struct uffdio_range r = {.start = at, .len = page};
+    if (ioctl(uffd, UFFDIO_WAKE, &r)) perror("UFFDIO_WAKE");
 }
 
 /// Reads every page of [p, p+len) once; returns the sum of their first bytes.

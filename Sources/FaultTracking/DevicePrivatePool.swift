@@ -105,6 +105,7 @@ public final class DevicePrivatePool: @unchecked Sendable {
         entrySoftDirty = zeroedWords(pages)
         someHomeClean = zeroedWords(1)
         OwnMappings.add(ownRange)
+        PoolTrace.start()
     }
 
     deinit {
@@ -148,7 +149,10 @@ public final class DevicePrivatePool: @unchecked Sendable {
         for i in 0..<pages where dm_atomic_load_u64(state + i) & Self.ownerMask == Self.returning {
             // A copy refused (EAGAIN while the address space changes) is tried
             // again at the next access, not forgotten.
-            if (try? bringHome(i, uffd: uffd)) == nil { dm_atomic_store_u64(returningPending, 1) }
+            do throws(SystemCallError) { try bringHome(i, uffd: uffd) } catch {
+                PoolTrace.record(.copyRefused, i, UInt64(error.errno.rawValue))
+                dm_atomic_store_u64(returningPending, 1)
+            }
         }
     }
 
@@ -162,6 +166,7 @@ public final class DevicePrivatePool: @unchecked Sendable {
         if count > 0 {
             // (a load when no device holds a page: every write restore calls this)
             for i in indices where held(i) {
+                PoolTrace.record(.protect, i, dm_atomic_load_u64(state + i), writable ? 1 : 0)
                 if writable { dm_atomic_and_u64(state + i, ~Self.readOnlyVMABit) }
                 else {
                     // A writable device-private entry made read-only loses its
@@ -242,6 +247,7 @@ public final class DevicePrivatePool: @unchecked Sendable {
             dm_atomic_store_u64(homeClean + m.index, 0)
             dm_atomic_store_u64(entrySoftDirty + m.index, softDirty ? epochStamp : 0)
             dm_atomic_store_u64(state + m.index, word)
+            PoolTrace.record(.migrate, m.index, word, (m.present ? 1 : 0) | (m.writable ? 2 : 0))
             moved.append(m)
         }
         dm_atomic_add_u64(onDevice, UInt64(moved.count))
@@ -267,6 +273,7 @@ public final class DevicePrivatePool: @unchecked Sendable {
     @discardableResult
     public func bringHome(_ index: Int, uffd: Userfaultfd) throws(SystemCallError) -> Bool {
         guard held(index) else { return false }
+        PoolTrace.record(.bringHome, index, dm_atomic_load_u64(state + index), comesHomeReadOnly(index) ? 1 : 0)
         do { try uffd.copy(to: address(index), from: slot(index), length: pageSize, writeProtect: comesHomeReadOnly(index)) }
         catch where error.errno == .EEXIST {}
         release(index, cameHome: true)
@@ -300,7 +307,10 @@ public final class DevicePrivatePool: @unchecked Sendable {
     /// this one is already its own).
     public func serveWrite(_ page: UInt64, uffd: Userfaultfd) {
         let dst = UnsafeMutableRawPointer(bitPattern: UInt(page))!
-        if let i = index(of: page) { dm_atomic_store_u64(homeClean + i, 0) }  // a write fault sets soft-dirty
+        if let i = index(of: page) {
+            PoolTrace.record(.serveWrite, i, dm_atomic_load_u64(state + i))
+            dm_atomic_store_u64(homeClean + i, 0)  // a write fault sets soft-dirty
+        }
         do { try uffd.writeProtect(dst, length: pageSize, protect: false) } catch { try? uffd.wake(dst, length: pageSize) }
     }
 
@@ -315,14 +325,21 @@ public final class DevicePrivatePool: @unchecked Sendable {
             do { try uffd.zeropage(at: dst, length: pageSize) } catch { try? uffd.wake(dst, length: pageSize) }
             return
         }
+        PoolTrace.record(.serveFault, index, dm_atomic_load_u64(state + index), comesHomeReadOnly(index) ? 1 : 0)
         do {
             if held(index) {
-                try uffd.copy(to: dst, from: slot(index), length: pageSize, writeProtect: comesHomeReadOnly(index))
+                // The faulter wakes only once the page is the CPU's here too:
+                // woken by the copy, it could move the page to a device again
+                // before `release` wiped what that move wrote (the device lost
+                // the page: `aDeviceMemoryRunAnswersTheSameTwice` found it).
+                try uffd.copy(to: dst, from: slot(index), length: pageSize, writeProtect: comesHomeReadOnly(index), wake: false)
                 release(index, cameHome: true)
+                try uffd.wake(dst, length: pageSize)
             } else {
                 try uffd.zeropage(at: dst, length: pageSize)
             }
         } catch {
+            PoolTrace.record(.copyRefused, index, UInt64(error.errno.rawValue), 1)
             if error.errno == .EEXIST, held(index) { release(index, cameHome: true) }
             try? uffd.wake(dst, length: pageSize)
         }
@@ -336,6 +353,7 @@ public final class DevicePrivatePool: @unchecked Sendable {
         guard lo < hi else { return }
         for i in Int((lo - base) / UInt64(pageSize))..<Int((hi - base + UInt64(pageSize) - 1) / UInt64(pageSize)) {
             let s = dm_atomic_load_u64(state + i)
+            if s != 0 { PoolTrace.record(.removed, i, s) }
             guard s & Self.pendingBit == 0 else { continue }  // the migration's own discard
             dm_atomic_store_u64(homeClean + i, 0)
             if s & Self.ownerMask != 0 { release(i, cameHome: false) }
@@ -354,6 +372,7 @@ public final class DevicePrivatePool: @unchecked Sendable {
             if s & Self.ownerMask != 0 { (childPool + i * pageSize).copyMemory(from: slot(i), byteCount: pageSize) }
             dm_atomic_store_u64(childState + i, s & ~Self.pendingBit)
             guard s & Self.ownerMask != 0 else { continue }
+            PoolTrace.record(.forked, i, s)
             if s & Self.exclusiveBit != 0 {
                 // Restored before the copy, then copy-on-write: home read-only.
                 dm_atomic_store_u64(state + i, Self.returning | (s & Self.readOnlyVMABit))
@@ -364,6 +383,7 @@ public final class DevicePrivatePool: @unchecked Sendable {
                 if (try? Userfaultfd.copy(fd: descriptor, to: UInt64(UInt(bitPattern: address(i))), from: childPool + i * pageSize,
                                           length: pageSize)) != nil {
                     dm_atomic_store_u64(childState + i, 0)
+                    PoolTrace.record(.childCopy, i, s)
                 }
             } else {
                 dm_atomic_store_u64(state + i, (s & ~Self.writableBit) | Self.sharedBit)
@@ -385,6 +405,7 @@ public final class DevicePrivatePool: @unchecked Sendable {
                 Userfaultfd.wake(fd: descriptor, at: page, length: pageSize)
                 return
             }
+            PoolTrace.record(.serveChild, i, dm_atomic_load_u64(childState + i), dm_atomic_load_u64(state + i))
             do {
                 if dm_atomic_exchange_u64(childState + i, 0) != 0 {
                     try Userfaultfd.copy(fd: descriptor, to: page, from: childPool + i * pageSize, length: pageSize)
@@ -410,6 +431,7 @@ public final class DevicePrivatePool: @unchecked Sendable {
     private func release(_ index: Int, cameHome: Bool) {
         let s = dm_atomic_exchange_u64(state + index, 0)
         guard s != 0 else { return }
+        PoolTrace.record(.release, index, s, cameHome ? 1 : 0)
         if cameHome && comesHomeClean(s, index) {
             dm_atomic_store_u64(homeClean + index, epochStamp)
             dm_atomic_store_u64(someHomeClean, 1)
