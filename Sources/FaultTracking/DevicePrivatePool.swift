@@ -81,6 +81,18 @@ public final class DevicePrivatePool: @unchecked Sendable {
     /// Set once some page came home clean (`vmaWritable` then looks).
     private let someHomeClean: UnsafeMutablePointer<UInt64>
 
+    /// Debug builds only: DAXMIRROR_POOL_HOME_DELAY_US=N holds the handler N µs
+    /// between a page's copy home and its bookkeeping — the window where a
+    /// faulter woken too early would race it (`serveFault`); with the faulter
+    /// woken after the bookkeeping, it only slows the way back.
+    private let homeDelay: UInt32 = {
+        #if DEBUG
+        getenv("DAXMIRROR_POOL_HOME_DELAY_US").flatMap { UInt32(String(cString: $0)) } ?? 0
+        #else
+        0
+        #endif
+    }()
+
     private var ownRange: Range<UInt64> {
         let b = UInt64(UInt(bitPattern: pool))
         return b..<(b + UInt64(2 * pages * pageSize))
@@ -333,6 +345,7 @@ public final class DevicePrivatePool: @unchecked Sendable {
                 // before `release` wiped what that move wrote (the device lost
                 // the page: `aDeviceMemoryRunAnswersTheSameTwice` found it).
                 try uffd.copy(to: dst, from: slot(index), length: pageSize, writeProtect: comesHomeReadOnly(index), wake: false)
+                if homeDelay > 0 { usleep(homeDelay) }
                 release(index, cameHome: true)
                 try uffd.wake(dst, length: pageSize)
             } else {
