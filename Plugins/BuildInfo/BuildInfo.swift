@@ -23,9 +23,42 @@ struct BuildInfo: BuildToolPlugin {
             enum BuildInfo { static let commit = \\"$commit\\" }"
             [ -f "$2" ] && [ "$(cat "$2")" = "$text" ] || printf '%s\\n' "$text" > "$2"
             """
-        return [.prebuildCommand(displayName: "BuildInfo: the commit for --version",
-                                 executable: URL(filePath: "/bin/sh"),
-                                 arguments: ["-c", script, "sh", repo, file],
-                                 outputFilesDirectory: out)]
+        let inputs = Self.gitState(of: context.package.directoryURL)
+        guard !inputs.isEmpty else {
+            // Not a git checkout (a source tarball): the commit is "unknown" for good.
+            return [.prebuildCommand(displayName: "BuildInfo: the commit for --version",
+                                     executable: URL(filePath: "/bin/sh"),
+                                     arguments: ["-c", script, "sh", repo, file],
+                                     outputFilesDirectory: out)]
+        }
+        // A build command, run whenever git's state or a source changes: SwiftPM
+        // skips prebuild commands on incremental builds (swift-package-manager
+        // #5476), which left --version naming an earlier commit.
+        return [.buildCommand(displayName: "BuildInfo: the commit for --version",
+                              executable: URL(filePath: "/bin/sh"),
+                              arguments: ["-c", script, "sh", repo, file],
+                              inputFiles: inputs,
+                              outputFiles: [URL(filePath: file)])]
+    }
+
+    /// The files a commit, a checkout or an edit changes: HEAD, the branch it
+    /// names, the packed refs and the index; and every file under Sources
+    /// (an edit makes the tree "-dirty"). Empty outside a git checkout.
+    static func gitState(of package: URL) -> [URL] {
+        let git = package.appending(path: ".git")
+        let fm = FileManager.default
+        guard let head = try? String(contentsOf: git.appending(path: "HEAD"), encoding: .utf8) else { return [] }
+        var files = ["HEAD", "index", "packed-refs"].map { git.appending(path: $0) }
+        if head.hasPrefix("ref: ") {
+            files.append(git.appending(path: head.dropFirst(5).trimmingCharacters(in: .whitespacesAndNewlines)))
+        }
+        files = files.filter { fm.fileExists(atPath: $0.path()) }
+        let sources = package.appending(path: "Sources")
+        if let walk = fm.enumerator(at: sources, includingPropertiesForKeys: [.isRegularFileKey]) {
+            for case let url as URL in walk where (try? url.resourceValues(forKeys: [.isRegularFileKey]))?.isRegularFile == true {
+                files.append(url)
+            }
+        }
+        return files
     }
 }
