@@ -154,3 +154,14 @@ public func writeAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer) -> Errno? {
     }
     return nil
 }
+
+/// Debug builds only: the environment variable `name` as a count of
+/// microseconds (0 when unset, malformed, or in a release build) — the knobs
+/// that widen a race window on purpose for a test.
+public func debugMicroseconds(_ name: String) -> UInt32 {
+    #if DEBUG
+    getenv(name).flatMap { UInt32(String(cString: $0)) } ?? 0
+    #else
+    0
+    #endif
+}

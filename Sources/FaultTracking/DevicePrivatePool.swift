@@ -85,13 +85,7 @@ public final class DevicePrivatePool: @unchecked Sendable {
     /// between a page's copy home and its bookkeeping — the window where a
     /// faulter woken too early would race it (`serveFault`); with the faulter
     /// woken after the bookkeeping, it only slows the way back.
-    private let homeDelay: UInt32 = {
-        #if DEBUG
-        getenv("DAXMIRROR_POOL_HOME_DELAY_US").flatMap { UInt32(String(cString: $0)) } ?? 0
-        #else
-        0
-        #endif
-    }()
+    private let homeDelay = debugMicroseconds("DAXMIRROR_POOL_HOME_DELAY_US")
 
     private var ownRange: Range<UInt64> {
         let b = UInt64(UInt(bitPattern: pool))

@@ -45,8 +45,9 @@ public enum PoolTrace {
     }
 
     /// One record: no allocation, no lock (the handler thread calls it).
+    /// `a` and `b` are evaluated only when tracing: the fault path pays a load.
     @inline(__always)
-    public static func record(_ site: Site, _ page: Int, _ a: UInt64 = 0, _ b: UInt64 = 0) {
+    public static func record(_ site: Site, _ page: Int, _ a: @autoclosure () -> UInt64 = 0, _ b: @autoclosure () -> UInt64 = 0) {
         guard let ring else { return }
         let n = dm_atomic_add_u64(cursor, 1) % UInt64(capacity)
         let r = ring + Int(n) * width
@@ -54,8 +55,8 @@ public enum PoolTrace {
         r[1] = dm_atomic_load_u64(cursor + 1)
         r[2] = site.rawValue | (pthread_equal(pthread_self(), mainThread) != 0 ? 0 : 1 << 8)
         r[3] = UInt64(bitPattern: Int64(page))
-        r[4] = a
-        r[5] = b
+        r[4] = a()
+        r[5] = b()
     }
 
     private static func write() {

@@ -94,13 +94,7 @@ public final class FaultHandler: @unchecked Sendable {
     /// each event read by up to N µs, to widen any race between the handler
     /// and the threads whose munmap, madvise or fork returned once the event
     /// was read (`settle` must cover it).
-    static var jitterMicroseconds: UInt32 {
-        #if DEBUG
-        getenv("DAXMIRROR_HANDLER_JITTER_US").flatMap { UInt32(String(cString: $0)) } ?? 0
-        #else
-        0
-        #endif
-    }
+    static var jitterMicroseconds: UInt32 { debugMicroseconds("DAXMIRROR_HANDLER_JITTER_US") }
 
     /// Waits (at most `timeout` seconds) until every event already read from
     /// the uffd has been served. The kernel lets munmap, mremap, madvise and
