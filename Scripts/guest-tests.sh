@@ -24,7 +24,19 @@ export DAXMIRROR_PROPERTY_LINES=${DAXMIRROR_PROPERTY_LINES:-2000}
 # `test.sh --host` on a user's pmem host); the other boots skip it for time.
 # So do `emulate`'s (they compile a C program, slow under emulation): every
 # boot that has the outcome table runs hmm-tests under emulate instead.
-if [ $# -eq 0 ] && [ "${DAXMIRROR_CLI_EDGES:-0}" != 1 ]; then
+# DAXMIRROR_SUITE_SCOPE=dax: a second filesystem under a kernel whose whole
+# suite ran on another one: only what the filesystem can change — the tests
+# whose files live on the DAX mount (DAX faults, PMD entries, truncate,
+# persistence, the writer under SIGKILL, inspect/watch/metrics of a DAX
+# mapping, the file scenarios and the oracle stress on a DAX file). The rest
+# (anonymous memory, shmem, the CLI's contract, parsing) does not depend on it.
+if [ $# -eq 0 ] && [ "${DAXMIRROR_SUITE_SCOPE:-all}" = dax ]; then
+    echo "guest-tests.sh: DAXMIRROR_SUITE_SCOPE=dax: the tests that put files on the DAX mount (the whole suite runs on another filesystem under this kernel)"
+    export DAXMIRROR_SCENARIOS=file
+    # Names are anchored (a `.` before a type, a `/` before a test): every
+    # test's name begins with its module's, DaxMirrorTests.
+    set -- --filter '\.(DaxTests|DaxTrackingTests|MirrorTests|CrashTests|PersistentMappingTests|OverwriteTests|WatchTests|PersistenceTests)\b|\.ScenarioTests/scenario\(|\.MirrorStressTests/randomOperationsAgreeWithTheOracle|\.InspectTests/reportsExactlyThePagesTheProgramTouched|/(capsJSONMatchesKernel|aProcessMappingDAXIsCountedAsItsPagemapSays|devicesOnThisMachine)\('
+elif [ $# -eq 0 ] && [ "${DAXMIRROR_CLI_EDGES:-0}" != 1 ]; then
     echo "guest-tests.sh: the CLI's environment suites and emulate's run on the host and in one boot; skipped here (DAXMIRROR_CLI_EDGES=1 runs them)"
     set -- --skip 'ClosedStreamTests|EnvironmentSignalTests|OptionConsentTests|FileKindExitTests|StrictNumberTests|InertTextTests|EmulateTests'
 fi

@@ -6,7 +6,8 @@
 #   2. the pmem guest harness checks: a failing command's exit status comes out,
 #      a hung guest is killed at its timeout;
 #   3. one boot per Debian kernel (6.1, 6.12, newest) x filesystem (ext4, xfs):
-#      /proc/mounts shows the DAX mount, the whole suite runs inside on real DAX,
+#      /proc/mounts shows the DAX mount, the whole suite runs inside on real
+#      ext4-DAX (xfs-DAX: its tests whose files are on the DAX mount),
 #      and last (it can wedge the guest's kernel) the DAX write-protect bug probe;
 #   4. device-dax namespaces (1 GiB and 2 MiB alignment): the mirror's PUD and
 #      PMD entries against the device's base and pagemap;
@@ -28,12 +29,13 @@
 #      device-private memory (migrate, migrate-back, release, exclusive, CPU
 #      touches, fork, mprotect, unmap) on twin regions: the hmm-tests
 #      transcriptions and Scenarios/differential/devmem as conformance rows;
-#      with DAXMIRROR_DEVMEM_OPS=N (default 0: off, see docs/device-private.md)
-#      N random device-private operations on twin regions (ext4 boot).
+#      and with DAXMIRROR_DEVMEM_OPS=N (default 0: off, see
+#      docs/device-private.md) N random device-private operations on twin
+#      regions (ext4 boot), beside the mirror's streams in the same step.
 # It ends with every step's time, the total, and the summary line.
 # Environment: DAXMIRROR_KERNELS="stable backports newest" narrows the kernels;
 # DAXMIRROR_POWERCUTS (default 6; 20 for the long run), DAXMIRROR_DIFF_OPS
-# (default 10,000) and DAXMIRROR_DEVMEM_OPS (default 0) size the repetition; DAXMIRROR_HOST_ONLY=1 skips the guest
+# (default 10,000) and DAXMIRROR_DEVMEM_OPS (default 0: off) size the repetition; DAXMIRROR_HOST_ONLY=1 skips the guest
 # (the DAX tests then report themselves skipped).
 #
 #   Scripts/test.sh --host DIR   on a machine whose own kernel has DAX (memmap=
@@ -156,11 +158,17 @@ if [[ -z $host_dir && ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
     for k in $kernels; do
         for fs in ext4 xfs; do
             specs=("/proc/mounts shows /dev/pmem0 mounted $fs with dax=>. $PWD/Scripts/lib.sh && is_dax_mount /mnt && grep -qE '^/dev/pmem0 /mnt $fs ' /proc/mounts || { cat /proc/mounts; false; }")
-            # The suite on xfs-DAX runs under the oldest and the newest kernel;
-            # 6.12's xfs-DAX boot keeps its mount check and write-protect probe,
-            # and the TEST_HMM guest (6.12) runs the differential on xfs-DAX.
-            [[ $k == backports && $fs == xfs ]] ||
-                specs+=("test suite on $fs-DAX=>DAXMIRROR_CLI_EDGES=$([[ $k == stable && $fs == ext4 ]] && echo 1 || echo 0) $PWD/Scripts/guest-tests.sh")
+            # The whole suite runs once per kernel, on ext4-DAX; the xfs-DAX
+            # boots of the oldest and the newest kernel run what a filesystem
+            # can change (the tests whose files are on the DAX mount:
+            # DAXMIRROR_SUITE_SCOPE=dax); 6.12's xfs-DAX boot keeps its mount
+            # check and write-protect probe, and the TEST_HMM guest (6.12)
+            # runs the differential on xfs-DAX.
+            if [[ $fs == ext4 ]]; then
+                specs+=("test suite on $fs-DAX=>DAXMIRROR_CLI_EDGES=$([[ $k == stable ]] && echo 1 || echo 0) $PWD/Scripts/guest-tests.sh")
+            elif [[ $k != backports ]]; then
+                specs+=("the suite's DAX-file tests on $fs-DAX (the rest ran on ext4 under this kernel)=>DAXMIRROR_SUITE_SCOPE=dax $PWD/Scripts/guest-tests.sh")
+            fi
             # One boot also has a real Prometheus scrape `daxmirror metrics --listen`.
             [[ $k == backports && $fs == ext4 ]] && specs+=("a real Prometheus scrapes daxmirror metrics; PromQL agrees with ndctl and pagemap=>$PWD/Scripts/guest/prometheus-scrape.sh"
                 "the exporter as nobody with the unit's capabilities reads another user's DAX mapping; without them counts it=>$PWD/Scripts/guest/exporter-privileges.sh")
@@ -177,13 +185,14 @@ if [[ -z $host_dir && ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
     # power-off), one kernel, both filesystems: daxmirror names it for what it
     # is, and the two README commands run in their host mode inside it — the
     # demo and the whole suite with its DAX tests and scenarios on the mount.
-    # The whole suite runs on memmap= ext4 only: xfs-DAX has its suite on the
-    # NVDIMM boots above, and what memmap= changes (the e820 region, the
-    # RAM it is) is the same under both filesystems.
+    # `test.sh --host` runs on memmap= ext4 only, and there the suite's
+    # DAX-file tests (DAXMIRROR_SUITE_SCOPE=dax): the whole suite ran under
+    # this kernel on the NVDIMM boot, and what memmap= changes (the e820
+    # region, the RAM it is) is the same under both filesystems.
     for fs in ext4 xfs; do
         specs=("daxmirror names the e820 region and says memmap= RAM is lost at power-off=>$PWD/Scripts/guest/check-memmap.sh"
                "Scripts/demo.sh --host /mnt (no QEMU)=>$PWD/Scripts/demo.sh --host /mnt")
-        [[ $fs == ext4 ]] && specs+=("Scripts/test.sh --host /mnt: the suite on memmap= $fs-DAX=>DAXMIRROR_CLI_EDGES=0 $PWD/Scripts/test.sh --host /mnt")
+        [[ $fs == ext4 ]] && specs+=("Scripts/test.sh --host /mnt: the suite's DAX-file tests on memmap= $fs-DAX=>DAXMIRROR_CLI_EDGES=0 DAXMIRROR_SUITE_SCOPE=dax $PWD/Scripts/test.sh --host /mnt")
         guest_steps "guest newest/memmap $fs" --pmem memmap --kernel newest --fs "$fs" --timeout 1500 -- "${specs[@]}"
     done
     step "power cut on memmap= pmem: said beforehand, gone after" python3 Scripts/powercut-test.py --pmem memmap --kernel newest
@@ -193,14 +202,20 @@ if [[ -z $host_dir && ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
         ops=${DAXMIRROR_DIFF_OPS:-10000} devops=${DAXMIRROR_DEVMEM_OPS:-0}
         for fs in ext4 xfs; do
             kinds=file; [[ $fs == ext4 ]] && kinds=anon,shmem,file
+            # One step, one process per stream side by side: every memory
+            # type's mirror stream and (ext4 boot: device-private memory moves
+            # anonymous pages only) the device-private stream on twin regions.
+            # That one is off by default (DAXMIRROR_DEVMEM_OPS=10000 turns it
+            # on): a fresh seed can still disagree, not on replay alone
+            # (docs/device-private.md).
+            name="$ops random operations per memory type through both ($kinds)" filter='randomOperationsAgreeWithTheKernel|seedsThatOnceDisagreedAgree'
+            if [[ $fs == ext4 && $devops -gt 0 ]]; then
+                name+=" and $devops device-private operations (twin regions)" filter+='|randomDeviceMemoryOperationsAgreeWithTheKernel'
+            fi
             specs=("the kernel's own hmm-tests on $fs-DAX (the baseline)=>$PWD/Scripts/hmm-tests-baseline.sh $PWD/.cache/hmm-tests"
                    "hmm-tests under the module and under daxmirror emulate, case by case, on $fs-DAX=>$PWD/Scripts/hmm-tests-emulated.sh $PWD/.cache/hmm-tests-dynamic --dir /mnt"
                    "conformance table, daxmirror against the kernel's dmirror ($kinds)=>$PWD/Scripts/differential.sh --kinds $kinds"
-                   "$ops random operations per memory type through both ($kinds)=>DAXMIRROR_STRESS_KINDS=$kinds DAXMIRROR_DIFF_OPS=$ops DAXMIRROR_SUITE_TIMEOUT=2880 $PWD/Scripts/guest-tests.sh --filter 'randomOperationsAgreeWithTheKernel|seedsThatOnceDisagreedAgree'")
-            # Device-private memory moves anonymous pages only: one boot. Off
-            # by default (DAXMIRROR_DEVMEM_OPS=10000 runs it): a fresh seed
-            # can still disagree, not on replay (docs/device-private.md).
-            [[ $fs == ext4 && $devops -gt 0 ]] && specs+=("$devops random device-private operations against the kernel's devices (twin regions, anon)=>DAXMIRROR_STRESS_KINDS=anon DAXMIRROR_DEVMEM_OPS=$devops DAXMIRROR_SUITE_TIMEOUT=1500 $PWD/Scripts/guest-tests.sh --filter randomDeviceMemoryOperationsAgreeWithTheKernel")
+                   "$name=>DAXMIRROR_STRESS_KINDS=$kinds DAXMIRROR_DIFF_OPS=$ops DAXMIRROR_DEVMEM_OPS=$devops DAXMIRROR_SUITE_TIMEOUT=2880 $PWD/Scripts/guest-tests.sh --filter '$filter'")
             DAXMIRROR_GUEST_ENV="DAXMIRROR_STEP_TIMEOUT=3000" guest_steps "hmm/$fs" --kernel hmm --fs $fs --timeout 4500 -- "${specs[@]}"
         done
         echo

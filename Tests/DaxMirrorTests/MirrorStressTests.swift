@@ -84,34 +84,6 @@ struct MirrorStressTests {
         print("stress \(kind): \(replay), ops \(stats.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")); \(lines.last ?? "")")
     }
 
-    /// The same random workload driven through daxmirror and the kernel's own
-    /// HMM test driver at once (`run --against-kernel`): every device access
-    /// compared (bytes, errno, fault rounds), and after every operation a
-    /// `check`, which in that mode compares the whole range's snapshot with
-    /// the kernel's. Runs where /dev/hmm_dmirror0 exists (the hmm guest).
-    @Test(.enabled(if: access("/dev/hmm_dmirror0", F_OK) == 0, "no /dev/hmm_dmirror0: runs in `Scripts/guest.sh --kernel hmm`"),
-          arguments: ["anon", "shmem", "file"])
-    func randomOperationsAgreeWithTheKernel(_ kind: String) throws {
-        try Self.skipUnlessRunsHere(kind)
-        let ops = Int(ProcessInfo.processInfo.environment["DAXMIRROR_DIFF_OPS"] ?? "") ?? 10_000
-        try Self.differential(kind: kind, seed: Self.seed(), ops: ops)
-    }
-
-    /// Seeds that once disagreed with the kernel, each replayed at the length
-    /// that showed it, on the memory type it was drawn for: the regression
-    /// test of the fix (each fails on the code before it).
-    static let knownSeeds: [(kind: String, seed: UInt64, ops: Int, cause: String)] = [
-        ("file", 3_248_077_428, 40, "a forked child's write to a MAP_SYNC DAX file left the parent's page read-only, soft-dirty set (ext4 and xfs)"),
-    ]
-
-    @Test(.enabled(if: access("/dev/hmm_dmirror0", F_OK) == 0, "no /dev/hmm_dmirror0: runs in `Scripts/guest.sh --kernel hmm`"))
-    func seedsThatOnceDisagreedAgree() throws {
-        for known in Self.knownSeeds {
-            print("known seed \(known.seed) (\(known.kind), \(known.ops) operations): \(known.cause)")
-            try Self.differential(kind: known.kind, seed: known.seed, ops: known.ops)
-        }
-    }
-
     static func differential(kind: String, seed: UInt64, ops: Int) throws {
         let where_ = kind != "file" ? kind : (DaxEnvironment.directory == nil ? "a file" : "a file on \(DaxEnvironment.filesystem ?? "?")-DAX")
         let replay = "seed \(seed) (replay: DAXMIRROR_STRESS_SEED=\(seed)), \(where_), \(ops) operations"
@@ -259,5 +231,41 @@ struct MirrorStressTests {
         script.append("check A")
         script.append("stats A")
         return (script, stats)
+    }
+}
+
+/// The random workload against the kernel's own dmirror, one process per
+/// memory type (`daxmirror run --against-kernel`). Not serialized: each
+/// memory type is a process of its own with its own open of the kernel's
+/// device, so the types run side by side (both vCPUs of the guest busy),
+/// beside the device-private stream (DeviceMemoryDifferentialTests).
+@Suite("mirror against the kernel (random)")
+struct MirrorKernelDifferentialTests {
+    /// The same random workload driven through daxmirror and the kernel's own
+    /// HMM test driver at once (`run --against-kernel`): every device access
+    /// compared (bytes, errno, fault rounds), and after every operation a
+    /// `check`, which in that mode compares the whole range's snapshot with
+    /// the kernel's. Runs where /dev/hmm_dmirror0 exists (the hmm guest).
+    @Test(.enabled(if: access("/dev/hmm_dmirror0", F_OK) == 0, "no /dev/hmm_dmirror0: runs in `Scripts/guest.sh --kernel hmm`"),
+          arguments: ["anon", "shmem", "file"])
+    func randomOperationsAgreeWithTheKernel(_ kind: String) throws {
+        try MirrorStressTests.skipUnlessRunsHere(kind)
+        let ops = Int(ProcessInfo.processInfo.environment["DAXMIRROR_DIFF_OPS"] ?? "") ?? 10_000
+        try MirrorStressTests.differential(kind: kind, seed: MirrorStressTests.seed(), ops: ops)
+    }
+
+    /// Seeds that once disagreed with the kernel, each replayed at the length
+    /// that showed it, on the memory type it was drawn for: the regression
+    /// test of the fix (each fails on the code before it).
+    static let knownSeeds: [(kind: String, seed: UInt64, ops: Int, cause: String)] = [
+        ("file", 3_248_077_428, 40, "a forked child's write to a MAP_SYNC DAX file left the parent's page read-only, soft-dirty set (ext4 and xfs)"),
+    ]
+
+    @Test(.enabled(if: access("/dev/hmm_dmirror0", F_OK) == 0, "no /dev/hmm_dmirror0: runs in `Scripts/guest.sh --kernel hmm`"))
+    func seedsThatOnceDisagreedAgree() throws {
+        for known in Self.knownSeeds {
+            print("known seed \(known.seed) (\(known.kind), \(known.ops) operations): \(known.cause)")
+            try MirrorStressTests.differential(kind: known.kind, seed: known.seed, ops: known.ops)
+        }
     }
 }
