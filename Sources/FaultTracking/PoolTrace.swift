@@ -8,14 +8,16 @@ import CDaxShim
 /// copy refused, fork, discard — in a ring allocated up front (the handler
 /// thread may not allocate), and writes it to FILE at exit, each record with
 /// the scenario line it happened under and the thread that did it. For a race
-/// no replay reproduces: the trace of the very run that met it.
+/// no replay reproduces: the trace of the very run that met it. A `%p` in
+/// FILE is the process's id (several traced processes side by side).
 public enum PoolTrace {
     public enum Site: UInt64 {
         case migrate = 1, bringHome, serveFault, serveWrite, removed, forked, childCopy, serveChild, release,
              copyRefused, settleTimedOut, protect
     }
 
-    private static let capacity = 1 << 18
+    /// 48 MiB when on: a 10,000-operation stream's whole history.
+    private static let capacity = 1 << 20
     private static let width = 6
     /// Allocated by `start` when the variable is set (debug builds); nil: off.
     nonisolated(unsafe) private static var ring: UnsafeMutablePointer<UInt64>?
@@ -34,7 +36,7 @@ public enum PoolTrace {
     public static func start() {
         #if DEBUG
         guard ring == nil, let p = getenv("DAXMIRROR_POOL_TRACE"), p.pointee == 0x2F else { return }
-        path = String(cString: p)
+        path = String(cString: p).replacing("%p", with: "\(getpid())")
         mainThread = pthread_self()
         cursor.initialize(repeating: 0, count: 2)
         let r = UnsafeMutablePointer<UInt64>.allocate(capacity: capacity * width)
