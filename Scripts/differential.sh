@@ -51,19 +51,41 @@ print(f"| {case} | {label} | faults {theirs}, last snapshot {last_kernel} | faul
 sys.exit(0 if ok else 1)
 PY
 )
-disagree=0
+# The mirror's rows run two at a time (each a `daxmirror run` of its own,
+# with its own open of the kernel's device and its own file). The rows that
+# move pages to the kernel's device run one at a time: HMM_DMIRROR_RELEASE
+# evicts every process's pages on that device (docs/kernel-facts.md §7).
+# Rows print in table order.
+rows_dir=$(mktemp -d)
+trap 'rm -rf "$rows_dir"' EXIT
+rows=0
+row() {  # row MODE CASE LABEL NAMED FILE COMMAND...: MODE side-by-side or alone; FILE (or -) removed after
+    local mode=$1 case_name=$2 label=$3 named=$4 file=$5
+    shift 5
+    if [[ $mode == alone ]]; then wait; else while (($(jobs -rp | wc -l) >= 2)); do wait -n || true; done; fi
+    local n=$rows
+    (
+        out=$("$@" 2>&1) && rc=0 || rc=$?
+        [[ $file == - ]] || rm -f "$file"*
+        python3 -c "$summarize" "$case_name" "$label" "$rc" ${named:+"$named"} <<<"$out" && agreed=0 || agreed=1
+        echo $agreed > "$rows_dir/$n.rc"
+    ) > "$rows_dir/$n.out" 2>&1 &
+    [[ $mode == alone ]] && { wait $! || true; }
+    rows=$((rows + 1))
+}
+note() {  # note TEXT: a row that needs no run, in table order
+    echo "$1" > "$rows_dir/$rows.out"; rows=$((rows + 1))
+}
 for scn in "$here"/Scenarios/differential/*.scn; do
     case_name=$(basename "$scn" .scn)
     for kind in ${kinds//,/ }; do
-        label=$kind mem=$kind
-        if [[ $kind == file ]]; then label=${fs:-file}; mem="file diff-$case_name.dat"; fi
+        label=$kind mem=$kind file=-
+        if [[ $kind == file ]]; then label=${fs:-file}; mem="file diff-$case_name.dat"; file="$dir/diff-$case_name.dat"; fi
         if [[ $case_name == truncate && $kind == anon ]]; then
-            echo "| $case_name | $label | - | - | not applicable: anonymous memory has no file to truncate |"
+            note "| $case_name | $label | - | - | not applicable: anonymous memory has no file to truncate |"
             continue
         fi
-        out=$(DM_MEM=$mem "$bin" run --against-kernel --dir "$dir" "$scn" 2>&1) && rc=0 || rc=$?
-        rm -f "$dir/diff-$case_name.dat"
-        python3 -c "$summarize" "$case_name" "$label" "$rc" <<<"$out" || disagree=1
+        row side-by-side "$case_name" "$label" "" "$file" env DM_MEM="$mem" "$bin" run --against-kernel --dir "$dir" "$scn"
     done
 done
 
@@ -75,24 +97,28 @@ if [[ ",$kinds," == *",anon,"* ]]; then
     for case_name in migrate migrate_fault migrate_release migrate_shared migrate_mixed migrate_multiple snapshot \
                      double_map exclusive exclusive_mprotect exclusive_cow hmm_cow_in_device hmm_gup_test; do
         label=anon; [[ $case_name == migrate_shared ]] && label=shmem
-        out=$("$bin" run --against-kernel --twin-regions --dir "$dir" "$here/Scenarios/$case_name.scn" 2>&1) && rc=0 || rc=$?
-        python3 -c "$summarize" "$case_name" "$label (twin)" "$rc" <<<"$out" || disagree=1
+        row alone "$case_name" "$label (twin)" "" - "$bin" run --against-kernel --twin-regions --dir "$dir" "$here/Scenarios/$case_name.scn"
     done
     # migrate_file_private (a regular file, not DAX: the kernel refuses DAX
     # VMAs): the kernel moves a MAP_PRIVATE file's written pages; userfaultfd
     # cannot catch their return, so daxmirror refuses.
-    script=$'map A file diff-fp.dat 64K private\nmirror A\ncpu-write A 0 64K 7\nmigrate A 0 64K\n'
-    out=$("$bin" run --against-kernel --twin-regions --dir /tmp - <<<"$script" 2>&1) && rc=0 || rc=$?
-    python3 -c "$summarize" migrate_file_private "file private, not DAX (twin)" "$rc" "ours failed with EOPNOTSUPP" <<<"$out" || disagree=1
+    printf 'map A file diff-fp.dat 64K private\nmirror A\ncpu-write A 0 64K 7\nmigrate A 0 64K\n' > "$rows_dir/fp.scn"
+    row alone migrate_file_private "file private, not DAX (twin)" "ours failed with EOPNOTSUPP" /tmp/diff-fp.dat \
+        "$bin" run --against-kernel --twin-regions --dir /tmp "$rows_dir/fp.scn"
 fi
 for scn in "$here"/Scenarios/differential/devmem/*.scn; do
     case_name=devmem/$(basename "$scn" .scn)
     for kind in ${kinds//,/ }; do
-        label="$kind (twin)" mem=$kind
-        if [[ $kind == file ]]; then label="${fs:-file} (twin)"; mem="file diff-devmem.dat"; fi
-        out=$(DM_MEM=$mem "$bin" run --against-kernel --twin-regions --dir "$dir" "$scn" 2>&1) && rc=0 || rc=$?
-        rm -f "$dir"/diff-devmem.dat*
-        python3 -c "$summarize" "$case_name" "$label" "$rc" <<<"$out" || disagree=1
+        label="$kind (twin)" mem=$kind file=-
+        if [[ $kind == file ]]; then label="${fs:-file} (twin)"; mem="file diff-devmem.dat"; file="$dir/diff-devmem.dat"; fi
+        row alone "$case_name" "$label" "" "$file" env DM_MEM="$mem" "$bin" run --against-kernel --twin-regions --dir "$dir" "$scn"
     done
+done
+wait
+disagree=0
+for ((i = 0; i < rows; i++)); do
+    # A row that ran leaves its verdict (0 agreed); a note leaves none.
+    [[ ! -f $rows_dir/$i.rc || $(cat "$rows_dir/$i.rc") == 0 ]] || disagree=1
+    cat "$rows_dir/$i.out"
 done
 exit $disagree
