@@ -62,15 +62,20 @@ rows=0
 row() {  # row MODE CASE LABEL NAMED FILE COMMAND...: MODE side-by-side or alone; FILE (or -) removed after
     local mode=$1 case_name=$2 label=$3 named=$4 file=$5
     shift 5
-    if [[ $mode == alone ]]; then wait; else while (($(jobs -rp | wc -l) >= 2)); do wait -n || true; done; fi
     local n=$rows
-    (
+    run_row() {
+        local out rc
         out=$("$@" 2>&1) && rc=0 || rc=$?
         [[ $file == - ]] || rm -f "$file"*
-        python3 -c "$summarize" "$case_name" "$label" "$rc" ${named:+"$named"} <<<"$out" && agreed=0 || agreed=1
-        echo $agreed > "$rows_dir/$n.rc"
-    ) > "$rows_dir/$n.out" 2>&1 &
-    [[ $mode == alone ]] && { wait $! || true; }
+        python3 -c "$summarize" "$case_name" "$label" "$rc" ${named:+"$named"} <<<"$out" && echo 0 > "$rows_dir/$n.rc" || echo 1 > "$rows_dir/$n.rc"
+    }
+    if [[ $mode == alone ]]; then
+        wait
+        run_row "$@" > "$rows_dir/$n.out" 2>&1
+    else
+        while (($(jobs -rp | wc -l) >= 2)); do wait -n || true; done
+        run_row "$@" > "$rows_dir/$n.out" 2>&1 &
+    fi
     rows=$((rows + 1))
 }
 note() {  # note TEXT: a row that needs no run, in table order

@@ -25,12 +25,12 @@ struct ScenarioTests {
         return shipped.filter { mapsAFile($0) }
     }
 
-    /// Whether a scenario maps a file (a `map R file ...` line).
+    /// Whether a scenario maps a file, as the scenario language reads its lines.
     static func mapsAFile(_ name: String) -> Bool {
         guard let text = try? String(contentsOfFile: "\(directory)/\(name)", encoding: .utf8) else { return false }
         return text.split(separator: "\n").contains { line in
-            let words = line.split(separator: " ")
-            return words.count > 2 && words[0] == "map" && words[2] == "file"
+            guard case .map(let request)? = (try? ScenarioLine.parse(String(line)))??.command else { return false }
+            return request.kind == .file
         }
     }
 
