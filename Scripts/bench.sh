@@ -70,7 +70,8 @@ echo "range fault (MADV_POPULATE_WRITE + pagemap) of 256 MiB anonymous, per page
 # device and read back by the CPU, against a C loop of the same system calls
 # (per 64-page window: pagemap, copy into the pool, UFFDIO_REGISTER,
 # MADV_DONTNEED, pagemap, read-back; per page: a MISSING fault served by
-# UFFDIO_COPY). Goal >= 0.9. With --kernel, the kernel's MIGRATE_TO_DEV below.
+# UFFDIO_MOVE of the pool's page where the kernel has it, else UFFDIO_COPY).
+# Goal >= 0.9. With --kernel, the kernel's MIGRATE_TO_DEV below.
 read -r c s ratio rest < <(per=time paired devmem 64)
 echo "device-private: 64 MiB migrated to the device and read back by the CPU (16,384 pages): C ${c} ms, Swift ${s} ms, ratio (C/Swift time) $ratio $rest (goal >= 0.9)"
 

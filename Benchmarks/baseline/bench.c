@@ -18,14 +18,15 @@
 //                         existing file: map it shared, populate its data
 //                         extents (SEEK_DATA/SEEK_HOLE) and count their present
 //                         pages in pagemap; seconds
-//   bench devmem MIB      device-private memory by daxmirror's copy path, the same
+//   bench devmem MIB      device-private memory by daxmirror's pool, the same
 //                         system calls in a C loop: per 64-page window a pagemap
 //                         pread, each page copied into its pool slot, UFFDIO_REGISTER
 //                         (MISSING|WP) and MADV_DONTNEED of the window (its REMOVE
 //                         event read by the handler), a pagemap pread again and the
 //                         read-back copy; then the CPU reads every page back: a
-//                         MISSING fault served with UFFDIO_COPY (DONTWAKE) from the
-//                         slot, the slot discarded, UFFDIO_WAKE. Prints ms: total,
+//                         MISSING fault served with UFFDIO_MOVE (DONTWAKE) of the
+//                         slot's page (6.8+; else UFFDIO_COPY and the slot
+//                         discarded), UFFDIO_WAKE. Prints ms: total,
 //                         migrate, touch back
 //   bench kdevmem MIB     the same work by the kernel's device (/dev/hmm_dmirror0):
 //                         HMM_DMIRROR_MIGRATE_TO_DEV of MIB, then the same reads
@@ -76,12 +77,16 @@ static void zero_fill(const struct uffd_msg *m) {
 
 /// Opens `uffd` with the invalidation events daxmirror's tracker asks for,
 /// plus `extra` features. -1 (after perror) if the kernel refuses.
+/// The kernel offers UFFDIO_MOVE (6.8+), as UFFDIO_API said.
+static int have_move;
+
 static int open_uffd(__u64 extra) {
     uffd = dm_userfaultfd(O_CLOEXEC | O_NONBLOCK);
     struct uffdio_api api = {.api = UFFD_API, .features = extra | UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP |
                                                             UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP |
                                                             UFFD_FEATURE_THREAD_ID};
     if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api)) { perror("uffd"); return -1; }
+    have_move = (api.features & UFFD_FEATURE_MOVE) != 0;
     return 0;
 }
 
@@ -307,16 +312,20 @@ static volatile long dev_removes;
 
 /// Device-private pages: a REMOVE event counted (the migration waits for
 /// it), a MISSING fault served from the page's slot without waking the
-/// faulter, the slot discarded, then the faulter woken (daxmirror's order:
-/// the page is the CPU's in its books before the faulter runs on).
+/// faulter — the slot's page moved (UFFDIO_MOVE, 6.8+), else copied and
+/// the slot discarded — then the faulter woken (daxmirror's order: the page
+/// is the CPU's in its books before the faulter runs on).
 static void serve_devmem(const struct uffd_msg *m) {
     if (m->event == UFFD_EVENT_REMOVE) { __atomic_add_fetch(&dev_removes, 1, __ATOMIC_RELEASE); return; }
     if (m->event != UFFD_EVENT_PAGEFAULT) return;
     unsigned long at = m->arg.pagefault.address & ~(page - 1);
     char *slot = dev_pool + (at - (unsigned long)dev_base);
-    struct uffdio_copy c = {.dst = at, .src = (unsigned long)slot, .len = page, .mode = UFFDIO_COPY_MODE_DONTWAKE};
-    if (ioctl(uffd, UFFDIO_COPY, &c) && errno != EEXIST) perror("UFFDIO_COPY");
-    madvise(slot, page, MADV_DONTNEED);
+    struct dm_uffdio_move mv = {.dst = at, .src = (unsigned long)slot, .len = page, .mode = DM_UFFDIO_MOVE_MODE_DONTWAKE};
+    if (!have_move || ioctl(uffd, DM_UFFDIO_MOVE, &mv)) {
+        struct uffdio_copy c = {.dst = at, .src = (unsigned long)slot, .len = page, .mode = UFFDIO_COPY_MODE_DONTWAKE};
+        if (ioctl(uffd, UFFDIO_COPY, &c) && errno != EEXIST) perror("UFFDIO_COPY");
+        madvise(slot, page, MADV_DONTNEED);
+    }
     struct uffdio_range r = {.start = at, .len = page};
     if (ioctl(uffd, UFFDIO_WAKE, &r)) perror("UFFDIO_WAKE");
 }
@@ -337,6 +346,7 @@ static int bench_devmem(long mib) {
     int pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
     uint64_t entries[64];
     if (dev_base == MAP_FAILED || dev_pool == MAP_FAILED || !readback || pm < 0) { perror("devmem"); return 1; }
+    madvise(dev_pool, len, MADV_NOHUGEPAGE);  // as daxmirror's pool: base pages to move
     memset(dev_base, 0x44, len);
     if (open_uffd(0)) return 1;
     struct uffdio_register whole = {.range = {.start = (unsigned long)dev_base, .len = len}, .mode = UFFDIO_REGISTER_MODE_WP};

@@ -110,10 +110,10 @@ public struct CapabilityReport: Sendable, JSONRepresentable {
         guard missing && wp else {
             return ("none", "anonymous memory takes no MISSING and WP registration here")
         }
-        let move = f.contains(.move)
-            ? "this kernel offers UFFDIO_MOVE (6.8+), which would move pages without a copy; not used yet"
-            : "this kernel has no UFFDIO_MOVE"
-        return ("copy", "pages are copied to the device's memory; the CPU's touch is a MISSING fault served with UFFDIO_COPY (\(move))")
+        guard f.contains(.move) else {
+            return ("copy", "pages are copied to the device's memory; the CPU's touch is a MISSING fault served with UFFDIO_COPY (this kernel has no UFFDIO_MOVE, 6.8+)")
+        }
+        return ("move", "pages are copied to the device's memory; the CPU's touch is a MISSING fault served with UFFDIO_MOVE, the device's page itself mapped back without a copy (UFFDIO_COPY for a page that comes home read-only or that a fork shares)")
     }
 
     // MARK: probes

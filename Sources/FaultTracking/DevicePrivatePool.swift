@@ -14,9 +14,11 @@ import Userfaultfd
 /// dropped from the CPU's page table (MADV_DONTNEED), after its range was
 /// registered MISSING with the region's userfaultfd. The CPU's next touch of
 /// it — a load, a store, a system call or GUP reading it, another device's
-/// fault — is a MISSING fault the handler thread serves by UFFDIO_COPY from
-/// the slot (`serveFault`), as the kernel's migrate_to_ram brings a
-/// device-private page back into a new system page.
+/// fault — is a MISSING fault the handler thread serves from the slot
+/// (`serveFault`), as the kernel's migrate_to_ram brings a device-private
+/// page back into a system page: by UFFDIO_MOVE where the kernel has it
+/// (6.8+: the slot's page itself is mapped back, no copy), else by
+/// UFFDIO_COPY (`comeHome` says which cases).
 ///
 /// `state` holds one word per region page, read by the handler thread
 /// without locks or allocation: 0 = the CPU's page; otherwise bits 0–15 the
@@ -100,6 +102,8 @@ public final class DevicePrivatePool: @unchecked Sendable {
         // One mapping: the device's pages, then the last child's copy of them.
         let p = mmap(nil, 2 * pages * pageSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
         guard let p, p != MAP_FAILED else { throw SystemCallError("mmap", "the device-private pool", errno: Errno.current) }
+        // Base pages only: UFFDIO_MOVE would split a huge one first.
+        madvise(p, 2 * pages * pageSize, MADV_NOHUGEPAGE)
         pool = p
         childPool = p + pages * pageSize
         state = zeroedWords(pages)
@@ -245,7 +249,10 @@ public final class DevicePrivatePool: @unchecked Sendable {
             if m.present {
                 guard dm_copy_guarded(dst, address(m.index), pageSize) == 0 else { continue }
             } else {
-                madvise(dst, pageSize, MADV_DONTNEED)  // reads as zeros
+                // A zeroed page of the pool's own, not the shared zero page
+                // a read of an empty slot would map: UFFDIO_MOVE would map
+                // that one home read-only.
+                memset(dst, 0, pageSize)
             }
             let softDirty = m.present && m.softDirty && !isHomeClean(m.index)
             let word = UInt64(device + 1) | (m.writable ? Self.writableBit : 0) | Self.pendingBit
@@ -280,11 +287,37 @@ public final class DevicePrivatePool: @unchecked Sendable {
     public func bringHome(_ index: Int, uffd: Userfaultfd) throws(SystemCallError) -> Bool {
         guard held(index) else { return false }
         PoolTrace.record(.bringHome, index, dm_atomic_load_u64(state + index), comesHomeReadOnly(index) ? 1 : 0)
-        do { try uffd.copy(to: address(index), from: slot(index), length: pageSize, writeProtect: comesHomeReadOnly(index)) }
+        var moved = false
+        do { moved = try comeHome(index, uffd: uffd, wake: true) }
         catch where error.errno == .EEXIST {}
-        release(index, cameHome: true)
+        release(index, cameHome: true, slotEmpty: moved)
         return true
     }
+
+    /// Maps page `index` home from its slot. UFFDIO_MOVE (6.8+) maps the
+    /// slot's page itself, writable, and leaves the slot empty; the kernel
+    /// refuses it for a slot page a fork shares (EBUSY), a VMA that is not
+    /// writable or is mlocked (EINVAL) — those, a page that must come home
+    /// read-only (MOVE maps writable), and kernels before 6.8 take
+    /// UFFDIO_COPY. Returns whether the page moved (else it was copied).
+    private func comeHome(_ index: Int, uffd: Userfaultfd, wake: Bool) throws(SystemCallError) -> Bool {
+        let readOnly = comesHomeReadOnly(index)
+        if !readOnly && uffd.features.contains(.move) {
+            do throws(SystemCallError) {
+                try uffd.move(to: address(index), from: slot(index), length: pageSize, wake: wake)
+                return true
+            } catch {
+                // Any refusal, EEXIST included (MOVE wants a bare hole where
+                // COPY takes a marker too): the copy's answer is the one kept.
+                PoolTrace.record(.moveRefused, index, UInt64(error.errno.rawValue))
+            }
+        }
+        try uffd.copy(to: address(index), from: slot(index), length: pageSize, writeProtect: readOnly, wake: wake)
+        return false
+    }
+
+    /// How pages come home on this uffd's kernel: "move" or "copy".
+    public static func mechanism(_ uffd: Userfaultfd) -> String { uffd.features.contains(.move) ? "move" : "copy" }
 
     /// Whether the page comes home write-protected (with userfaultfd, which
     /// the handler lifts at the first write: `serveWrite`), as the kernel's
@@ -338,9 +371,9 @@ public final class DevicePrivatePool: @unchecked Sendable {
                 // woken by the copy, it could move the page to a device again
                 // before `release` wiped what that move wrote (the device lost
                 // the page: `aDeviceMemoryRunAnswersTheSameTwice` found it).
-                try uffd.copy(to: dst, from: slot(index), length: pageSize, writeProtect: comesHomeReadOnly(index), wake: false)
+                let moved = try comeHome(index, uffd: uffd, wake: false)
                 if homeDelay > 0 { usleep(homeDelay) }
-                release(index, cameHome: true)
+                release(index, cameHome: true, slotEmpty: moved)
                 try uffd.wake(dst, length: pageSize)
             } else {
                 try uffd.zeropage(at: dst, length: pageSize)
@@ -434,8 +467,8 @@ public final class DevicePrivatePool: @unchecked Sendable {
     }
 
     /// The slot goes back to zeros; the page is the CPU's again (`cameHome`:
-    /// mapped from the slot, else freed).
-    private func release(_ index: Int, cameHome: Bool) {
+    /// mapped from the slot, else freed; `slotEmpty`: moved out of it).
+    private func release(_ index: Int, cameHome: Bool, slotEmpty: Bool = false) {
         let s = dm_atomic_exchange_u64(state + index, 0)
         guard s != 0 else { return }
         PoolTrace.record(.release, index, s, cameHome ? 1 : 0)
@@ -444,7 +477,7 @@ public final class DevicePrivatePool: @unchecked Sendable {
             dm_atomic_store_u64(someHomeClean, 1)
         }
         dm_atomic_add_u64(onDevice, UInt64.max)  // -1
-        madvise(slot(index), pageSize, MADV_DONTNEED)
+        if !slotEmpty { madvise(slot(index), pageSize, MADV_DONTNEED) }
     }
 
     /// Whether the kernel's page comes home without a soft-dirty bit: its

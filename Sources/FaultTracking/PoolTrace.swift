@@ -13,7 +13,7 @@ import CDaxShim
 public enum PoolTrace {
     public enum Site: UInt64 {
         case migrate = 1, bringHome, serveFault, serveWrite, removed, forked, childCopy, serveChild, release,
-             copyRefused, settleTimedOut, protect
+             copyRefused, settleTimedOut, protect, moveRefused
     }
 
     /// 48 MiB when on: a 10,000-operation stream's whole history.

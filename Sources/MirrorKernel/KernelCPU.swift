@@ -191,7 +191,11 @@ public final class KernelCPU: CPUSide, @unchecked Sendable {
         }
     }
 
-    public var devicePrivateMechanism: String { devicePages == nil ? "none" : "copy" }
+    /// "move" (UFFDIO_MOVE, 6.8+), "copy" (UFFDIO_COPY) or "none".
+    public var devicePrivateMechanism: String {
+        guard let uffd = devicePages?.tracker.userfaultfd else { return "none" }
+        return DevicePrivatePool.mechanism(uffd)
+    }
 
     public var devicePrivateCount: Int { devicePages?.pool.count ?? 0 }
 

@@ -70,9 +70,13 @@ extension Userfaultfd {
         try Syscall.retrying("UFFDIO_POISON") { dm_uffdio_poison(fd.rawValue, &p) }
     }
 
-    /// UFFDIO_MOVE (6.8+, needs the MOVE feature): moves anon pages from `source`.
-    public func move(to dst: UnsafeMutableRawPointer, from source: UnsafeMutableRawPointer, length: Int) throws(SystemCallError) {
-        var m = dm_uffdio_move(dst: addr(dst), src: addr(source), len: UInt64(length), mode: 0, move: 0)
+    /// UFFDIO_MOVE (6.8+, the MOVE feature): moves this process's anonymous
+    /// pages from `source` to `dst` (a hole in a range registered here)
+    /// without copying them; `wake`: as UFFDIO_COPY's.
+    public func move(to dst: UnsafeMutableRawPointer, from source: UnsafeMutableRawPointer, length: Int,
+                     wake: Bool = true) throws(SystemCallError) {
+        var m = dm_uffdio_move(dst: addr(dst), src: addr(source), len: UInt64(length),
+                               mode: wake ? 0 : DM_UFFDIO_MOVE_MODE_DONTWAKE, move: 0)
         try Syscall.retrying("UFFDIO_MOVE") { dm_uffdio_move(fd.rawValue, &m) }
     }
 }

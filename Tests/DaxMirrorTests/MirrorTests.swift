@@ -318,3 +318,49 @@ func onTmpfs(_ path: String) -> Bool {
     var sf = statfs()
     return statfs(path, &sf) == 0 && sf.f_type == 0x0102_1994
 }
+
+/// The way home of a device-private page, against pagemap: where the kernel
+/// has UFFDIO_MOVE the CPU's touch maps the device's page itself (the
+/// region's PFN is the one the device's slot had, and the slot is empty
+/// after); where it must not move (a VMA made read-only since: the kernel
+/// refuses to move into it) or cannot (no MOVE: 6.1), a copy at another PFN.
+/// The bytes come home either way.
+@Suite("device-private pages come home")
+struct DevicePrivateHomeTests {
+    @Test func aMigratedPageComesHomeAsTheDevicesOwnPageWhereTheKernelCanMoveIt() throws {
+        let page = Syscall.pageSize
+        let mem = try MappedMemory(name: "H", kind: .anonymous, path: nil, size: 4 * page, options: .init())
+        memset(mem.base, 0x5a, 4 * page)
+        let mirror = try DeviceMirror(region: mem.region)
+        let cpu = try #require(mirror.cpu as? KernelCPU)
+        guard let pool = cpu.devicePages?.pool else {
+            try skip("no device-private memory here (\(cpu.devicePrivateRefusal ?? "?"))")
+        }
+        let pagemap = try Pagemap()
+        func pfn(_ p: UnsafeMutableRawPointer) throws -> UInt64? { try pagemap.entry(at: UInt64(UInt(bitPattern: p))).pfn }
+        let moved = try mirror.migrateToDevice(mem.address, UInt64(4 * page))
+        #expect(moved.cpages == 4)
+        guard let slotPFN = try pfn(pool.slot(0)), slotPFN != 0 else {
+            try skip("pagemap shows no PFNs to this user (CAP_SYS_ADMIN)")
+        }
+        #expect(mem.base.load(as: UInt8.self) == 0x5a, "the page's bytes came home")
+        let homePFN = try pfn(mem.base)
+        let mechanism = cpu.devicePrivateMechanism
+        if mechanism == "move" {
+            #expect(homePFN == slotPFN, "moved: the device's page is the CPU's again")
+            #expect(try pfn(pool.slot(0)) == nil, "the slot is empty after the move")
+        } else {
+            #expect(mechanism == "copy")
+            #expect(homePFN != nil && homePFN != slotPFN, "copied: a new page")
+        }
+        // A read-only VMA takes no move: page 1 comes home by a copy.
+        let second = mem.base + page
+        let slot1 = try #require(try pfn(pool.slot(1)))
+        try #require(mprotect(mem.base, 4 * page, PROT_READ) == 0)
+        #expect(second.load(as: UInt8.self) == 0x5a)
+        let home1 = try pfn(second)
+        #expect(home1 != nil && home1 != slot1, "a read-only VMA's page is copied home")
+        try #require(mprotect(mem.base, 4 * page, PROT_READ | PROT_WRITE) == 0)
+        #expect(try mirror.check().disagreements.isEmpty)
+    }
+}

@@ -140,6 +140,8 @@ int dm_statx(int dirfd, const char *path, int flags, dm_statx_result *out);
 #ifndef _UFFDIO_MOVE
 #define _UFFDIO_MOVE (0x05)
 #endif
+/// UFFDIO_MOVE's DONTWAKE mode (the installed headers may predate 6.8).
+static const uint64_t DM_UFFDIO_MOVE_MODE_DONTWAKE = 1 << 0;
 #ifndef _UFFDIO_POISON
 #define _UFFDIO_POISON (0x08)
 #endif
