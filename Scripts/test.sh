@@ -29,13 +29,13 @@
 #      device-private memory (migrate, migrate-back, release, exclusive, CPU
 #      touches, fork, mprotect, unmap) on twin regions: the hmm-tests
 #      transcriptions and Scenarios/differential/devmem as conformance rows;
-#      and with DAXMIRROR_DEVMEM_OPS=N (default 0: off, see
-#      docs/device-private.md) N random device-private operations on twin
-#      regions (ext4 boot), beside the mirror's streams in the same step.
+#      and DAXMIRROR_DEVMEM_OPS (10,000) random device-private operations on
+#      twin regions (ext4 boot), in a step of its own: another process's close
+#      of the kernel's device evicts every page on it (docs/kernel-facts.md §7).
 # It ends with every step's time, the total, and the summary line.
 # Environment: DAXMIRROR_KERNELS="stable backports newest" narrows the kernels;
 # DAXMIRROR_POWERCUTS (default 6; 20 for the long run), DAXMIRROR_DIFF_OPS
-# (default 10,000) and DAXMIRROR_DEVMEM_OPS (default 0: off) size the repetition; DAXMIRROR_HOST_ONLY=1 skips the guest
+# (default 10,000) and DAXMIRROR_DEVMEM_OPS (default 10,000; 0: off) size the repetition; DAXMIRROR_HOST_ONLY=1 skips the guest
 # (the DAX tests then report themselves skipped).
 #
 #   Scripts/test.sh --host DIR   on a machine whose own kernel has DAX (memmap=
@@ -199,23 +199,20 @@ if [[ -z $host_dir && ${DAXMIRROR_HOST_ONLY:-0} != 1 ]]; then
 
     # The kernel's own dmirror as the oracle.
     if [[ -n $hmm ]]; then
-        ops=${DAXMIRROR_DIFF_OPS:-10000} devops=${DAXMIRROR_DEVMEM_OPS:-0}
+        ops=${DAXMIRROR_DIFF_OPS:-10000} devops=${DAXMIRROR_DEVMEM_OPS:-10000}
         for fs in ext4 xfs; do
             kinds=file; [[ $fs == ext4 ]] && kinds=anon,shmem,file
-            # One step, one process per stream side by side: every memory
-            # type's mirror stream and (ext4 boot: device-private memory moves
-            # anonymous pages only) the device-private stream on twin regions.
-            # That one is off by default (DAXMIRROR_DEVMEM_OPS=10000 turns it
-            # on): a fresh seed can still disagree, not on replay alone
-            # (docs/device-private.md).
-            name="$ops random operations per memory type through both ($kinds)" filter='randomOperationsAgreeWithTheKernel|seedsThatOnceDisagreedAgree'
-            if [[ $fs == ext4 && $devops -gt 0 ]]; then
-                name+=" and $devops device-private operations (twin regions)" filter+='|randomDeviceMemoryOperationsAgreeWithTheKernel'
-            fi
+            # One process per memory type's mirror stream, side by side.
             specs=("the kernel's own hmm-tests on $fs-DAX (the baseline)=>$PWD/Scripts/hmm-tests-baseline.sh $PWD/.cache/hmm-tests"
                    "hmm-tests under the module and under daxmirror emulate, case by case, on $fs-DAX=>$PWD/Scripts/hmm-tests-emulated.sh $PWD/.cache/hmm-tests-dynamic --dir /mnt"
                    "conformance table, daxmirror against the kernel's dmirror ($kinds)=>$PWD/Scripts/differential.sh --kinds $kinds"
-                   "$name=>DAXMIRROR_STRESS_KINDS=$kinds DAXMIRROR_DIFF_OPS=$ops DAXMIRROR_DEVMEM_OPS=$devops DAXMIRROR_SUITE_TIMEOUT=2880 $PWD/Scripts/guest-tests.sh --filter '$filter'")
+                   "$ops random operations per memory type through both ($kinds)=>DAXMIRROR_STRESS_KINDS=$kinds DAXMIRROR_DIFF_OPS=$ops DAXMIRROR_SUITE_TIMEOUT=2880 $PWD/Scripts/guest-tests.sh --filter 'randomOperationsAgreeWithTheKernel|seedsThatOnceDisagreedAgree'")
+            # Device-private memory moves anonymous pages only (the ext4 boot),
+            # in a step of its own: any process's close of the kernel's device
+            # evicts every page on it, this stream's too (docs/kernel-facts.md §7).
+            if [[ $fs == ext4 && $devops -gt 0 ]]; then
+                specs+=("$devops random device-private operations through both (twin regions, the kernel's devices its alone)=>DAXMIRROR_STRESS_KINDS=anon DAXMIRROR_DEVMEM_OPS=$devops DAXMIRROR_SUITE_TIMEOUT=2880 $PWD/Scripts/guest-tests.sh --filter 'randomDeviceMemoryOperationsAgreeWithTheKernel|anotherProcesssCloseOfADeviceBringsEveryPageItHoldsHome'")
+            fi
             DAXMIRROR_GUEST_ENV="DAXMIRROR_STEP_TIMEOUT=3000" guest_steps "hmm/$fs" --kernel hmm --fs $fs --timeout 4500 -- "${specs[@]}"
         done
         echo

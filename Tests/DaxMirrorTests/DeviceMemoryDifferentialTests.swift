@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 import DaxCore
+import KernelDmirror
+import PageTables
 
 /// Device-private memory against the kernel's own: random migrations, CPU
 /// touches, exclusive access, releases, forks, mprotects, discards and
@@ -47,6 +49,36 @@ struct DeviceMemoryDifferentialTests {
         #expect(migrations >= ops / 20, "\(replay): only \(migrations) migrations compared")
         #expect(snapshots >= ops / 10, "\(replay): only \(snapshots) snapshots compared")
         print("device-private differential: \(replay): \(bad.count) disagreements; compared with the kernel's dmirror: \(migrations) migrations/exclusive/migrate-backs, \(accesses) device accesses, \(snapshots) snapshots; ops \(stats.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))")
+    }
+
+    /// What the stream's own step rests on (docs/kernel-facts.md §7): the
+    /// kernel's driver (6.12.95 lib/test_hmm.c, dmirror_fops_release) evicts
+    /// every chunk of a device when any open of it is closed — every
+    /// process's pages on that device come home. So a stream side by side
+    /// with other users of the kernel's devices meets evictions it cannot
+    /// see (daxmirror's devices are its process's own), and Scripts/test.sh
+    /// runs it in a step of its own. Here: this process's pages on device 0
+    /// stay through another process's open and close of /dev/hmm_dmirror1,
+    /// and come home at one of /dev/hmm_dmirror0.
+    @Test(.enabled(if: access("/dev/hmm_dmirror0", F_OK) == 0, "no /dev/hmm_dmirror0: runs in `Scripts/guest.sh --kernel hmm`"))
+    func anotherProcesssCloseOfADeviceBringsEveryPageItHoldsHome() throws {
+        let page = Syscall.pageSize, length = 4 * page
+        let p = try #require(mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+        try #require(p != MAP_FAILED)
+        defer { munmap(p, length) }
+        memset(p, 0x5a, length)
+        let at = UInt64(UInt(bitPattern: p))
+        let device0 = try KernelDmirror(path: "/dev/hmm_dmirror0")
+        #expect(try device0.migrateToDevice(at, UInt64(length)).cpages == 4)
+        func onDevice() throws -> Int { try device0.snapshot(at, UInt64(length)).filter { $0.contains(.devicePrivateLocal) }.count }
+        try #require(try onDevice() == 4)
+        // posix_spawn (no fork: a fork would make the pages read-only).
+        for (path, evicts) in [("/dev/hmm_dmirror1", false), ("/dev/hmm_dmirror0", true)] {
+            let r = try CLI.run("/bin/sh", ["-c", "exec 3<>\(path) && exec 3>&-"])
+            try #require(r.status == 0, "open and close \(path): \(r.stderr)")
+            #expect(try onDevice() == (evicts ? 0 : 4), "after another process opened and closed \(path)")
+        }
+        #expect(p.load(as: UInt8.self) == 0x5a, "the evicted pages came home with their bytes")
     }
 
     /// The same stream through daxmirror alone, on any kernel: one answer
