@@ -82,6 +82,8 @@ public final class DevicePrivatePool: @unchecked Sendable {
     private let homeClean: UnsafeMutablePointer<UInt64>
     /// Set once some page came home clean (`vmaWritable` then looks).
     private let someHomeClean: UnsafeMutablePointer<UInt64>
+    /// The errno of the last UFFDIO_MOVE the kernel refused (0: none).
+    private let lastRefusal: UnsafeMutablePointer<UInt64>
 
     /// Debug builds only: DAXMIRROR_POOL_HOME_DELAY_US=N holds the handler N µs
     /// between a page's copy home and its bookkeeping — the window where a
@@ -114,6 +116,7 @@ public final class DevicePrivatePool: @unchecked Sendable {
         homeClean = zeroedWords(pages)
         entrySoftDirty = zeroedWords(pages)
         someHomeClean = zeroedWords(1)
+        lastRefusal = zeroedWords(1)
         OwnMappings.add(ownRange)
         PoolTrace.start()
     }
@@ -130,6 +133,7 @@ public final class DevicePrivatePool: @unchecked Sendable {
         homeClean.deallocate()
         entrySoftDirty.deallocate()
         someHomeClean.deallocate()
+        lastRefusal.deallocate()
     }
 
     /// Stops serving the last child (its faults then run as unregistered).
@@ -310,10 +314,20 @@ public final class DevicePrivatePool: @unchecked Sendable {
                 // Any refusal, EEXIST included (MOVE wants a bare hole where
                 // COPY takes a marker too): the copy's answer is the one kept.
                 PoolTrace.record(.moveRefused, index, UInt64(error.errno.rawValue))
+                dm_atomic_store_u64(lastRefusal, UInt64(error.errno.rawValue))
             }
         }
         try uffd.copy(to: address(index), from: slot(index), length: pageSize, writeProtect: readOnly, wake: wake)
         return false
+    }
+
+    /// Why the kernel last refused to move a page home (then copied), if it
+    /// did: EBUSY when a fork shares the pool's page (another thread's fork
+    /// of this process shares every private page), EINVAL for a VMA that is
+    /// not writable or is mlocked.
+    public var lastMoveRefusal: Errno? {
+        let e = dm_atomic_load_u64(lastRefusal)
+        return e == 0 ? nil : Errno(Int32(truncatingIfNeeded: e))
     }
 
     /// How pages come home on this uffd's kernel: "move" or "copy".

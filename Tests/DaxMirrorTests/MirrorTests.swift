@@ -329,38 +329,55 @@ func onTmpfs(_ path: String) -> Bool {
 struct DevicePrivateHomeTests {
     @Test func aMigratedPageComesHomeAsTheDevicesOwnPageWhereTheKernelCanMoveIt() throws {
         let page = Syscall.pageSize
-        let mem = try MappedMemory(name: "H", kind: .anonymous, path: nil, size: 4 * page, options: .init())
-        memset(mem.base, 0x5a, 4 * page)
-        let mirror = try DeviceMirror(region: mem.region)
-        let cpu = try #require(mirror.cpu as? KernelCPU)
-        guard let pool = cpu.devicePages?.pool else {
-            try skip("no device-private memory here (\(cpu.devicePrivateRefusal ?? "?"))")
-        }
         let pagemap = try Pagemap()
         func pfn(_ p: UnsafeMutableRawPointer) throws -> UInt64? { try pagemap.entry(at: UInt64(UInt(bitPattern: p))).pfn }
-        let moved = try mirror.migrateToDevice(mem.address, UInt64(4 * page))
-        #expect(moved.cpages == 4)
-        guard let slotPFN = try pfn(pool.slot(0)), slotPFN != 0 else {
-            try skip("pagemap shows no PFNs to this user (CAP_SYS_ADMIN)")
+        // Another test's fork of this process (they run side by side:
+        // FaultTrackingTests forks) shares every private page, the pool's
+        // too; the kernel then refuses to move it (EBUSY) and the page is
+        // copied: a few tries, one must move.
+        var refusals: [String] = []
+        for _ in 0..<10 {
+            let mem = try MappedMemory(name: "H", kind: .anonymous, path: nil, size: 4 * page, options: .init())
+            let mirror = try DeviceMirror(region: mem.region)
+            // Written after the mirror exists: where it reads the write bit
+            // from soft-dirty (Debian's kernels), its start cleared the bits,
+            // and a page not written since is read-only in the kernel too (its
+            // device page then comes home read-only, by a copy).
+            memset(mem.base, 0x5a, 4 * page)
+            let cpu = try #require(mirror.cpu as? KernelCPU)
+            guard let pool = cpu.devicePages?.pool else {
+                try skip("no device-private memory here (\(cpu.devicePrivateRefusal ?? "?"))")
+            }
+            #expect(try mirror.migrateToDevice(mem.address, UInt64(4 * page)).cpages == 4)
+            guard let slotPFN = try pfn(pool.slot(0)), slotPFN != 0 else {
+                try skip("pagemap shows no PFNs to this user (CAP_SYS_ADMIN)")
+            }
+            #expect(mem.base.load(as: UInt8.self) == 0x5a, "the page's bytes came home")
+            let homePFN = try pfn(mem.base)
+            #expect(homePFN != nil)
+            let mechanism = cpu.devicePrivateMechanism
+            if mechanism == "copy" {
+                #expect(homePFN != slotPFN, "copied: a new page")
+            } else {
+                #expect(mechanism == "move")
+                if homePFN != slotPFN {
+                    refusals.append(pool.lastMoveRefusal?.name ?? "no refusal, yet another PFN")
+                    continue
+                }
+                #expect(try pfn(pool.slot(0)) == nil, "the slot is empty after the move")
+                if !refusals.isEmpty { print("moved home after \(refusals.count) copied: \(refusals)") }
+            }
+            // A read-only VMA takes no move: page 1 comes home by a copy.
+            let second = mem.base + page
+            let slot1 = try #require(try pfn(pool.slot(1)))
+            try #require(mprotect(mem.base, 4 * page, PROT_READ) == 0)
+            #expect(second.load(as: UInt8.self) == 0x5a)
+            let home1 = try pfn(second)
+            #expect(home1 != nil && home1 != slot1, "a read-only VMA's page is copied home")
+            try #require(mprotect(mem.base, 4 * page, PROT_READ | PROT_WRITE) == 0)
+            #expect(try mirror.check().disagreements.isEmpty)
+            return
         }
-        #expect(mem.base.load(as: UInt8.self) == 0x5a, "the page's bytes came home")
-        let homePFN = try pfn(mem.base)
-        let mechanism = cpu.devicePrivateMechanism
-        if mechanism == "move" {
-            #expect(homePFN == slotPFN, "moved: the device's page is the CPU's again")
-            #expect(try pfn(pool.slot(0)) == nil, "the slot is empty after the move")
-        } else {
-            #expect(mechanism == "copy")
-            #expect(homePFN != nil && homePFN != slotPFN, "copied: a new page")
-        }
-        // A read-only VMA takes no move: page 1 comes home by a copy.
-        let second = mem.base + page
-        let slot1 = try #require(try pfn(pool.slot(1)))
-        try #require(mprotect(mem.base, 4 * page, PROT_READ) == 0)
-        #expect(second.load(as: UInt8.self) == 0x5a)
-        let home1 = try pfn(second)
-        #expect(home1 != nil && home1 != slot1, "a read-only VMA's page is copied home")
-        try #require(mprotect(mem.base, 4 * page, PROT_READ | PROT_WRITE) == 0)
-        #expect(try mirror.check().disagreements.isEmpty)
+        Issue.record("no page moved home in 10 tries (the kernel offers UFFDIO_MOVE): \(refusals)")
     }
 }
