@@ -15,9 +15,12 @@ done
 # Device-private memory: 64 MiB migrated to the device and read back by the
 # CPU, the kernel's device (MIGRATE_TO_DEV, migrate_to_ram at each fault)
 # against daxmirror's. Medians of the totals; each side's split from its median run.
+# Both pinned to one vCPU, as the host's rows: daxmirror's faulting thread and
+# its handler then share it (on two vCPUs each page's wake-up crosses CPUs,
+# which under emulation costs 2-3x the whole way back).
 split() { sort -n | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
-k=$(for _ in $(seq "$runs"); do "$cbench" kdevmem 64; done | split)
-d=$(for _ in $(seq "$runs"); do "$sbench" devmem 64; done | split)
+k=$(for _ in $(seq "$runs"); do taskset -c 0 "$cbench" kdevmem 64; done | split)
+d=$(for _ in $(seq "$runs"); do taskset -c 0 "$sbench" devmem 64; done | split)
 set -- $k $d
 echo "kernel-row: devmem $1 $4 $2 $3 $5 $6"
 # Bulk: 512 MiB of a file on the DAX mount, mirrored in PMD entries, against
