@@ -11,7 +11,7 @@ public enum Syscall {
     /// Runs `body` until it stops failing with EINTR; throws on -1.
     /// `subject` (a path, usually interpolated) is built only for an error:
     /// hot loops such as the PAGEMAP_SCAN walk call this thousands of times.
-    @discardableResult
+    @inlinable @discardableResult
     public static func retrying<T: BinaryInteger>(
         _ call: String, _ subject: @autoclosure () -> String? = nil, _ body: () -> T
     ) throws(SystemCallError) -> T {
@@ -62,7 +62,7 @@ public enum Syscall {
     /// Nothing injected any more on this thread.
     public static func clearInjection() { dm_inject(nil, 0, 0, 0) }
 
-    private static func injected(_ call: String) -> (errno: Errno?, result: Int)? {
+    @usableFromInline static func injected(_ call: String) -> (errno: Errno?, result: Int)? {
         var err: Int32 = 0
         var result = 0
         guard dm_injected(call, &err, &result) != 0 else { return nil }
