@@ -59,22 +59,22 @@ PY
 rows_dir=$(mktemp -d)
 trap 'rm -rf "$rows_dir"' EXIT
 rows=0
-row() {  # row MODE CASE LABEL NAMED FILE COMMAND...: MODE side-by-side or alone; FILE (or -) removed after
-    local mode=$1 case_name=$2 label=$3 named=$4 file=$5
+run_row() {  # run_row N CASE LABEL NAMED FILE COMMAND...: row N's line and verdict (N.rc: 0 agreed)
+    local n=$1 case_name=$2 label=$3 named=$4 file=$5 out rc
     shift 5
-    local n=$rows
-    run_row() {
-        local out rc
-        out=$("$@" 2>&1) && rc=0 || rc=$?
-        [[ $file == - ]] || rm -f "$file"*
-        python3 -c "$summarize" "$case_name" "$label" "$rc" ${named:+"$named"} <<<"$out" && echo 0 > "$rows_dir/$n.rc" || echo 1 > "$rows_dir/$n.rc"
-    }
+    out=$("$@" 2>&1) && rc=0 || rc=$?
+    [[ $file == - ]] || rm -f "$file"*
+    python3 -c "$summarize" "$case_name" "$label" "$rc" ${named:+"$named"} <<<"$out" && echo 0 > "$rows_dir/$n.rc" || echo 1 > "$rows_dir/$n.rc"
+}
+row() {  # row MODE CASE LABEL NAMED FILE COMMAND...: MODE side-by-side or alone; FILE (or -) removed after
+    local mode=$1
+    shift
     if [[ $mode == alone ]]; then
         wait
-        run_row "$@" > "$rows_dir/$n.out" 2>&1
+        run_row "$rows" "$@" > "$rows_dir/$rows.out" 2>&1
     else
         while (($(jobs -rp | wc -l) >= 2)); do wait -n || true; done
-        run_row "$@" > "$rows_dir/$n.out" 2>&1 &
+        run_row "$rows" "$@" > "$rows_dir/$rows.out" 2>&1 &
     fi
     rows=$((rows + 1))
 }

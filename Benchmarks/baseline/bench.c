@@ -75,11 +75,11 @@ static void zero_fill(const struct uffd_msg *m) {
     if (ioctl(uffd, UFFDIO_ZEROPAGE, &z) && errno != EEXIST) perror("ZEROPAGE");
 }
 
-/// Opens `uffd` with the invalidation events daxmirror's tracker asks for,
-/// plus `extra` features. -1 (after perror) if the kernel refuses.
 /// The kernel offers UFFDIO_MOVE (6.8+), as UFFDIO_API said.
 static int have_move;
 
+/// Opens `uffd` with the invalidation events daxmirror's tracker asks for,
+/// plus `extra` features. -1 (after perror) if the kernel refuses.
 static int open_uffd(__u64 extra) {
     uffd = dm_userfaultfd(O_CLOEXEC | O_NONBLOCK);
     struct uffdio_api api = {.api = UFFD_API, .features = extra | UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP |

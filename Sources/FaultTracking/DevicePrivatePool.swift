@@ -306,7 +306,7 @@ public final class DevicePrivatePool: @unchecked Sendable {
     /// UFFDIO_COPY. Returns whether the page moved (else it was copied).
     private func comeHome(_ index: Int, uffd: Userfaultfd, wake: Bool) throws(SystemCallError) -> Bool {
         let readOnly = comesHomeReadOnly(index)
-        if !readOnly && uffd.features.contains(.move) {
+        if !readOnly && Self.moves(uffd) {
             do throws(SystemCallError) {
                 try uffd.move(to: address(index), from: slot(index), length: pageSize, wake: wake)
                 return true
@@ -330,8 +330,11 @@ public final class DevicePrivatePool: @unchecked Sendable {
         return e == 0 ? nil : Errno(Int32(truncatingIfNeeded: e))
     }
 
+    /// Whether pages come home by UFFDIO_MOVE on this uffd's kernel.
+    private static func moves(_ uffd: Userfaultfd) -> Bool { uffd.features.contains(.move) }
+
     /// How pages come home on this uffd's kernel: "move" or "copy".
-    public static func mechanism(_ uffd: Userfaultfd) -> String { uffd.features.contains(.move) ? "move" : "copy" }
+    public static func mechanism(_ uffd: Userfaultfd) -> String { moves(uffd) ? "move" : "copy" }
 
     /// Whether the page comes home write-protected (with userfaultfd, which
     /// the handler lifts at the first write: `serveWrite`), as the kernel's
